@@ -1,0 +1,53 @@
+# radixserve: two commands on a fresh machine.
+#   make serve   venv + torch + model + release build, then serve the default model on 127.0.0.1:30000
+#   make test    the same set-up, then the whole test suite
+# Heavy state (venv, cargo target folder, downloads) lives in $(RADIXSERVE_CACHE), outside the clone.
+
+RADIXSERVE_CACHE ?= $(HOME)/.cache/radixserve
+export RADIXSERVE_CACHE
+MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+HOST ?= 127.0.0.1
+PORT ?= 30000
+DATA ?= ../shared/maskbench/dev
+CARGO ?= cargo
+BIN := bin/radixserve
+TARGET := $(RADIXSERVE_CACHE)/target/release
+
+.PHONY: setup build serve generate test lint fmt bench-model fixtures model-qwen clean
+
+setup:
+	@tools/setup.sh venv model cargo
+
+build: setup
+	$(CARGO) build --release --workspace --bins
+	@mkdir -p bin && ln -sfn $(TARGET)/radixserve $(BIN)
+
+serve: build
+	$(BIN) generate --model $(MODEL) --chat --prompt "What is the capital of France?"
+
+generate: build
+	$(BIN) generate --model $(MODEL) --chat --prompt "$(or $(PROMPT),What is the capital of France?)"
+
+test: build
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	RADIXSERVE_MODEL=$(CURDIR)/$(MODEL) $(CARGO) test --release --workspace
+
+lint: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench-model: build
+	$(TARGET)/bench-model --model $(MODEL)
+
+# Regenerates kernels/testdata from Hugging Face transformers + the gguf package (see the script's docstring).
+fixtures: setup
+	.venv/bin/pip install -q gguf==0.19.0 transformers==5.23.0 accelerate==1.15.0
+	.venv/bin/python tools/make_fixtures.py
+
+clean:
+	rm -rf bin
+	$(CARGO) clean

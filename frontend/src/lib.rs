@@ -1,0 +1,5 @@
+//! The `radixserve` front end: the command line, chat templates, and (soon) the OpenAI-compatible `/v1` server.
+
+pub mod chat_template;
+pub mod generate;
+pub mod load;

@@ -1,0 +1,62 @@
+//! Loading the model for a command, with a progress bar on stderr.
+
+use std::path::Path;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use kernels::{LoadOptions, Model};
+
+use crate::chat_template::{ChatTemplate, CHATML};
+
+/// Device, dtype and threads as given on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeviceArgs {
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: `f32`, `f16`, `bf16` (default: f32 on CPU, bf16 on CUDA).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// libtorch intra-op threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl DeviceArgs {
+    pub fn options(&self) -> anyhow::Result<LoadOptions> {
+        let device = kernels::torch::parse_device(&self.device)?;
+        kernels::torch::check_device(device)?;
+        let kind = match &self.dtype {
+            Some(d) => kernels::torch::parse_kind(d)?,
+            None => kernels::torch::default_kind(device),
+        };
+        kernels::torch::set_threads(self.threads);
+        Ok(LoadOptions { device, kind })
+    }
+}
+
+/// Loads `path` showing a progress bar.
+pub fn load_model(path: &Path, opts: LoadOptions) -> anyhow::Result<Model> {
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("loading {}", path.display()));
+    let model = Model::load(path, opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("loading {}", path.display()))?;
+    bar.finish_and_clear();
+    Ok(model)
+}
+
+/// The model's chat template, or ChatML when it has none.
+pub fn chat_template(model: &Model) -> anyhow::Result<ChatTemplate> {
+    let token = |id: Option<u32>| id.and_then(|i| model.tokenizer.id_to_token(i)).unwrap_or_default();
+    let bos = token(model.special.bos);
+    let eos = token(model.special.eos.first().copied());
+    Ok(ChatTemplate::new(model.chat_template.as_deref().unwrap_or(CHATML), &bos, &eos)?)
+}

@@ -1,0 +1,489 @@
+//! The Llama-family transformer (Llama, Mistral, Qwen2) over a paged KV pool.
+//!
+//! # The batch
+//! A forward call takes a ragged list of sequences. Each brings the slots of its cached context, its new tokens
+//! and the slots to write their K/V into; positions are `context.len() + i`. Prefill (no context), extend (new
+//! tokens after a cached prefix) and decode (one new token) are the same call and can be mixed in one batch.
+//!
+//! # How it runs
+//! All new tokens of the batch go through every matrix multiplication together (one GEMM per projection per
+//! layer, which is what makes batching pay on a memory-bound machine). Attention is grouped: single-token
+//! (decode) sequences are padded to the longest context and done in one masked SDPA call; multi-token sequences
+//! get one causal SDPA call each. K/V of new tokens are written into the pool before attention reads it back.
+//! Logits are computed only for the rows asked for.
+
+use std::ops::Range;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::kv::KvPool;
+use crate::weights::{gguf_qk_permuted, WeightSource};
+
+/// Which positions of a sequence need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// None (a prefill chunk that is not the last).
+    None,
+    /// The last new token only (the usual case).
+    Last,
+    /// Every new token (prompt logprobs, scoring, tests).
+    All,
+}
+
+/// One sequence of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    /// Slots holding the K/V of the tokens before `tokens`, in order.
+    pub context_slots: &'a [u32],
+    /// The new tokens; at least one.
+    pub tokens: &'a [u32],
+    /// Where each new token's K/V goes; same length as `tokens`, disjoint from every context in the batch.
+    pub new_slots: &'a [u32],
+    pub logits: LogitsFor,
+}
+
+/// Logits of a batch: one row per position asked for, sequences in input order.
+#[derive(Debug)]
+pub struct Logits {
+    /// `[rows, vocab]`, float32, on the model's device.
+    pub tensor: Tensor,
+    /// For each input sequence, its rows in `tensor`.
+    pub rows: Vec<Range<usize>>,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wqkv: Tensor,
+    bqkv: Option<Tensor>,
+    wo: Tensor,
+    ffn_norm: Tensor,
+    w_gate_up: Tensor,
+    w_down: Tensor,
+}
+
+/// Loading progress: tensors done out of total.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+pub struct LlamaModel {
+    cfg: ModelConfig,
+    device: Device,
+    kind: Kind,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    /// `[max_positions, head_dim / 2]` each.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl std::fmt::Debug for LlamaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaModel").field("cfg", &self.cfg).field("device", &self.device).finish()
+    }
+}
+
+impl LlamaModel {
+    /// Builds the model from a weight source, converting to `kind` on `device`.
+    pub fn load(
+        cfg: ModelConfig,
+        src: &WeightSource,
+        device: Device,
+        kind: Kind,
+        progress: Progress<'_>,
+    ) -> Result<Self> {
+        let is_gguf = matches!(src, WeightSource::Gguf(_));
+        let permute = is_gguf && gguf_qk_permuted(cfg.arch);
+        let total = cfg.num_layers + 2;
+        let put = |t: Tensor| -> Result<Tensor> { Ok(t.f_to_kind(kind)?.f_to_device(device)?) };
+        let embed_f32 = src.load("token_embd.weight", None)?;
+        check_shape("token_embd.weight", &embed_f32, &[cfg.vocab_size, cfg.hidden_size])?;
+        let embed = put(embed_f32)?;
+        progress(1, total);
+        let (q_out, kv_out) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let name = |t: &str| format!("blk.{l}.{t}");
+            let load = |t: &str, heads: Option<usize>, shape: &[usize]| -> Result<Tensor> {
+                let w = src.load(&name(t), if permute { heads } else { None })?;
+                check_shape(&name(t), &w, shape)?;
+                Ok(w)
+            };
+            let h = cfg.hidden_size;
+            let wq = load("attn_q.weight", Some(cfg.num_heads), &[q_out, h])?;
+            let wk = load("attn_k.weight", Some(cfg.num_kv_heads), &[kv_out, h])?;
+            let wv = load("attn_v.weight", None, &[kv_out, h])?;
+            let bqkv = if cfg.arch.qkv_bias() {
+                let bq = load("attn_q.bias", Some(cfg.num_heads), &[q_out])?;
+                let bk = load("attn_k.bias", Some(cfg.num_kv_heads), &[kv_out])?;
+                let bv = load("attn_v.bias", None, &[kv_out])?;
+                Some(put(Tensor::cat(&[bq, bk, bv], 0))?)
+            } else {
+                None
+            };
+            let gate = load("ffn_gate.weight", None, &[cfg.intermediate_size, h])?;
+            let up = load("ffn_up.weight", None, &[cfg.intermediate_size, h])?;
+            layers.push(Layer {
+                attn_norm: put(load("attn_norm.weight", None, &[h])?)?,
+                wqkv: put(Tensor::cat(&[wq, wk, wv], 0))?,
+                bqkv,
+                wo: put(load("attn_output.weight", None, &[h, q_out])?)?,
+                ffn_norm: put(load("ffn_norm.weight", None, &[h])?)?,
+                w_gate_up: put(Tensor::cat(&[gate, up], 0))?,
+                w_down: put(load("ffn_down.weight", None, &[h, cfg.intermediate_size])?)?,
+            });
+            progress(l + 2, total);
+        }
+        let norm = put(src.load("output_norm.weight", None)?)?;
+        check_shape("output_norm.weight", &norm, &[cfg.hidden_size])?;
+        let lm_head = if src.contains("output.weight") && !cfg.tie_word_embeddings {
+            let w = src.load("output.weight", None)?;
+            check_shape("output.weight", &w, &[cfg.vocab_size, cfg.hidden_size])?;
+            put(w)?
+        } else {
+            embed.shallow_clone()
+        };
+        let freq_factors = if src.contains("rope_freqs.weight") {
+            Some(Vec::<f32>::try_from(src.load("rope_freqs.weight", None)?.flatten(0, -1))?)
+        } else {
+            None
+        };
+        let (cos, sin) = rope_tables(&cfg, freq_factors.as_deref())?;
+        progress(total, total);
+        Ok(Self {
+            device,
+            kind,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos: cos.f_to_kind(kind)?.f_to_device(device)?,
+            sin: sin.f_to_kind(kind)?.f_to_device(device)?,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    /// Longest sequence the position tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.size()[0] as usize
+    }
+
+    /// Allocates a KV pool of `num_slots` for this model.
+    pub fn new_kv_pool(&self, num_slots: usize) -> Result<KvPool> {
+        KvPool::new(&self.cfg, num_slots, self.kind, self.device)
+    }
+
+    /// Runs one forward step over a batch; see the module docs.
+    pub fn forward(&self, kv: &mut KvPool, batch: &[SeqInput<'_>]) -> Result<Logits> {
+        let plan = Plan::new(self, kv, batch)?;
+        tch::no_grad(|| self.forward_planned(kv, &plan))
+    }
+
+    fn forward_planned(&self, kv: &mut KvPool, plan: &Plan) -> Result<Logits> {
+        let c = &self.cfg;
+        let (nh, nkv, d) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
+        let t = plan.n_tokens;
+        let eps = c.rms_norm_eps;
+        let h_dim = c.hidden_size as i64;
+        let mut x = self.embed.f_index_select(0, &plan.ids)?;
+        let cos = self.cos.f_index_select(0, &plan.positions)?.unsqueeze(1);
+        let sin = self.sin.f_index_select(0, &plan.positions)?.unsqueeze(1);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = x.f_rms_norm([h_dim], Some(&layer.attn_norm), eps)?;
+            let qkv = h.f_linear(&layer.wqkv, layer.bqkv.as_ref())?;
+            let q = qkv.narrow(1, 0, nh * d).view([t, nh, d]);
+            let k = qkv.narrow(1, nh * d, nkv * d).view([t, nkv, d]);
+            let v = qkv.narrow(1, (nh + nkv) * d, nkv * d).view([t, nkv, d]);
+            let q = rope(&q, &cos, &sin);
+            let k = rope(&k, &cos, &sin);
+            let _ = kv.k[l].f_index_copy_(0, &plan.write_slots, &k)?;
+            let _ = kv.v[l].f_index_copy_(0, &plan.write_slots, &v)?;
+            let mut outs: Vec<Tensor> = Vec::with_capacity(1 + plan.prefills.len());
+            if let Some(dec) = &plan.decode {
+                let b = dec.n_seqs;
+                let qd = q.narrow(0, 0, b).unsqueeze(2);
+                let gather = |pool: &Tensor| -> Result<Tensor> {
+                    Ok(pool.f_index_select(0, &dec.gather)?.view([b, dec.max_len, nkv, d]).permute([0, 2, 1, 3]))
+                };
+                let (kd, vd) = (gather(&kv.k[l])?, gather(&kv.v[l])?);
+                let o = Tensor::f_scaled_dot_product_attention(&qd, &kd, &vd, Some(&dec.mask), 0.0, false, None, true)?;
+                outs.push(o.reshape([b, nh * d]));
+            }
+            for p in &plan.prefills {
+                let qp = q.narrow(0, p.start, p.len).transpose(0, 1).unsqueeze(0);
+                let (kp, vp) = match &p.gather {
+                    None => (k.narrow(0, p.start, p.len), v.narrow(0, p.start, p.len)),
+                    Some(g) => (kv.k[l].f_index_select(0, g)?, kv.v[l].f_index_select(0, g)?),
+                };
+                let kp = kp.transpose(0, 1).unsqueeze(0);
+                let vp = vp.transpose(0, 1).unsqueeze(0);
+                let o = Tensor::f_scaled_dot_product_attention(
+                    &qp,
+                    &kp,
+                    &vp,
+                    p.mask.as_ref(),
+                    0.0,
+                    p.mask.is_none(),
+                    None,
+                    true,
+                )?;
+                outs.push(o.squeeze_dim(0).transpose(0, 1).reshape([p.len, nh * d]));
+            }
+            let attn = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::f_cat(&outs, 0)? };
+            x += attn.f_linear::<Tensor>(&layer.wo, None)?;
+            let h = x.f_rms_norm([h_dim], Some(&layer.ffn_norm), eps)?;
+            let gu = h.f_linear::<Tensor>(&layer.w_gate_up, None)?;
+            let inter = c.intermediate_size as i64;
+            let act = gu.narrow(1, 0, inter).silu() * gu.narrow(1, inter, inter);
+            x += act.f_linear::<Tensor>(&layer.w_down, None)?;
+        }
+        let rows = match &plan.logit_rows {
+            Some(r) => x.f_index_select(0, r)?,
+            None => {
+                return Ok(Logits {
+                    tensor: Tensor::zeros([0, c.vocab_size as i64], (Kind::Float, self.device)),
+                    rows: plan.out_rows.clone(),
+                })
+            }
+        };
+        let hidden = rows.f_rms_norm([h_dim], Some(&self.norm), eps)?;
+        let logits = hidden.f_linear::<Tensor>(&self.lm_head, None)?.f_to_kind(Kind::Float)?;
+        Ok(Logits { tensor: logits, rows: plan.out_rows.clone() })
+    }
+}
+
+fn check_shape(name: &str, t: &Tensor, want: &[usize]) -> Result<()> {
+    let got: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    if got != want {
+        return Err(Error::format(format!("tensor {name} has shape {got:?}, the config implies {want:?}")));
+    }
+    Ok(())
+}
+
+/// HF's rotate-half rope: `[x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]` per head.
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let half = x.size()[2] / 2;
+    let x1 = x.narrow(2, 0, half);
+    let x2 = x.narrow(2, half, half);
+    Tensor::cat(&[&x1 * cos - &x2 * sin, &x2 * cos + &x1 * sin], 2)
+}
+
+/// Cos and sin tables `[max_positions, head_dim / 2]`, with Llama 3 frequency scaling when configured.
+fn rope_tables(cfg: &ModelConfig, freq_factors: Option<&[f32]>) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let mut inv_freq: Vec<f64> =
+        (0..half).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / cfg.head_dim as f64)).collect();
+    if let Some(s) = cfg.rope_scaling {
+        let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+        let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+        for f in inv_freq.iter_mut() {
+            let wavelen = 2.0 * std::f64::consts::PI / *f;
+            if wavelen > low_wavelen {
+                *f /= s.factor;
+            } else if wavelen >= high_wavelen {
+                let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                    / (s.high_freq_factor - s.low_freq_factor);
+                *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
+            }
+        }
+    }
+    if let Some(ff) = freq_factors {
+        if ff.len() != half {
+            return Err(Error::format(format!("rope_freqs has {} entries, want {half}", ff.len())));
+        }
+        for (f, &k) in inv_freq.iter_mut().zip(ff) {
+            *f /= k as f64;
+        }
+    }
+    let n = cfg.max_position_embeddings.max(1);
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in 0..n {
+        for &f in &inv_freq {
+            let a = p as f64 * f;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    let shape = [n as i64, half as i64];
+    Ok((Tensor::from_slice(&cos).view(shape), Tensor::from_slice(&sin).view(shape)))
+}
+
+/// Index tensors for one forward call, built once and shared by every layer.
+struct Plan {
+    n_tokens: i64,
+    ids: Tensor,
+    positions: Tensor,
+    write_slots: Tensor,
+    decode: Option<DecodeGroup>,
+    prefills: Vec<PrefillSeq>,
+    logit_rows: Option<Tensor>,
+    out_rows: Vec<Range<usize>>,
+}
+
+struct DecodeGroup {
+    n_seqs: i64,
+    max_len: i64,
+    /// `[n_seqs * max_len]` slots, padded with the sequence's own last slot.
+    gather: Tensor,
+    /// `[n_seqs, 1, 1, max_len]`, true where a key is attended.
+    mask: Tensor,
+}
+
+struct PrefillSeq {
+    /// First row and count of this sequence's new tokens in the batch's internal order.
+    start: i64,
+    len: i64,
+    /// Context plus new slots, when there is a cached context; `None` attends to the new tokens only.
+    gather: Option<Tensor>,
+    /// `[1, 1, n, L]` causal mask offset by the context; `None` means plain causal.
+    mask: Option<Tensor>,
+}
+
+impl Plan {
+    fn new(m: &LlamaModel, kv: &KvPool, batch: &[SeqInput<'_>]) -> Result<Self> {
+        if batch.is_empty() {
+            return Err(Error::invalid("empty batch"));
+        }
+        let dev = m.device;
+        let vocab = m.cfg.vocab_size as u32;
+        let n_slots = kv.num_slots() as u32;
+        let max_pos = m.max_positions();
+        let mut written = std::collections::HashSet::new();
+        for (i, s) in batch.iter().enumerate() {
+            if s.tokens.is_empty() {
+                return Err(Error::invalid(format!("sequence {i} has no new tokens")));
+            }
+            if s.new_slots.len() != s.tokens.len() {
+                return Err(Error::invalid(format!(
+                    "sequence {i}: {} tokens but {} slots",
+                    s.tokens.len(),
+                    s.new_slots.len()
+                )));
+            }
+            if s.context_slots.len() + s.tokens.len() > max_pos {
+                return Err(Error::invalid(format!(
+                    "sequence {i}: {} positions exceed the model's {max_pos}",
+                    s.context_slots.len() + s.tokens.len()
+                )));
+            }
+            if let Some(&t) = s.tokens.iter().find(|&&t| t >= vocab) {
+                return Err(Error::invalid(format!("sequence {i}: token id {t} out of vocabulary ({vocab})")));
+            }
+            for &slot in s.context_slots.iter().chain(s.new_slots) {
+                if slot >= n_slots {
+                    return Err(Error::invalid(format!("sequence {i}: slot {slot} outside the pool ({n_slots})")));
+                }
+            }
+            for &slot in s.new_slots {
+                if !written.insert(slot) {
+                    return Err(Error::invalid(format!("slot {slot} written twice in one batch")));
+                }
+            }
+        }
+        for (i, s) in batch.iter().enumerate() {
+            if let Some(slot) = s.context_slots.iter().find(|s| written.contains(s)) {
+                return Err(Error::invalid(format!("sequence {i}: context slot {slot} is overwritten by this batch")));
+            }
+        }
+        // Internal order: decode sequences first, then the multi-token ones.
+        let order: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i].tokens.len() == 1)
+            .chain((0..batch.len()).filter(|&i| batch[i].tokens.len() > 1))
+            .collect();
+        let n_dec = batch.iter().filter(|s| s.tokens.len() == 1).count();
+        let n_tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        let mut ids = Vec::with_capacity(n_tokens);
+        let mut pos = Vec::with_capacity(n_tokens);
+        let mut write = Vec::with_capacity(n_tokens);
+        let mut start_row = vec![0usize; batch.len()];
+        for &i in &order {
+            let s = &batch[i];
+            start_row[i] = ids.len();
+            let ctx = s.context_slots.len();
+            for (j, (&tok, &slot)) in s.tokens.iter().zip(s.new_slots).enumerate() {
+                ids.push(tok as i64);
+                pos.push((ctx + j) as i64);
+                write.push(slot as i64);
+            }
+        }
+        let decode = if n_dec > 0 {
+            let max_len = order[..n_dec].iter().map(|&i| batch[i].context_slots.len() + 1).max().unwrap_or(1);
+            let mut gather = Vec::with_capacity(n_dec * max_len);
+            let mut mask = Vec::with_capacity(n_dec * max_len);
+            for &i in &order[..n_dec] {
+                let s = &batch[i];
+                let pad = s.new_slots[0] as i64;
+                gather.extend(s.context_slots.iter().map(|&x| x as i64));
+                gather.push(pad);
+                let len = s.context_slots.len() + 1;
+                gather.extend(std::iter::repeat_n(pad, max_len - len));
+                mask.extend(std::iter::repeat_n(true, len));
+                mask.extend(std::iter::repeat_n(false, max_len - len));
+            }
+            Some(DecodeGroup {
+                n_seqs: n_dec as i64,
+                max_len: max_len as i64,
+                gather: Tensor::from_slice(&gather).to_device(dev),
+                mask: Tensor::from_slice(&mask).view([n_dec as i64, 1, 1, max_len as i64]).to_device(dev),
+            })
+        } else {
+            None
+        };
+        let mut prefills = Vec::new();
+        for &i in &order[n_dec..] {
+            let s = &batch[i];
+            let n = s.tokens.len();
+            let ctx = s.context_slots.len();
+            let start = start_row[i] as i64;
+            let (gather, mask) = if ctx == 0 {
+                (None, None)
+            } else {
+                let g: Vec<i64> = s.context_slots.iter().chain(s.new_slots).map(|&x| x as i64).collect();
+                let total = ctx + n;
+                let mut m = Vec::with_capacity(n * total);
+                for qi in 0..n {
+                    m.extend((0..total).map(|kj| kj <= ctx + qi));
+                }
+                (
+                    Some(Tensor::from_slice(&g).to_device(dev)),
+                    Some(Tensor::from_slice(&m).view([1, 1, n as i64, total as i64]).to_device(dev)),
+                )
+            };
+            prefills.push(PrefillSeq { start, len: n as i64, gather, mask });
+        }
+        let mut logit_rows = Vec::new();
+        let mut out_rows = Vec::with_capacity(batch.len());
+        for (i, s) in batch.iter().enumerate() {
+            let first = logit_rows.len();
+            let n = s.tokens.len();
+            match s.logits {
+                LogitsFor::None => {}
+                LogitsFor::Last => logit_rows.push((start_row[i] + n - 1) as i64),
+                LogitsFor::All => logit_rows.extend((0..n).map(|j| (start_row[i] + j) as i64)),
+            }
+            out_rows.push(first..logit_rows.len());
+        }
+        Ok(Self {
+            n_tokens: n_tokens as i64,
+            ids: Tensor::from_slice(&ids).to_device(dev),
+            positions: Tensor::from_slice(&pos).to_device(dev),
+            write_slots: Tensor::from_slice(&write).to_device(dev),
+            decode,
+            prefills,
+            logit_rows: (!logit_rows.is_empty()).then(|| Tensor::from_slice(&logit_rows).to_device(dev)),
+            out_rows,
+        })
+    }
+}

@@ -1,0 +1,134 @@
+//! Loading a whole model: a GGUF file, or a Hugging Face folder.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+use tch::{Device, Kind};
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, Value};
+use crate::llama::{LlamaModel, Progress};
+use crate::tokenizer::{self, SpecialTokens, Tokenizer};
+use crate::weights::{SafeTensorFiles, WeightSource};
+
+/// Where and in what precision to run.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub kind: Kind,
+}
+
+impl Default for LoadOptions {
+    /// f32 on the CPU: the only fast choice on CPUs without bf16 hardware.
+    fn default() -> Self {
+        Self { device: Device::Cpu, kind: Kind::Float }
+    }
+}
+
+/// A loaded model with everything needed to serve it.
+pub struct Model {
+    /// A short name for `/v1/models` (file stem or folder name).
+    pub name: String,
+    pub path: PathBuf,
+    pub net: LlamaModel,
+    pub tokenizer: Tokenizer,
+    pub special: SpecialTokens,
+    /// The model's own Jinja chat template, if it has one.
+    pub chat_template: Option<String>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("name", &self.name).field("net", &self.net).finish()
+    }
+}
+
+impl Model {
+    /// Loads a `.gguf` file or a Hugging Face model folder.
+    pub fn load(path: &Path, opts: LoadOptions, progress: Progress<'_>) -> Result<Self> {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_string());
+        if path.is_dir() {
+            Self::load_hf(path, name, opts, progress)
+        } else if path.exists() {
+            Self::load_gguf(path, name, opts, progress)
+        } else {
+            Err(Error::io(path.display(), std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")))
+        }
+    }
+
+    fn load_gguf(path: &Path, name: String, opts: LoadOptions, progress: Progress<'_>) -> Result<Self> {
+        let g = GgufFile::open(path)?;
+        let cfg = ModelConfig::from_gguf(&g)?;
+        let (tokenizer, special) = tokenizer::from_gguf(&g)?;
+        let chat_template = g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_owned);
+        let src = WeightSource::Gguf(g);
+        let net = LlamaModel::load(cfg, &src, opts.device, opts.kind, progress)?;
+        Ok(Self { name, path: path.to_path_buf(), net, tokenizer, special, chat_template })
+    }
+
+    fn load_hf(dir: &Path, name: String, opts: LoadOptions, progress: Progress<'_>) -> Result<Self> {
+        let read = |f: &str| -> Result<Option<String>> {
+            let p = dir.join(f);
+            if !p.exists() {
+                return Ok(None);
+            }
+            std::fs::read_to_string(&p).map(Some).map_err(|e| Error::io(p.display(), e))
+        };
+        let json = |f: &str| -> Result<Option<Json>> {
+            read(f)?.map(|t| serde_json::from_str(&t).map_err(|e| Error::format(format!("{f}: {e}")))).transpose()
+        };
+        let config_text =
+            read("config.json")?.ok_or_else(|| Error::format(format!("{}: no config.json", dir.display())))?;
+        let cfg = ModelConfig::from_hf_json(&config_text)?;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            return Err(Error::format(format!("{}: no tokenizer.json", dir.display())));
+        }
+        let tokenizer = tokenizer::from_file(&tok_path)?;
+        let tok_cfg = json("tokenizer_config.json")?.unwrap_or(Json::Null);
+        let gen_cfg = json("generation_config.json")?.unwrap_or(Json::Null);
+        let special = hf_special_tokens(&tokenizer, &tok_cfg, &gen_cfg);
+        let chat_template = match tok_cfg.get("chat_template") {
+            Some(Json::String(s)) => Some(s.clone()),
+            // A list of named templates: take "default", else the first.
+            Some(Json::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+                .or_else(|| list.first())
+                .and_then(|t| t.get("template").and_then(Json::as_str))
+                .map(str::to_owned),
+            _ => read("chat_template.jinja")?,
+        };
+        let src = WeightSource::SafeTensors(SafeTensorFiles::open_folder(dir)?);
+        let net = LlamaModel::load(cfg, &src, opts.device, opts.kind, progress)?;
+        Ok(Self { name, path: dir.to_path_buf(), net, tokenizer, special, chat_template })
+    }
+}
+
+/// BOS/EOS for a Hugging Face folder, from `tokenizer_config.json` and `generation_config.json`.
+fn hf_special_tokens(tok: &Tokenizer, tok_cfg: &Json, gen_cfg: &Json) -> SpecialTokens {
+    let token_id = |v: Option<&Json>| -> Option<u32> {
+        let content = match v? {
+            Json::String(s) => s.as_str(),
+            Json::Object(o) => o.get("content")?.as_str()?,
+            _ => return None,
+        };
+        tok.token_to_id(content)
+    };
+    let bos = token_id(tok_cfg.get("bos_token"))
+        .or_else(|| gen_cfg.get("bos_token_id").and_then(Json::as_u64).map(|v| v as u32));
+    let mut eos: Vec<u32> = Vec::new();
+    match gen_cfg.get("eos_token_id") {
+        Some(Json::Number(n)) => eos.extend(n.as_u64().map(|v| v as u32)),
+        Some(Json::Array(a)) => eos.extend(a.iter().filter_map(Json::as_u64).map(|v| v as u32)),
+        _ => {}
+    }
+    if let Some(e) = token_id(tok_cfg.get("eos_token")) {
+        if !eos.contains(&e) {
+            eos.push(e);
+        }
+    }
+    let add_bos = tok_cfg.get("add_bos_token").and_then(Json::as_bool).unwrap_or(false);
+    SpecialTokens { bos, eos, add_bos }
+}

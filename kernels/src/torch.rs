@@ -1,0 +1,83 @@
+//! Process-level libtorch set-up: devices, dtypes, threads, and making CUDA available.
+//!
+//! The linker drops `libtorch_cuda.so` from our binaries (it is linked `--as-needed` and we reference none of
+//! its symbols), and without it libtorch reports no CUDA device. [`init_cuda`] loads it at start when the
+//! libtorch we were built against has it, which registers the CUDA backend.
+
+use std::ffi::CString;
+
+use tch::{Device, Kind};
+
+use crate::error::{Error, Result};
+
+/// Parses `cpu`, `cuda`, `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(i) => Ok(Device::Cuda(i)),
+            None => Err(Error::invalid(format!("device {s:?} (expected cpu, cuda or cuda:N)"))),
+        },
+    }
+}
+
+/// Parses `f32`, `f16`, `bf16` (and their long names).
+pub fn parse_kind(s: &str) -> Result<Kind> {
+    match s {
+        "f32" | "float32" | "float" => Ok(Kind::Float),
+        "f16" | "float16" | "half" => Ok(Kind::Half),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        _ => Err(Error::invalid(format!("dtype {s:?} (expected f32, f16 or bf16)"))),
+    }
+}
+
+/// The sensible default precision for a device: f32 on CPU (no bf16 hardware), bf16 on CUDA.
+pub fn default_kind(device: Device) -> Kind {
+    match device {
+        Device::Cpu => Kind::Float,
+        _ => Kind::BFloat16,
+    }
+}
+
+/// Loads libtorch's CUDA library if the libtorch we link has one. Returns whether CUDA is usable.
+pub fn init_cuda() -> bool {
+    let dir = option_env!("TORCH_LIB_DIR");
+    let candidates: Vec<String> = dir
+        .map(|d| format!("{d}/libtorch_cuda.so"))
+        .into_iter()
+        .filter(|p| std::path::Path::new(p).exists())
+        .chain(std::iter::once("libtorch_cuda.so".to_string()))
+        .collect();
+    for path in candidates {
+        let Ok(c) = CString::new(path) else { continue };
+        // SAFETY: dlopen with a valid NUL-terminated path; the handle is deliberately leaked so the library
+        // stays loaded for the life of the process (its static initialisers register the CUDA backend).
+        let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if !handle.is_null() {
+            break;
+        }
+    }
+    tch::Cuda::is_available()
+}
+
+/// Checks a device is usable before loading a model onto it.
+pub fn check_device(device: Device) -> Result<()> {
+    if let Device::Cuda(i) = device {
+        if !init_cuda() {
+            return Err(Error::unsupported("CUDA device requested but libtorch has no usable CUDA".to_string()));
+        }
+        let n = tch::Cuda::device_count();
+        if i as i64 >= n {
+            return Err(Error::invalid(format!("cuda:{i} requested but {n} device(s) present")));
+        }
+    }
+    Ok(())
+}
+
+/// Sets libtorch's intra-op thread count (0 = leave libtorch's default, one per core).
+pub fn set_threads(n: usize) {
+    if n > 0 {
+        tch::set_num_threads(n as i32);
+    }
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Writes the reference fixtures that kernels' tests compare against.
+
+The reference is outside our code: Hugging Face `transformers` loads the same GGUF file (it dequantizes through the
+`gguf` package and undoes llama.cpp's Q/K permutation itself) and runs its own Llama implementation in float32.
+
+    make fixtures        # = .venv/bin/pip install gguf==0.19.0 transformers==5.23.0 && .venv/bin/python tools/make_fixtures.py
+
+Writes:
+  kernels/testdata/smollm2_reference.json   prompts, their ids, top-20 logits at several positions, 32-token greedy
+                                            continuations, and tokenizer ids for awkward strings
+  kernels/testdata/dequant.json             the gguf package's dequantization of (a) slices of the real tensors of
+                                            each type in the SmolLM2 file and (b) random blocks of every type we read
+"""
+import base64
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_DIR = os.path.join(ROOT, "models")
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+OUT = os.path.join(ROOT, "kernels", "testdata")
+
+PROMPTS = [
+    # (name, text, use chat template)
+    ("capital", "What is the capital of France?", True),
+    ("json", 'Give me a JSON object with keys "name" and "age" for a 30 year old called Ann.', True),
+    ("story", "Once upon a time, in a small village by the sea, there lived", False),
+    ("code", "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n", False),
+    ("numbers", "1, 2, 3, 5, 8, 13, 21,", False),
+]
+
+AWKWARD = [
+    "Hello world",
+    " leading space and  double  spaces",
+    "tabs\tand\nnewlines\r\n\n\nend",
+    "digits 1234567890 and 3.14159 and -42e10",
+    'JSON {"a": [1, 2.5, null, true], "b": {"c": "d\\n"}}',
+    "unicode: caf\u00e9 na\u00efve \u00fcber \u4f60\u597d\u4e16\u754c \u3053\u3093\u306b\u3061\u306f \u0645\u0631\u062d\u0628\u0627",
+    "emoji \U0001F600\U0001F680 \U0001F468\u200D\U0001F469\u200D\U0001F467 flags \U0001F1EB\U0001F1F7",
+    "special <|im_start|>user\nhi<|im_end|>\n<|endoftext|>",
+    "code:\n    for i in range(10):\n        print(i)  # comment",
+    "   ",
+    "",
+    "I'm you're they'll we've he'd IT'S",
+    "\u00a0non-breaking\u2009thin\u3000ideographic spaces",
+    "a" * 50 + " " + "ab" * 20,
+]
+
+
+def main():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    os.makedirs(OUT, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF_NAME)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, gguf_file=GGUF_NAME, torch_dtype=torch.float32)
+    model.eval()
+
+    cases = []
+    for name, text, chat in PROMPTS:
+        if chat:
+            rendered = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                               add_generation_prompt=True)
+        else:
+            rendered = text
+        ids = tok(rendered, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].float()
+        n = len(ids)
+        positions = sorted({0, n // 3, n // 2, n - 2, n - 1})
+        tops = []
+        for p in positions:
+            v, i = torch.topk(logits[p], 20)
+            tops.append({"position": p, "ids": i.tolist(), "logits": [float(x) for x in v]})
+        # A plain argmax loop: `generate(min_new_tokens=...)` would suppress EOS and change the answer.
+        greedy, seq = [], list(ids)
+        with torch.no_grad():
+            for _ in range(32):
+                nxt = int(model(torch.tensor([seq])).logits[0, -1].argmax())
+                greedy.append(nxt)
+                seq.append(nxt)
+        cases.append({"name": name, "text": text, "chat": chat, "rendered": rendered, "ids": ids,
+                      "top20": tops, "greedy": greedy, "greedy_text": tok.decode(greedy)})
+        print(f"{name}: {n} tokens, greedy: {tok.decode(greedy)!r}", file=sys.stderr)
+
+    tokenizer_cases = []
+    for s in AWKWARD:
+        tokenizer_cases.append({
+            "text": s,
+            "ids": tok(s, add_special_tokens=False).input_ids,
+        })
+    ref = {
+        "generated_by": "tools/make_fixtures.py",
+        "model": GGUF_NAME,
+        "transformers": __import__("transformers").__version__,
+        "torch": torch.__version__,
+        "prompts": cases,
+        "tokenizer": tokenizer_cases,
+    }
+    with open(os.path.join(OUT, "smollm2_reference.json"), "w") as f:
+        json.dump(ref, f, indent=1, ensure_ascii=False)
+    write_dequant()
+
+
+def write_dequant():
+    from gguf import GGUFReader, GGMLQuantizationType as Q
+    from gguf.quants import dequantize
+
+    rng = np.random.default_rng(1234)
+    out = {"real": [], "random": []}
+    r = GGUFReader(os.path.join(MODEL_DIR, GGUF_NAME))
+    seen = set()
+    for t in r.tensors:
+        if t.tensor_type in seen:
+            continue
+        seen.add(t.tensor_type)
+        raw = np.asarray(t.data).view(np.uint8).reshape(-1)
+        full = dequantize(raw, t.tensor_type).reshape(-1).astype(np.float64)
+        out["real"].append({
+            "tensor": t.name, "type": t.tensor_type.name, "n_elements": int(t.n_elements),
+            "first": [float(x) for x in full[:512]],
+            "sum": float(full.sum()), "sum_sq": float((full * full).sum()),
+        })
+    block = {Q.F16: (1, 2), Q.BF16: (1, 2), Q.Q4_0: (32, 18), Q.Q4_1: (32, 20), Q.Q8_0: (32, 34),
+             Q.Q4_K: (256, 144), Q.Q5_K: (256, 176), Q.Q6_K: (256, 210)}
+    # Byte offsets of f16 scale fields, set to sane values so random blocks give finite numbers.
+    f16_fields = {Q.Q4_0: [0], Q.Q4_1: [0, 2], Q.Q8_0: [0], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208]}
+    for qt, (bl, bb) in block.items():
+        nblocks = 8 if bl == 256 else 64
+        data = rng.integers(0, 256, size=(nblocks, bb), dtype=np.uint8)
+        if qt in (Q.F16, Q.BF16):
+            vals = rng.normal(size=nblocks * bl).astype(np.float32)
+            if qt == Q.F16:
+                data = vals.astype(np.float16).view(np.uint8).reshape(nblocks, bb)
+            else:
+                data = (vals.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(nblocks, bb)
+        for off in f16_fields.get(qt, []):
+            scales = (rng.uniform(-0.05, 0.05, size=nblocks)).astype(np.float16)
+            data[:, off:off + 2] = scales.view(np.uint8).reshape(nblocks, 2)
+        vals = dequantize(data.reshape(-1), qt).reshape(-1)
+        out["random"].append({"type": qt.name, "n_elements": nblocks * bl,
+                              "bytes_b64": base64.b64encode(data.tobytes()).decode(),
+                              "values": [float(x) for x in vals]})
+    with open(os.path.join(OUT, "dequant.json"), "w") as f:
+        json.dump(out, f)
+
+
+if __name__ == "__main__":
+    main()
