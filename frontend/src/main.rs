@@ -16,6 +16,7 @@ enum Command {
 }
 
 fn main() {
+    kernels::torch::init_process();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Generate(args) => frontend::generate::run(args),

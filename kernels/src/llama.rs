@@ -187,6 +187,10 @@ impl LlamaModel {
     /// Runs one forward step over a batch; see the module docs.
     pub fn forward(&self, kv: &mut KvPool, batch: &[SeqInput<'_>]) -> Result<Logits> {
         let plan = Plan::new(self, kv, batch)?;
+        let _one_thread = (self.device == Device::Cpu
+            && plan.n_tokens as usize <= crate::cpu_gemv::SMALL_BATCH
+            && crate::cpu_gemv::available())
+        .then(TorchThreads::one);
         tch::no_grad(|| self.forward_planned(kv, &plan))
     }
 
@@ -201,7 +205,7 @@ impl LlamaModel {
         let sin = self.sin.f_index_select(0, &plan.positions)?.unsqueeze(1);
         for (l, layer) in self.layers.iter().enumerate() {
             let h = x.f_rms_norm([h_dim], Some(&layer.attn_norm), eps)?;
-            let qkv = h.f_linear(&layer.wqkv, layer.bqkv.as_ref())?;
+            let qkv = linear(&h, &layer.wqkv, layer.bqkv.as_ref())?;
             let q = qkv.narrow(1, 0, nh * d).view([t, nh, d]);
             let k = qkv.narrow(1, nh * d, nkv * d).view([t, nkv, d]);
             let v = qkv.narrow(1, (nh + nkv) * d, nkv * d).view([t, nkv, d]);
@@ -241,12 +245,12 @@ impl LlamaModel {
                 outs.push(o.squeeze_dim(0).transpose(0, 1).reshape([p.len, nh * d]));
             }
             let attn = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::f_cat(&outs, 0)? };
-            x += attn.f_linear::<Tensor>(&layer.wo, None)?;
+            x += linear(&attn, &layer.wo, None)?;
             let h = x.f_rms_norm([h_dim], Some(&layer.ffn_norm), eps)?;
-            let gu = h.f_linear::<Tensor>(&layer.w_gate_up, None)?;
+            let gu = linear(&h, &layer.w_gate_up, None)?;
             let inter = c.intermediate_size as i64;
             let act = gu.narrow(1, 0, inter).silu() * gu.narrow(1, inter, inter);
-            x += act.f_linear::<Tensor>(&layer.w_down, None)?;
+            x += linear(&act, &layer.w_down, None)?;
         }
         let rows = match &plan.logit_rows {
             Some(r) => x.f_index_select(0, r)?,
@@ -258,8 +262,36 @@ impl LlamaModel {
             }
         };
         let hidden = rows.f_rms_norm([h_dim], Some(&self.norm), eps)?;
-        let logits = hidden.f_linear::<Tensor>(&self.lm_head, None)?.f_to_kind(Kind::Float)?;
+        let logits = linear(&hidden, &self.lm_head, None)?.f_to_kind(Kind::Float)?;
         Ok(Logits { tensor: logits, rows: plan.out_rows.clone() })
+    }
+}
+
+/// Holds libtorch to one intra-op thread until dropped (see [`crate::cpu_gemv::SMALL_BATCH`]).
+struct TorchThreads(i32);
+
+impl TorchThreads {
+    fn one() -> Self {
+        let before = tch::get_num_threads();
+        tch::set_num_threads(1);
+        Self(before)
+    }
+}
+
+impl Drop for TorchThreads {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.0);
+    }
+}
+
+/// `x @ w.T + bias`: the small-batch CPU kernel where it applies, libtorch otherwise.
+fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match crate::cpu_gemv::matmul_t(x, w) {
+        Some(y) => Ok(match bias {
+            Some(b) => y + b,
+            None => y,
+        }),
+        None => Ok(x.f_linear(w, bias)?),
     }
 }
 

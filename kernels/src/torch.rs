@@ -75,6 +75,27 @@ pub fn check_device(device: Device) -> Result<()> {
     Ok(())
 }
 
+/// Process set-up to call first thing in `main`, before any libtorch call.
+///
+/// libtorch's OpenMP threads spin after every parallel region by default; in a decode step that alternates
+/// libtorch ops with our own thread pool ([`crate::cpu_gemv`]) the spinning threads steal the cores the pool
+/// needs. A passive wait policy makes them sleep instead. libgomp reads it when it is loaded, before `main` runs,
+/// so when it is unset we set it and re-execute the binary (same arguments) once; a value already in the
+/// environment is respected. If the re-exec fails we carry on: it costs speed, not function.
+pub fn init_process() {
+    #[cfg(unix)]
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        use std::os::unix::process::CommandExt;
+        if let Ok(exe) = std::env::current_exe() {
+            let err = std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env("OMP_WAIT_POLICY", "PASSIVE")
+                .exec();
+            eprintln!("warning: could not re-execute with OMP_WAIT_POLICY=PASSIVE ({err}); continuing");
+        }
+    }
+}
+
 /// Sets libtorch's intra-op thread count (0 = leave libtorch's default, one per core).
 pub fn set_threads(n: usize) {
     if n > 0 {

@@ -69,7 +69,7 @@ pub fn gguf_qk_permuted(arch: Arch) -> bool {
 }
 
 /// GGUF tensor name to Hugging Face name.
-fn hf_name(gguf: &str) -> String {
+pub fn hf_name(gguf: &str) -> String {
     if let Some(rest) = gguf.strip_prefix("blk.") {
         if let Some((layer, tail)) = rest.split_once('.') {
             let mapped = match tail {
