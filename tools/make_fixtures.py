@@ -126,10 +126,10 @@ def write_dequant():
             "first": [float(x) for x in full[:512]],
             "sum": float(full.sum()), "sum_sq": float((full * full).sum()),
         })
-    block = {Q.F16: (1, 2), Q.BF16: (1, 2), Q.Q4_0: (32, 18), Q.Q4_1: (32, 20), Q.Q8_0: (32, 34),
+    block = {Q.F16: (1, 2), Q.BF16: (1, 2), Q.Q4_0: (32, 18), Q.Q4_1: (32, 20), Q.Q5_0: (32, 22), Q.Q5_1: (32, 24), Q.Q8_0: (32, 34),
              Q.Q4_K: (256, 144), Q.Q5_K: (256, 176), Q.Q6_K: (256, 210)}
     # Byte offsets of f16 scale fields, set to sane values so random blocks give finite numbers.
-    f16_fields = {Q.Q4_0: [0], Q.Q4_1: [0, 2], Q.Q8_0: [0], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208]}
+    f16_fields = {Q.Q4_0: [0], Q.Q4_1: [0, 2], Q.Q5_0: [0], Q.Q5_1: [0, 2], Q.Q8_0: [0], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208]}
     for qt, (bl, bb) in block.items():
         nblocks = 8 if bl == 256 else 64
         data = rng.integers(0, 256, size=(nblocks, bb), dtype=np.uint8)
@@ -150,5 +150,41 @@ def write_dequant():
         json.dump(out, f)
 
 
+def write_qwen():
+    """The opt-in Qwen2 fixture (make model-qwen): top-20 logits and a 16-token greedy continuation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, gguf_file=name, torch_dtype=torch.float32).eval()
+    cases = []
+    for cname, text in [("square", "Write a Python function that returns the square of a number."),
+                        ("json", 'Reply with JSON {"ok": true} and nothing else.')]:
+        rendered = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                           add_generation_prompt=True)
+        ids = tok(rendered, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].float()
+        n = len(ids)
+        tops = []
+        for p in sorted({0, n // 2, n - 1}):
+            v, i = torch.topk(logits[p], 20)
+            tops.append({"position": p, "ids": i.tolist(), "logits": [float(x) for x in v]})
+        greedy, seq = [], list(ids)
+        with torch.no_grad():
+            for _ in range(16):
+                nxt = int(model(torch.tensor([seq])).logits[0, -1].argmax())
+                greedy.append(nxt)
+                seq.append(nxt)
+        cases.append({"name": cname, "rendered": rendered, "ids": ids, "top20": tops, "greedy": greedy})
+        print(f"qwen {cname}: {tok.decode(greedy)!r}", file=sys.stderr)
+    with open(os.path.join(OUT, "qwen2_reference.json"), "w") as f:
+        json.dump({"generated_by": "tools/make_fixtures.py --qwen", "model": name, "prompts": cases}, f, indent=1,
+                  ensure_ascii=False)
+
+
 if __name__ == "__main__":
-    main()
+    if "--qwen" in sys.argv:
+        write_qwen()
+    else:
+        main()

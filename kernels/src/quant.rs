@@ -16,6 +16,8 @@ pub enum GgmlType {
     BF16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q4K,
     Q5K,
@@ -32,6 +34,8 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
             8 => Self::Q8_0,
             12 => Self::Q4K,
             13 => Self::Q5K,
@@ -45,7 +49,7 @@ impl GgmlType {
     pub fn block_len(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => QK,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => QK,
             Self::Q4K | Self::Q5K | Self::Q6K => QK_K,
         }
     }
@@ -57,6 +61,8 @@ impl GgmlType {
             Self::F16 | Self::BF16 => 2,
             Self::Q4_0 => 2 + QK / 2,
             Self::Q4_1 => 4 + QK / 2,
+            Self::Q5_0 => 2 + 4 + QK / 2,
+            Self::Q5_1 => 4 + 4 + QK / 2,
             Self::Q8_0 => 2 + QK,
             Self::Q4K => 4 + 12 + QK_K / 2,
             Self::Q5K => 4 + 12 + QK_K / 8 + QK_K / 2,
@@ -87,6 +93,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
         GgmlType::BF16 => out.extend(blocks.map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
         GgmlType::Q4_0 => blocks.for_each(|b| dequant_q4_0(b, &mut out)),
         GgmlType::Q4_1 => blocks.for_each(|b| dequant_q4_1(b, &mut out)),
+        GgmlType::Q5_0 => blocks.for_each(|b| dequant_q5(b, false, &mut out)),
+        GgmlType::Q5_1 => blocks.for_each(|b| dequant_q5(b, true, &mut out)),
         GgmlType::Q8_0 => blocks.for_each(|b| dequant_q8_0(b, &mut out)),
         GgmlType::Q4K => blocks.for_each(|b| dequant_q4_k(b, &mut out)),
         GgmlType::Q5K => blocks.for_each(|b| dequant_q5_k(b, &mut out)),
@@ -115,6 +123,19 @@ fn dequant_q4_1(b: &[u8], out: &mut Vec<f32>) {
     let qs = &b[4..];
     out.extend(qs.iter().map(|&q| d * (q & 0xf) as f32 + m));
     out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+}
+
+/// Q5_0 `{ d: f16, qh: u32, qs: [u8; 16] }`: x = d * (q - 16); Q5_1 `{ d, m: f16, qh, qs }`: x = d * q + m.
+/// The fifth bit of element `j` is bit `j` of `qh` (low nibbles, j < 16) or bit `j` (high nibbles, j >= 16).
+fn dequant_q5(b: &[u8], with_min: bool, out: &mut Vec<f32>) {
+    let d = f16_at(b, 0);
+    let (qh_at, offset, m) = if with_min { (4, 0, f16_at(b, 2)) } else { (2, 16, 0.0) };
+    let qh = u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
+    let qs = &b[qh_at + 4..];
+    let lo = qs.iter().enumerate().map(|(j, &q)| ((q & 0xf) as u32 | ((qh >> j) << 4) & 0x10) as i32 - offset);
+    out.extend(lo.map(|x| d * x as f32 + m));
+    let hi = qs.iter().enumerate().map(|(j, &q)| ((q >> 4) as u32 | (qh >> (j + 12)) & 0x10) as i32 - offset);
+    out.extend(hi.map(|x| d * x as f32 + m));
 }
 
 /// `{ d: f16, qs: [i8; 32] }`: x = d * q.
@@ -210,6 +231,8 @@ mod tests {
         assert_eq!(GgmlType::Q4_0.block_bytes(), 18);
         assert_eq!(GgmlType::Q4_1.block_bytes(), 20);
         assert_eq!(GgmlType::Q8_0.block_bytes(), 34);
+        assert_eq!(GgmlType::Q5_0.block_bytes(), 22);
+        assert_eq!(GgmlType::Q5_1.block_bytes(), 24);
         assert_eq!(GgmlType::Q4K.block_bytes(), 144);
         assert_eq!(GgmlType::Q5K.block_bytes(), 176);
         assert_eq!(GgmlType::Q6K.block_bytes(), 210);

@@ -55,14 +55,12 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
-#[test]
-fn logits_match_transformers_on_top20() {
-    let m = model();
-    let fx = fixture("smollm2_reference.json");
+/// Our logits at the fixture's positions match its top-20 within `tol`, with the same argmax.
+fn check_top20(m: &Model, cases: &Value, tol: f64) {
     let mut worst = 0.0f64;
-    for case in fx["prompts"].as_array().unwrap() {
+    for case in cases.as_array().unwrap() {
         let ids = ids_of(&case["ids"]);
-        let logits = all_logits(&m, &ids);
+        let logits = all_logits(m, &ids);
         for top in case["top20"].as_array().unwrap() {
             let p = top["position"].as_i64().unwrap();
             let row = logits.get(p);
@@ -71,7 +69,7 @@ fn logits_match_transformers_on_top20() {
             for (&id, &w) in top_ids.iter().zip(&want) {
                 let got = row.double_value(&[id as i64]);
                 worst = worst.max((got - w).abs());
-                assert!((got - w).abs() <= 1e-3, "{} pos {p} token {id}: got {got}, want {w}", case["name"]);
+                assert!((got - w).abs() <= tol, "{} pos {p} token {id}: got {got}, want {w}", case["name"]);
             }
             let argmax = row.argmax(0, false).int64_value(&[]) as u32;
             assert_eq!(argmax, top_ids[0], "{} pos {p}: argmax differs", case["name"]);
@@ -80,11 +78,9 @@ fn logits_match_transformers_on_top20() {
     eprintln!("worst top-20 logit difference vs transformers: {worst:.2e}");
 }
 
-#[test]
-fn greedy_continuation_matches_transformers_through_the_kv_pool() {
-    let m = model();
-    let fx = fixture("smollm2_reference.json");
-    for case in fx["prompts"].as_array().unwrap() {
+/// Greedy decoding one token at a time through the KV pool reproduces the fixture's continuation.
+fn check_greedy(m: &Model, cases: &Value) {
+    for case in cases.as_array().unwrap() {
         let ids = ids_of(&case["ids"]);
         let want = ids_of(&case["greedy"]);
         let mut kv = m.net.new_kv_pool(ids.len() + want.len() + 1).unwrap();
@@ -113,6 +109,32 @@ fn greedy_continuation_matches_transformers_through_the_kv_pool() {
         }
         assert_eq!(got, want, "{}: greedy continuation differs from transformers", case["name"]);
     }
+}
+
+#[test]
+fn logits_match_transformers_on_top20() {
+    check_top20(&model(), &fixture("smollm2_reference.json")["prompts"], 1e-3);
+}
+
+#[test]
+fn greedy_continuation_matches_transformers_through_the_kv_pool() {
+    check_greedy(&model(), &fixture("smollm2_reference.json")["prompts"]);
+}
+
+/// Opt-in (`make model-qwen`): Qwen2.5-Coder-0.5B-Instruct Q4_K_M, a Qwen2 model with QKV biases, untied LM head,
+/// Q5_0/Q4_K/Q6_K/Q8_0 tensors and the qwen2 pre-tokenizer.
+#[test]
+#[ignore = "needs the opt-in Qwen2 model: make model-qwen"]
+fn qwen2_matches_transformers() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let m = Model::load(&path, LoadOptions::default(), &mut |_, _| {}).expect("run make model-qwen");
+    let fx = fixture("qwen2_reference.json");
+    for case in fx["prompts"].as_array().unwrap() {
+        let got = m.tokenizer.encode(case["rendered"].as_str().unwrap(), false).unwrap().get_ids().to_vec();
+        assert_eq!(got, ids_of(&case["ids"]), "tokenizing {}", case["name"]);
+    }
+    check_top20(&m, &fx["prompts"], 1e-3);
+    check_greedy(&m, &fx["prompts"]);
 }
 
 fn long_prompt(m: &Model, n: usize) -> Vec<u32> {
@@ -250,6 +272,8 @@ fn ty(name: &str) -> GgmlType {
         "BF16" => GgmlType::BF16,
         "Q4_0" => GgmlType::Q4_0,
         "Q4_1" => GgmlType::Q4_1,
+        "Q5_0" => GgmlType::Q5_0,
+        "Q5_1" => GgmlType::Q5_1,
         "Q8_0" => GgmlType::Q8_0,
         "Q4_K" => GgmlType::Q4K,
         "Q5_K" => GgmlType::Q5K,
@@ -278,6 +302,8 @@ fn dequantizers_match_the_gguf_package() {
         GgmlType::BF16,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
         GgmlType::Q8_0,
         GgmlType::Q4K,
         GgmlType::Q5K,
