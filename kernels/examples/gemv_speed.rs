@@ -8,7 +8,7 @@ fn main() {
         .map(|i| Tensor::randn([if i % 4 == 2 { 3072 } else { 960 }, 576], (Kind::Float, Device::Cpu)))
         .collect();
     let bytes: f64 = ws.iter().map(|w| w.numel() as f64 * 4.0).sum();
-    for b in [1i64, 4, 8] {
+    for b in [1i64, 4, 8, 16, 32] {
         let x = Tensor::randn([b, 576], (Kind::Float, Device::Cpu));
         for pass in 0..2 {
             let t = Instant::now();

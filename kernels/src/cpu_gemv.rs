@@ -14,11 +14,11 @@ use tch::{Device, Kind, Tensor};
 pub const MAX_ROWS: usize = 32;
 /// Rows of `x` computed together from one pass over a weight row (accumulators held in registers).
 const GROUP: usize = 8;
-/// Batches up to this size are bound by weight streaming alone: libtorch's own ops in such a step are tiny and
-/// run best on one thread while this kernel's pool does the streaming.
-pub const SMALL_BATCH: usize = 8;
-/// Output rows per parallel task.
-const ROWS_PER_TASK: usize = 64;
+/// Steps of up to this many tokens do every matrix product in this kernel; libtorch's remaining ops in such a
+/// step are small element-wise ones that run faster on one thread than with a thread wake-up per op.
+pub const SMALL_BATCH: usize = MAX_ROWS;
+/// Weight rows per cache block (64 rows of 1,536 floats = 384 KiB, inside a 512 KiB L2).
+const BLOCK_ROWS: usize = 64;
 
 /// Whether this CPU runs the kernel.
 pub fn available() -> bool {
@@ -59,52 +59,65 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Option<Tensor> {
     // and they outlive these slices (borrowed for this call only; nothing else writes them meanwhile).
     let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, b * k) };
     let ws = unsafe { std::slice::from_raw_parts(w.data_ptr() as *const f32, n * k) };
-    // Computed transposed ([out, b]) so each task writes one contiguous chunk; transposed back at the end.
-    let mut out = vec![0f32; n * b];
-    // Each task owns ROWS_PER_TASK weight rows: the first group of x rows streams them from memory, later
-    // groups find them in cache.
-    out.par_chunks_mut(ROWS_PER_TASK * b).enumerate().for_each(|(task, chunk)| {
-        let first = task * ROWS_PER_TASK;
-        let rows = chunk.len() / b;
-        if b >= 4 {
-            // Register-blocked: two weight rows against four x rows per pass (8 accumulators, 6 loads per 8 FMAs).
-            let mut g = 0;
-            while g + 4 <= b {
-                let xg = &xs[g * k..(g + 4) * k];
-                let mut r = 0;
-                while r + 2 <= rows {
-                    let w2 = &ws[(first + r) * k..(first + r + 2) * k];
-                    let mut y = [0f32; 8];
-                    block_2x4(w2, xg, k, &mut y);
-                    chunk[r * b + g..r * b + g + 4].copy_from_slice(&y[..4]);
-                    chunk[(r + 1) * b + g..(r + 1) * b + g + 4].copy_from_slice(&y[4..]);
-                    r += 2;
-                }
-                if r < rows {
-                    let row = &ws[(first + r) * k..(first + r + 1) * k];
-                    dot_rows(row, xg, k, &mut chunk[r * b + g..r * b + g + 4]);
-                }
-                g += 4;
-            }
-            if g < b {
-                let xg = &xs[g * k..b * k];
-                for r in 0..rows {
-                    let row = &ws[(first + r) * k..(first + r + 1) * k];
-                    dot_rows(row, xg, k, &mut chunk[r * b + g..r * b + b]);
-                }
-            }
-            return;
-        }
-        for g in (0..b).step_by(GROUP) {
-            let gb = GROUP.min(b - g);
-            let xg = &xs[g * k..(g + gb) * k];
-            for (r, y) in chunk.chunks_exact_mut(b).enumerate() {
-                let row = &ws[(first + r) * k..(first + r + 1) * k];
-                dot_rows(row, xg, k, &mut y[g..g + gb]);
-            }
+    // Computed transposed ([out, b]) so each task writes one contiguous chunk; transposed back at the end
+    // (a free view when b = 1).
+    let y = Tensor::empty([n as i64, b as i64], (Kind::Float, Device::Cpu));
+    // SAFETY: `y` was just allocated as a contiguous f32 CPU tensor of n * b elements and nothing else refers to
+    // it until this function returns it.
+    let out = unsafe { std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, n * b) };
+    // One contiguous range of rows per thread keeps each thread's weight reads a single sequential stream
+    // (interleaved small tasks make the hardware prefetcher restart at every task). Inside it, blocks of
+    // BLOCK_ROWS rows small enough for L2: every group of x rows is done with a block before the next is read.
+    let rows_per_task = n.div_ceil(rayon::current_num_threads()).max(BLOCK_ROWS);
+    out.par_chunks_mut(rows_per_task * b).enumerate().for_each(|(task, chunk)| {
+        for (blk, y) in chunk.chunks_mut(BLOCK_ROWS * b).enumerate() {
+            let first = task * rows_per_task + blk * BLOCK_ROWS;
+            let rows = y.len() / b;
+            rows_block(&ws[first * k..(first + rows) * k], xs, b, k, y);
         }
     });
-    Some(Tensor::from_slice(&out).view([n as i64, b as i64]).tr().contiguous())
+    Some(if b == 1 { y.view([1, n as i64]) } else { y.tr().contiguous() })
+}
+
+/// `y[r * b + j] = w_r . x_j` for the rows `w_r` of `w` (a block of `y.len() / b` rows) and the `b` rows of `xs`.
+fn rows_block(w: &[f32], xs: &[f32], b: usize, k: usize, y: &mut [f32]) {
+    let rows = y.len() / b;
+    if b > GROUP {
+        // Register-blocked: BR weight rows against 4 x rows per pass (BR x 4 accumulators in registers; 3 rows
+        // spill on AVX2 and run 1.5x slower).
+        const BR: usize = 2;
+        let mut g = 0;
+        while g + 4 <= b {
+            let xg = &xs[g * k..(g + 4) * k];
+            let mut r = 0;
+            while r + BR <= rows {
+                let mut acc = [[0f32; 4]; BR];
+                block::<BR, 4>(&w[r * k..(r + BR) * k], xg, k, &mut acc);
+                for (i, a) in acc.iter().enumerate() {
+                    y[(r + i) * b + g..(r + i) * b + g + 4].copy_from_slice(a);
+                }
+                r += BR;
+            }
+            for r in r..rows {
+                dot_rows(&w[r * k..(r + 1) * k], xg, k, &mut y[r * b + g..r * b + g + 4]);
+            }
+            g += 4;
+        }
+        if g < b {
+            let xg = &xs[g * k..b * k];
+            for r in 0..rows {
+                dot_rows(&w[r * k..(r + 1) * k], xg, k, &mut y[r * b + g..r * b + b]);
+            }
+        }
+        return;
+    }
+    for g in (0..b).step_by(GROUP) {
+        let gb = GROUP.min(b - g);
+        let xg = &xs[g * k..(g + gb) * k];
+        for (r, yr) in y.chunks_exact_mut(b).enumerate() {
+            dot_rows(&w[r * k..(r + 1) * k], xg, k, &mut yr[g..g + gb]);
+        }
+    }
 }
 
 /// `y[j] = row . x[j]` for every row `j` of `x` (`x` is `y.len()` rows of `k`).
@@ -122,19 +135,17 @@ fn dot_rows(row: &[f32], x: &[f32], k: usize, y: &mut [f32]) {
     }
 }
 
-/// `y[i * 4 + j] = w_i . x_j` for two weight rows (`w2`, 2k) and four x rows (`x4`, 4k).
-fn block_2x4(w2: &[f32], x4: &[f32], k: usize, y: &mut [f32; 8]) {
+/// `y[r][c] = w_r . x_c` for `R` weight rows (`w`, R k) and `C` x rows (`x`, C k).
+fn block<const R: usize, const C: usize>(w: &[f32], x: &[f32], k: usize, y: &mut [[f32; C]; R]) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: only reached from `matmul_t` after `available()` confirmed AVX2 and FMA; lengths checked inside.
-        unsafe { avx2::block_2x4(w2, x4, k, y) }
+        unsafe { avx2::block::<R, C>(w, x, k, y) }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        for i in 0..2 {
-            for j in 0..4 {
-                y[i * 4 + j] = w2[i * k..(i + 1) * k].iter().zip(&x4[j * k..(j + 1) * k]).map(|(a, b)| a * b).sum();
-            }
+    for (r, yr) in y.iter_mut().enumerate() {
+        for (c, yc) in yr.iter_mut().enumerate() {
+            *yc = w[r * k..(r + 1) * k].iter().zip(&x[c * k..(c + 1) * k]).map(|(a, b)| a * b).sum();
         }
     }
 }
@@ -151,28 +162,33 @@ mod avx2 {
     }
 
     /// # Safety
-    /// The CPU must support AVX2 and FMA. `k` must be a multiple of 8, `w2.len() >= 2k`, `x4.len() >= 4k`.
+    /// The CPU must support AVX2 and FMA. `k` must be a multiple of 8, `w.len() >= R k`, `x.len() >= C k`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_2x4(w2: &[f32], x4: &[f32], k: usize, y: &mut [f32; 8]) {
-        assert!(k.is_multiple_of(8) && w2.len() >= 2 * k && x4.len() >= 4 * k);
-        let mut acc = [_mm256_setzero_ps(); 8];
-        let (w, x) = (w2.as_ptr(), x4.as_ptr());
+    pub(super) unsafe fn block<const R: usize, const C: usize>(w: &[f32], x: &[f32], k: usize, y: &mut [[f32; C]; R]) {
+        assert!(k.is_multiple_of(8) && w.len() >= R * k && x.len() >= C * k);
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
         let mut i = 0;
         while i < k {
-            // SAFETY: i + 8 <= k, so every load below stays inside w2 (2k) and x4 (4k), asserted above.
+            // SAFETY: i + 8 <= k, so every load stays inside w (R k) and x (C k), asserted above.
             unsafe {
-                let w0 = _mm256_loadu_ps(w.add(i));
-                let w1 = _mm256_loadu_ps(w.add(k + i));
-                for j in 0..4 {
-                    let xv = _mm256_loadu_ps(x.add(j * k + i));
-                    acc[j] = _mm256_fmadd_ps(w0, xv, acc[j]);
-                    acc[4 + j] = _mm256_fmadd_ps(w1, xv, acc[4 + j]);
+                let mut xv = [_mm256_setzero_ps(); C];
+                for (c, v) in xv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(xp.add(c * k + i));
+                }
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_loadu_ps(wp.add(r * k + i));
+                    for (a, &v) in accr.iter_mut().zip(&xv) {
+                        *a = _mm256_fmadd_ps(wv, v, *a);
+                    }
                 }
             }
             i += 8;
         }
-        for (yi, a) in y.iter_mut().zip(acc) {
-            *yi = hsum(a);
+        for (yr, accr) in y.iter_mut().zip(&acc) {
+            for (yi, &a) in yr.iter_mut().zip(accr) {
+                *yi = hsum(a);
+            }
         }
     }
 
@@ -182,6 +198,38 @@ mod avx2 {
     pub(super) unsafe fn dot_rows(row: &[f32], x: &[f32], k: usize, y: &mut [f32]) {
         assert!(k.is_multiple_of(8) && row.len() >= k && x.len() >= y.len() * k && y.len() <= super::GROUP);
         let b = y.len();
+        if b == 1 {
+            // One row: four independent accumulators so FMA latency does not serialize the stream.
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= k {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: i + 8u + 8 <= i + 32 <= k <= row.len(), x.len().
+                    unsafe {
+                        let off = i + 8 * u;
+                        *a = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(row.as_ptr().add(off)),
+                            _mm256_loadu_ps(x.as_ptr().add(off)),
+                            *a,
+                        );
+                    }
+                }
+                i += 32;
+            }
+            while i < k {
+                // SAFETY: i + 8 <= k (k is a multiple of 8).
+                unsafe {
+                    acc[0] = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(row.as_ptr().add(i)),
+                        _mm256_loadu_ps(x.as_ptr().add(i)),
+                        acc[0],
+                    );
+                }
+                i += 8;
+            }
+            y[0] = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+            return;
+        }
         let mut acc = [_mm256_setzero_ps(); super::GROUP];
         let mut i = 0;
         while i < k {

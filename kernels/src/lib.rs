@@ -25,6 +25,7 @@
 //! CPU by default (see [`LoadOptions`]); the same code runs on CUDA in bf16/f16.
 
 pub mod config;
+mod cpu_attention;
 pub mod cpu_gemv;
 mod error;
 pub mod gguf;

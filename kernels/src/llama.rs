@@ -77,6 +77,8 @@ pub struct LlamaModel {
     /// `[max_positions, head_dim / 2]` each.
     cos: Tensor,
     sin: Tensor,
+    /// Use the fused CPU kernels of [`crate::cpu_attention`] (f32 on CPU only).
+    fused: bool,
 }
 
 impl std::fmt::Debug for LlamaModel {
@@ -153,6 +155,7 @@ impl LlamaModel {
         let (cos, sin) = rope_tables(&cfg, freq_factors.as_deref())?;
         progress(total, total);
         Ok(Self {
+            fused: device == Device::Cpu && kind == Kind::Float,
             device,
             kind,
             embed,
@@ -174,6 +177,12 @@ impl LlamaModel {
     pub fn kind(&self) -> Kind {
         self.kind
     }
+    /// Switches the fused CPU attention kernels on or off (they are on by default for f32 on CPU, and can only
+    /// be on there); the libtorch path is the reference they are tested against.
+    pub fn use_fused_cpu_kernels(&mut self, on: bool) {
+        self.fused = on && self.device == Device::Cpu && self.kind == Kind::Float;
+    }
+
     /// Longest sequence the position tables cover.
     pub fn max_positions(&self) -> usize {
         self.cos.size()[0] as usize
@@ -205,24 +214,53 @@ impl LlamaModel {
         let sin = self.sin.f_index_select(0, &plan.positions)?.unsqueeze(1);
         for (l, layer) in self.layers.iter().enumerate() {
             let h = x.f_rms_norm([h_dim], Some(&layer.attn_norm), eps)?;
-            let qkv = linear(&h, &layer.wqkv, layer.bqkv.as_ref())?;
-            let q = qkv.narrow(1, 0, nh * d).view([t, nh, d]);
-            let k = qkv.narrow(1, nh * d, nkv * d).view([t, nkv, d]);
-            let v = qkv.narrow(1, (nh + nkv) * d, nkv * d).view([t, nkv, d]);
-            let q = rope(&q, &cos, &sin);
-            let k = rope(&k, &cos, &sin);
-            let _ = kv.k[l].f_index_copy_(0, &plan.write_slots, &k)?;
-            let _ = kv.v[l].f_index_copy_(0, &plan.write_slots, &v)?;
+            let mut qkv = linear(&h, &layer.wqkv, layer.bqkv.as_ref())?.contiguous();
+            let heads =
+                crate::cpu_attention::Heads { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
+            let (q, k, v) = if self.fused {
+                crate::cpu_attention::rope_and_store(
+                    &mut qkv,
+                    (&self.cos, &self.sin),
+                    &plan.positions_host,
+                    &plan.write_host,
+                    (&mut kv.k[l], &mut kv.v[l]),
+                    heads,
+                );
+                (
+                    qkv.narrow(1, 0, nh * d).view([t, nh, d]),
+                    qkv.narrow(1, nh * d, nkv * d).view([t, nkv, d]),
+                    qkv.narrow(1, (nh + nkv) * d, nkv * d).view([t, nkv, d]),
+                )
+            } else {
+                let q = rope(&qkv.narrow(1, 0, nh * d).view([t, nh, d]), &cos, &sin);
+                let k = rope(&qkv.narrow(1, nh * d, nkv * d).view([t, nkv, d]), &cos, &sin);
+                let v = qkv.narrow(1, (nh + nkv) * d, nkv * d).view([t, nkv, d]);
+                let _ = kv.k[l].f_index_copy_(0, &plan.write_slots, &k)?;
+                let _ = kv.v[l].f_index_copy_(0, &plan.write_slots, &v)?;
+                (q, k, v)
+            };
             let mut outs: Vec<Tensor> = Vec::with_capacity(1 + plan.prefills.len());
             if let Some(dec) = &plan.decode {
                 let b = dec.n_seqs;
-                let qd = q.narrow(0, 0, b).unsqueeze(2);
-                let gather = |pool: &Tensor| -> Result<Tensor> {
-                    Ok(pool.f_index_select(0, &dec.gather)?.view([b, dec.max_len, nkv, d]).permute([0, 2, 1, 3]))
-                };
-                let (kd, vd) = (gather(&kv.k[l])?, gather(&kv.v[l])?);
-                let o = Tensor::f_scaled_dot_product_attention(&qd, &kd, &vd, Some(&dec.mask), 0.0, false, None, true)?;
-                outs.push(o.reshape([b, nh * d]));
+                if self.fused {
+                    outs.push(crate::cpu_attention::decode_attention(
+                        &qkv,
+                        &kv.k[l],
+                        &kv.v[l],
+                        &dec.slots_host,
+                        &dec.offsets,
+                        heads,
+                    ));
+                } else {
+                    let qd = q.narrow(0, 0, b).unsqueeze(2);
+                    let gather = |pool: &Tensor| -> Result<Tensor> {
+                        Ok(pool.f_index_select(0, &dec.gather)?.view([b, dec.max_len, nkv, d]).permute([0, 2, 1, 3]))
+                    };
+                    let (kd, vd) = (gather(&kv.k[l])?, gather(&kv.v[l])?);
+                    let o =
+                        Tensor::f_scaled_dot_product_attention(&qd, &kd, &vd, Some(&dec.mask), 0.0, false, None, true)?;
+                    outs.push(o.reshape([b, nh * d]));
+                }
             }
             for p in &plan.prefills {
                 let qp = q.narrow(0, p.start, p.len).transpose(0, 1).unsqueeze(0);
@@ -358,6 +396,8 @@ struct Plan {
     ids: Tensor,
     positions: Tensor,
     write_slots: Tensor,
+    positions_host: Vec<i64>,
+    write_host: Vec<i64>,
     decode: Option<DecodeGroup>,
     prefills: Vec<PrefillSeq>,
     logit_rows: Option<Tensor>,
@@ -371,6 +411,9 @@ struct DecodeGroup {
     gather: Tensor,
     /// `[n_seqs, 1, 1, max_len]`, true where a key is attended.
     mask: Tensor,
+    /// The same slots unpadded, sequence `s` at `slots_host[offsets[s]..offsets[s + 1]]` (fused CPU kernel).
+    slots_host: Vec<u32>,
+    offsets: Vec<usize>,
 }
 
 struct PrefillSeq {
@@ -454,8 +497,13 @@ impl Plan {
             let max_len = order[..n_dec].iter().map(|&i| batch[i].context_slots.len() + 1).max().unwrap_or(1);
             let mut gather = Vec::with_capacity(n_dec * max_len);
             let mut mask = Vec::with_capacity(n_dec * max_len);
+            let mut slots_host = Vec::new();
+            let mut offsets = vec![0];
             for &i in &order[..n_dec] {
                 let s = &batch[i];
+                slots_host.extend_from_slice(s.context_slots);
+                slots_host.push(s.new_slots[0]);
+                offsets.push(slots_host.len());
                 let pad = s.new_slots[0] as i64;
                 gather.extend(s.context_slots.iter().map(|&x| x as i64));
                 gather.push(pad);
@@ -469,6 +517,8 @@ impl Plan {
                 max_len: max_len as i64,
                 gather: Tensor::from_slice(&gather).to_device(dev),
                 mask: Tensor::from_slice(&mask).view([n_dec as i64, 1, 1, max_len as i64]).to_device(dev),
+                slots_host,
+                offsets,
             })
         } else {
             None
@@ -512,6 +562,8 @@ impl Plan {
             ids: Tensor::from_slice(&ids).to_device(dev),
             positions: Tensor::from_slice(&pos).to_device(dev),
             write_slots: Tensor::from_slice(&write).to_device(dev),
+            positions_host: pos,
+            write_host: write,
             decode,
             prefills,
             logit_rows: (!logit_rows.is_empty()).then(|| Tensor::from_slice(&logit_rows).to_device(dev)),

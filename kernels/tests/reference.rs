@@ -333,3 +333,45 @@ fn kv_pool_kind_follows_the_model() {
     let m = model();
     assert_eq!(m.net.kind(), Kind::Float);
 }
+
+#[test]
+fn fused_cpu_kernels_equal_the_libtorch_path() {
+    let mut m = model();
+    let base = long_prompt(&m, 90);
+    // Contexts first, then one mixed step: a fresh prefill, an extend and two decodes.
+    let run = |m: &Model| -> Vec<Tensor> {
+        let mut kv = m.net.new_kv_pool(512).unwrap();
+        let ctx: Vec<Vec<u32>> =
+            [0u32, 40, 31, 77].iter().enumerate().map(|(s, &n)| (0..n).map(|i| s as u32 * 128 + i).collect()).collect();
+        for (s, c) in ctx.iter().enumerate() {
+            if !c.is_empty() {
+                let toks = &base[s..s + c.len()];
+                m.net
+                    .forward(
+                        &mut kv,
+                        &[SeqInput { context_slots: &[], tokens: toks, new_slots: c, logits: LogitsFor::None }],
+                    )
+                    .unwrap();
+            }
+        }
+        let news: Vec<Vec<u32>> = [(0usize, 23usize), (40, 17), (31, 1), (77, 1)]
+            .iter()
+            .enumerate()
+            .map(|(s, &(c, n))| (c as u32..(c + n) as u32).map(|i| s as u32 * 128 + i).collect())
+            .collect();
+        let toks: Vec<&[u32]> = news.iter().enumerate().map(|(s, n)| &base[50 + s..50 + s + n.len()]).collect();
+        let inputs: Vec<SeqInput> = (0..4)
+            .map(|s| SeqInput { context_slots: &ctx[s], tokens: toks[s], new_slots: &news[s], logits: LogitsFor::All })
+            .collect();
+        let out = m.net.forward(&mut kv, &inputs).unwrap();
+        out.rows.iter().map(|r| out.tensor.narrow(0, r.start as i64, r.len() as i64)).collect()
+    };
+    let fused = run(&m);
+    m.net.use_fused_cpu_kernels(false);
+    let reference = run(&m);
+    m.net.use_fused_cpu_kernels(true);
+    for (s, (a, b)) in fused.iter().zip(&reference).enumerate() {
+        let d = max_abs_diff(a, b);
+        assert!(d <= 1e-4, "sequence {s}: fused kernels differ from libtorch by {d}");
+    }
+}

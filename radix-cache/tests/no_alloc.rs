@@ -1,17 +1,26 @@
 //! `peek` must not touch the heap: the scheduler calls it for every waiting request on every step.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use radix_cache::{Namespace, RadixCache, SlotAllocator};
 
 struct Counting;
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Allocations made by this thread (tests in this binary run in parallel on their own threads).
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
 
 // SAFETY: forwards to the system allocator unchanged, only counting calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // `try_with`: the slot may be gone while a thread is being torn down.
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
         // SAFETY: same contract as our caller's.
         unsafe { System.alloc(layout) }
     }
@@ -38,13 +47,13 @@ fn peek_does_not_allocate() {
         }
         let mut query = prefix.clone();
         query.extend((0..128).map(|i| 10_000 + 3 * 1000 + i));
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = allocations();
         let mut total = 0;
         for _ in 0..100 {
             total += cache.peek(Namespace(0), &query);
             total += cache.peek(Namespace(7), &query);
         }
-        let after = ALLOCATIONS.load(Ordering::Relaxed);
+        let after = allocations();
         assert_eq!(total, 100 * query.len() / page * page);
         assert_eq!(after - before, 0, "peek allocated");
     }
