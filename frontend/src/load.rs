@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use kernels::{LoadOptions, Model};
 
@@ -44,12 +43,13 @@ pub fn load_model(path: &Path, opts: LoadOptions) -> anyhow::Result<Model> {
             .progress_chars("=> "),
     );
     bar.set_message(format!("loading {}", path.display()));
+    // Load errors name the file themselves.
     let model = Model::load(path, opts, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-    })
-    .with_context(|| format!("loading {}", path.display()))?;
+    });
     bar.finish_and_clear();
+    let model = model?;
     Ok(model)
 }
 

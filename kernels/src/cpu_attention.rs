@@ -112,7 +112,7 @@ pub fn decode_attention(
         let slots = &gather[offsets[s]..offsets[s + 1]];
         let qs = &q[s * width + kvh * group * d..s * width + (kvh + 1) * group * d];
         #[cfg(target_arch = "x86_64")]
-        if crate::cpu_gemv::available() {
+        if crate::cpu_gemm::available() {
             // SAFETY: AVX2 and FMA are present (checked just above).
             unsafe { attend_avx2(qs, slots, pk, pv, kvh, h, scale, o) };
             return;

@@ -40,6 +40,18 @@ impl Error {
         Self { kind: ErrorKind::Invalid(msg.into()) }
     }
 
+    /// The same error, its message prefixed with the file it came from (kind unchanged).
+    pub(crate) fn in_file(self, path: impl fmt::Display) -> Self {
+        let kind = match self.kind {
+            ErrorKind::Format(m) => ErrorKind::Format(format!("{path}: {m}")),
+            ErrorKind::Unsupported(m) => ErrorKind::Unsupported(format!("{path}: {m}")),
+            ErrorKind::Tokenizer(m) => ErrorKind::Tokenizer(format!("{path}: {m}")),
+            ErrorKind::Invalid(m) => ErrorKind::Invalid(format!("{path}: {m}")),
+            other => other,
+        };
+        Self { kind }
+    }
+
     /// True when the model file is malformed or truncated.
     pub fn is_format(&self) -> bool {
         matches!(self.kind, ErrorKind::Format(_))
@@ -67,15 +79,9 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            ErrorKind::Io { source, .. } => Some(source),
-            ErrorKind::Torch(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// The message already includes the inner error's text, so `source()` is left empty: error reporters that walk
+/// the chain (anyhow's `{:#}`) would otherwise print it twice.
+impl std::error::Error for Error {}
 
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {

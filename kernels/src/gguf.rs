@@ -151,7 +151,7 @@ impl GgufFile {
         // SAFETY: the map is read-only and private to this process; a model file changed under a running
         // server is outside what we support (llama.cpp and safetensors make the same assumption).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path.display(), e))?;
-        Self::parse(Bytes::Mapped(map)).map_err(|e| Error::format(format!("{}: {e}", path.display())))
+        Self::parse(Bytes::Mapped(map)).map_err(|e| e.in_file(path.display()))
     }
 
     /// Parses a GGUF image held in memory (tests, fuzzing).

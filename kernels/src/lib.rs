@@ -26,10 +26,11 @@
 
 pub mod config;
 mod cpu_attention;
-pub mod cpu_gemv;
+pub mod cpu_gemm;
 mod error;
 pub mod gguf;
 pub mod kv;
+mod linear;
 pub mod llama;
 mod model;
 pub mod quant;

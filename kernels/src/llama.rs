@@ -19,6 +19,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv::KvPool;
+use crate::linear::Linear;
 use crate::weights::{gguf_qk_permuted, WeightSource};
 
 /// Which positions of a sequence need logits.
@@ -55,12 +56,11 @@ pub struct Logits {
 
 struct Layer {
     attn_norm: Tensor,
-    wqkv: Tensor,
-    bqkv: Option<Tensor>,
-    wo: Tensor,
+    qkv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
-    w_gate_up: Tensor,
-    w_down: Tensor,
+    gate_up: Linear,
+    down: Linear,
 }
 
 /// Loading progress: tensors done out of total.
@@ -73,7 +73,7 @@ pub struct LlamaModel {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Linear,
     /// `[max_positions, head_dim / 2]` each.
     cos: Tensor,
     sin: Tensor,
@@ -129,24 +129,26 @@ impl LlamaModel {
             let up = load("ffn_up.weight", None, &[cfg.intermediate_size, h])?;
             layers.push(Layer {
                 attn_norm: put(load("attn_norm.weight", None, &[h])?)?,
-                wqkv: put(Tensor::cat(&[wq, wk, wv], 0))?,
-                bqkv,
-                wo: put(load("attn_output.weight", None, &[h, q_out])?)?,
+                qkv: Linear::new(put(Tensor::cat(&[wq, wk, wv], 0))?, bqkv),
+                wo: Linear::new(put(load("attn_output.weight", None, &[h, q_out])?)?, None),
                 ffn_norm: put(load("ffn_norm.weight", None, &[h])?)?,
-                w_gate_up: put(Tensor::cat(&[gate, up], 0))?,
-                w_down: put(load("ffn_down.weight", None, &[h, cfg.intermediate_size])?)?,
+                gate_up: Linear::new(put(Tensor::cat(&[gate, up], 0))?, None),
+                down: Linear::new(put(load("ffn_down.weight", None, &[h, cfg.intermediate_size])?)?, None),
             });
             progress(l + 2, total);
         }
         let norm = put(src.load("output_norm.weight", None)?)?;
         check_shape("output_norm.weight", &norm, &[cfg.hidden_size])?;
-        let lm_head = if src.contains("output.weight") && !cfg.tie_word_embeddings {
-            let w = src.load("output.weight", None)?;
-            check_shape("output.weight", &w, &[cfg.vocab_size, cfg.hidden_size])?;
-            put(w)?
-        } else {
-            embed.shallow_clone()
-        };
+        let lm_head = Linear::new(
+            if src.contains("output.weight") && !cfg.tie_word_embeddings {
+                let w = src.load("output.weight", None)?;
+                check_shape("output.weight", &w, &[cfg.vocab_size, cfg.hidden_size])?;
+                put(w)?
+            } else {
+                embed.shallow_clone()
+            },
+            None,
+        );
         let freq_factors = if src.contains("rope_freqs.weight") {
             Some(Vec::<f32>::try_from(src.load("rope_freqs.weight", None)?.flatten(0, -1))?)
         } else {
@@ -197,8 +199,8 @@ impl LlamaModel {
     pub fn forward(&self, kv: &mut KvPool, batch: &[SeqInput<'_>]) -> Result<Logits> {
         let plan = Plan::new(self, kv, batch)?;
         let _one_thread = (self.device == Device::Cpu
-            && plan.n_tokens as usize <= crate::cpu_gemv::SMALL_BATCH
-            && crate::cpu_gemv::available())
+            && plan.n_tokens as usize <= crate::cpu_gemm::MAX_ROWS
+            && crate::cpu_gemm::available())
         .then(TorchThreads::one);
         tch::no_grad(|| self.forward_planned(kv, &plan))
     }
@@ -214,7 +216,7 @@ impl LlamaModel {
         let sin = self.sin.f_index_select(0, &plan.positions)?.unsqueeze(1);
         for (l, layer) in self.layers.iter().enumerate() {
             let h = x.f_rms_norm([h_dim], Some(&layer.attn_norm), eps)?;
-            let mut qkv = linear(&h, &layer.wqkv, layer.bqkv.as_ref())?.contiguous();
+            let mut qkv = layer.qkv.forward(&h)?.contiguous();
             let heads =
                 crate::cpu_attention::Heads { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
             let (q, k, v) = if self.fused {
@@ -283,12 +285,12 @@ impl LlamaModel {
                 outs.push(o.squeeze_dim(0).transpose(0, 1).reshape([p.len, nh * d]));
             }
             let attn = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::f_cat(&outs, 0)? };
-            x += linear(&attn, &layer.wo, None)?;
+            x += layer.wo.forward(&attn)?;
             let h = x.f_rms_norm([h_dim], Some(&layer.ffn_norm), eps)?;
-            let gu = linear(&h, &layer.w_gate_up, None)?;
+            let gu = layer.gate_up.forward(&h)?;
             let inter = c.intermediate_size as i64;
             let act = gu.narrow(1, 0, inter).silu() * gu.narrow(1, inter, inter);
-            x += linear(&act, &layer.w_down, None)?;
+            x += layer.down.forward(&act)?;
         }
         let rows = match &plan.logit_rows {
             Some(r) => x.f_index_select(0, r)?,
@@ -300,12 +302,14 @@ impl LlamaModel {
             }
         };
         let hidden = rows.f_rms_norm([h_dim], Some(&self.norm), eps)?;
-        let logits = linear(&hidden, &self.lm_head, None)?.f_to_kind(Kind::Float)?;
+        let logits = self.lm_head.forward(&hidden)?.f_to_kind(Kind::Float)?;
         Ok(Logits { tensor: logits, rows: plan.out_rows.clone() })
     }
 }
 
-/// Holds libtorch to one intra-op thread until dropped (see [`crate::cpu_gemv::SMALL_BATCH`]).
+/// Holds libtorch to one intra-op thread until dropped. Steps of up to [`crate::cpu_gemm::MAX_ROWS`] tokens do
+/// every matrix product in our kernels; libtorch's remaining ops there are small element-wise ones that run
+/// faster on one thread than with a thread wake-up per op.
 struct TorchThreads(i32);
 
 impl TorchThreads {
@@ -319,17 +323,6 @@ impl TorchThreads {
 impl Drop for TorchThreads {
     fn drop(&mut self) {
         tch::set_num_threads(self.0);
-    }
-}
-
-/// `x @ w.T + bias`: the small-batch CPU kernel where it applies, libtorch otherwise.
-fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    match crate::cpu_gemv::matmul_t(x, w) {
-        Some(y) => Ok(match bias {
-            Some(b) => y + b,
-            None => y,
-        }),
-        None => Ok(x.f_linear(w, bias)?),
     }
 }
 

@@ -78,7 +78,7 @@ pub fn check_device(device: Device) -> Result<()> {
 /// Process set-up to call first thing in `main`, before any libtorch call.
 ///
 /// libtorch's OpenMP threads spin after every parallel region by default; in a decode step that alternates
-/// libtorch ops with our own thread pool ([`crate::cpu_gemv`]) the spinning threads steal the cores the pool
+/// libtorch ops with our own thread pool ([`crate::cpu_gemm`]) the spinning threads steal the cores the pool
 /// needs. A passive wait policy makes them sleep instead. libgomp reads it when it is loaded, before `main` runs,
 /// so when it is unset we set it and re-execute the binary (same arguments) once; a value already in the
 /// environment is respected. If the re-exec fails we carry on: it costs speed, not function.

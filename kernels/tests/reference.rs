@@ -16,7 +16,7 @@ use tch::{Kind, Tensor};
 fn model_path() -> PathBuf {
     std::env::var_os("RADIXSERVE_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .unwrap_or_else(|| manifest_dir().join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"))
 }
 
 /// One model per test binary; tests take turns (libtorch already uses every core).
@@ -32,7 +32,7 @@ fn model() -> MutexGuard<'static, Model> {
 }
 
 fn fixture(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name);
+    let p = manifest_dir().join("testdata").join(name);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
@@ -126,7 +126,7 @@ fn greedy_continuation_matches_transformers_through_the_kv_pool() {
 #[test]
 #[ignore = "needs the opt-in Qwen2 model: make model-qwen"]
 fn qwen2_matches_transformers() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let path = manifest_dir().join("../models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let m = Model::load(&path, LoadOptions::default(), &mut |_, _| {}).expect("run make model-qwen");
     let fx = fixture("qwen2_reference.json");
     for case in fx["prompts"].as_array().unwrap() {
@@ -374,4 +374,10 @@ fn fused_cpu_kernels_equal_the_libtorch_path() {
         let d = max_abs_diff(a, b);
         assert!(d <= 1e-4, "sequence {s}: fused kernels differ from libtorch by {d}");
     }
+}
+
+/// This crate's folder, read when the test runs (cargo sets it for every run), not baked in at compile time:
+/// a test binary reused from another checkout of the same sources must still find this checkout's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run through cargo test"))
 }

@@ -94,7 +94,7 @@ fn run_case(case: &Case, page: usize) {
 
 #[test]
 fn cases_under_every_page_size() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/cases.toml")).unwrap();
+    let text = std::fs::read_to_string(manifest_dir().join("testdata/cases.toml")).unwrap();
     let file: File = toml::from_str(&text).unwrap();
     assert!(file.case.len() >= 7);
     for page in [1, 2, 4] {
@@ -102,4 +102,10 @@ fn cases_under_every_page_size() {
             run_case(case, page);
         }
     }
+}
+
+/// This crate's folder, read when the test runs (cargo sets it for every run), not baked in at compile time:
+/// a test binary reused from another checkout of the same sources must still find this checkout's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run through cargo test"))
 }
