@@ -16,7 +16,7 @@ TARGET := $(RADIXSERVE_CACHE)/target/release
 .PHONY: setup build serve generate test lint fmt bench-model fixtures model-qwen clean
 
 setup:
-	@tools/setup.sh venv model cargo
+	@tools/setup.sh venv model cargo llama3
 
 build: setup
 	$(CARGO) build --release --workspace --bins

@@ -1,0 +1,63 @@
+//! Constraints as users give them, compiled to one regular language.
+
+use crate::error::{Error, Result};
+
+/// JSON whitespace allowed between tokens: a bounded run so models cannot stall in whitespace forever.
+pub const DEFAULT_WHITESPACE: &str = r"[ \t\n]{0,4}";
+
+/// A constraint on a request's output.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Constraint {
+    /// The whole output matches this regex.
+    Regex(String),
+    /// The output is exactly one of these strings.
+    Choice(Vec<String>),
+    /// Any JSON object, nested at most `max_depth` levels (OpenAI's `json_object` mode).
+    JsonObject { max_depth: u32 },
+}
+
+impl Constraint {
+    /// The regex the output must match.
+    pub fn to_regex(&self) -> Result<String> {
+        match self {
+            Constraint::Regex(r) => {
+                regex_syntax::Parser::new().parse(r).map_err(|e| Error::syntax(format!("regex: {e}")))?;
+                Ok(r.clone())
+            }
+            Constraint::Choice(options) => {
+                if options.is_empty() {
+                    return Err(Error::syntax("choice: no options"));
+                }
+                Ok(options.iter().map(|o| regex_syntax::escape(o)).collect::<Vec<_>>().join("|"))
+            }
+            Constraint::JsonObject { max_depth } => {
+                if *max_depth == 0 || *max_depth > 6 {
+                    return Err(Error::unsupported(format!("json_object max_depth {max_depth} (1 to 6)")));
+                }
+                Ok(json_object_regex(*max_depth, DEFAULT_WHITESPACE))
+            }
+        }
+    }
+}
+
+/// A JSON string: any character but `"`, `\` and controls, or an escape.
+pub const JSON_STRING: &str = r#""([^"\\\x00-\x1F\x7F]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*""#;
+/// A JSON number (RFC 8259).
+pub const JSON_NUMBER: &str = r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?";
+
+/// A JSON object whose values nest at most `depth` objects/arrays deep (the object itself counts as one).
+fn json_object_regex(depth: u32, ws: &str) -> String {
+    let value = json_value_regex(depth - 1, ws);
+    let member = format!("{JSON_STRING}{ws}:{ws}{value}");
+    format!(r"\{{{ws}({member}({ws},{ws}{member})*)?{ws}\}}")
+}
+
+fn json_value_regex(depth: u32, ws: &str) -> String {
+    let mut alts = vec![JSON_STRING.to_string(), JSON_NUMBER.to_string(), "true|false|null".to_string()];
+    if depth > 0 {
+        alts.push(json_object_regex(depth, ws));
+        let inner = json_value_regex(depth - 1, ws);
+        alts.push(format!(r"\[{ws}({inner}({ws},{ws}{inner})*)?{ws}\]"));
+    }
+    format!("({})", alts.join("|"))
+}

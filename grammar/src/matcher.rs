@@ -1,0 +1,129 @@
+//! Per-request grammar state: cheap to create, advanced one token at a time, rolled back on demand.
+
+use std::sync::Arc;
+
+use regex_automata::util::primitives::StateID;
+
+use crate::bitset::TokenBitset;
+use crate::grammar::Grammar;
+
+/// Why a token was refused; the matcher is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// The token's bytes leave the language.
+    Disallowed(u32),
+    /// EOS while the output is not complete.
+    NotComplete(u32),
+    /// A special token that writes nothing the grammar can see, or an id outside the vocabulary.
+    Special(u32),
+    /// The matcher already ended with EOS.
+    Finished,
+}
+
+/// Where one request is in its grammar.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    grammar: Arc<Grammar>,
+    /// DFA state after each accepted token; `states[0]` is the start.
+    states: Vec<StateID>,
+    finished: bool,
+}
+
+impl Matcher {
+    pub fn new(grammar: Arc<Grammar>) -> Self {
+        let start = grammar.start();
+        Self { grammar, states: vec![start], finished: false }
+    }
+
+    fn state(&self) -> StateID {
+        *self.states.last().expect("start state is never popped")
+    }
+
+    /// Accepts `token` if the grammar allows it next.
+    pub fn advance(&mut self, token: u32) -> Result<(), Rejected> {
+        if self.finished {
+            return Err(Rejected::Finished);
+        }
+        let space = self.grammar.space();
+        if space.vocab.eos().contains(&token) {
+            if self.is_accepting() {
+                self.finished = true;
+                return Ok(());
+            }
+            return Err(Rejected::NotComplete(token));
+        }
+        let bytes = space.vocab.bytes(token).ok_or(Rejected::Special(token))?;
+        let next = self.grammar.walk(self.state(), bytes).ok_or(Rejected::Disallowed(token))?;
+        self.states.push(next);
+        Ok(())
+    }
+
+    /// Writes the allowed tokens into `mask` (EOS only when the output may end here).
+    pub fn mask_into(&self, mask: &mut TokenBitset) {
+        if self.finished {
+            mask.clear();
+            return;
+        }
+        mask.copy_from(&self.grammar.mask(self.state()));
+        if self.is_accepting() {
+            for &e in self.grammar.space().vocab.eos() {
+                mask.set(e);
+            }
+        }
+    }
+
+    /// Whether the output so far is a complete match.
+    pub fn is_accepting(&self) -> bool {
+        self.grammar.accepts(self.state())
+    }
+
+    /// Whether the grammar allows nothing but ending (the caller can stop without sampling EOS).
+    pub fn is_complete(&self) -> bool {
+        self.finished || (self.is_accepting() && self.grammar.mask(self.state()).count() == 0)
+    }
+
+    /// Tokens accepted so far (EOS not counted).
+    pub fn len(&self) -> usize {
+        self.states.len() - 1
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Undoes the last `n` accepted tokens; a final EOS counts as one.
+    pub fn rollback(&mut self, mut n: usize) {
+        if self.finished && n > 0 {
+            self.finished = false;
+            n -= 1;
+        }
+        let keep = self.states.len().saturating_sub(n).max(1);
+        self.states.truncate(keep);
+    }
+
+    /// The bytes the grammar forces next, if there is only one way on (jump-forward decoding): stops where a
+    /// choice opens or the output may end. Empty when the next byte is not forced.
+    pub fn forced_bytes(&self) -> Vec<u8> {
+        let g = &self.grammar;
+        let mut s = self.state();
+        let mut out = Vec::new();
+        while !g.accepts(s) {
+            let mut only = None;
+            for b in 0..=255u8 {
+                if !g.is_dead(g.next(s, b)) {
+                    if only.is_some() {
+                        return out;
+                    }
+                    only = Some(b);
+                }
+            }
+            match only {
+                Some(b) => {
+                    out.push(b);
+                    s = g.next(s, b);
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}

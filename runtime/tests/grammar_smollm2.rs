@@ -1,0 +1,39 @@
+//! The grammar engine on the real SmolLM2 tokenizer (built from the GGUF file by `kernels`).
+
+use std::sync::Arc;
+
+use grammar::{Constraint, Grammar, Limits, Matcher, TokenBitset, TokenSpace, Vocabulary};
+use kernels::gguf::GgufFile;
+
+fn model_path() -> std::path::PathBuf {
+    std::env::var_os("RADIXSERVE_MODEL").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run through cargo test"))
+            .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    })
+}
+
+#[test]
+fn smollm2_vocabulary_and_json_constraint() {
+    let g = GgufFile::open(model_path()).unwrap();
+    let (tok, special) = kernels::tokenizer::from_gguf(&g).unwrap();
+    let space = TokenSpace::new(Vocabulary::from_tokenizer(&tok, &special.eos).unwrap());
+    assert_eq!(space.vocab.len(), 49_152);
+    assert!(space.vocab.bytes(tok.token_to_id("<|im_start|>").unwrap()).is_none(), "special tokens excluded");
+    for text in ["Hello world", "digits 12345 and tabs\t\n", "café 日本語 🚀", r#"{"a": [1, 2.5, null]}"#] {
+        let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| space.vocab.bytes(i).unwrap().to_vec()).collect();
+        assert_eq!(bytes, text.as_bytes(), "{text:?}");
+    }
+    let regex = Constraint::JsonObject { max_depth: 2 }.to_regex().unwrap();
+    let gr = Arc::new(Grammar::from_regex(&regex, space.clone(), Limits::default()).unwrap());
+    let doc = r#"{"name": "Ann", "age": 30, "langs": ["en", "fr"]}"#;
+    let mut m = Matcher::new(gr);
+    let mut mask = TokenBitset::new(space.vocab.len());
+    for id in tok.encode(doc, false).unwrap().get_ids() {
+        m.mask_into(&mut mask);
+        assert!(mask.contains(*id), "token {id} refused");
+        m.advance(*id).unwrap();
+    }
+    m.mask_into(&mut mask);
+    assert!(m.is_accepting() && mask.contains(special.eos[0]), "<|im_end|> ends the object");
+}
