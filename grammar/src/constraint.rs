@@ -14,6 +14,8 @@ pub enum Constraint {
     Choice(Vec<String>),
     /// Any JSON object, nested at most `max_depth` levels (OpenAI's `json_object` mode).
     JsonObject { max_depth: u32 },
+    /// A JSON value valid against this JSON Schema (its text).
+    JsonSchema(String),
 }
 
 impl Constraint {
@@ -35,6 +37,11 @@ impl Constraint {
                     return Err(Error::unsupported(format!("json_object max_depth {max_depth} (1 to 6)")));
                 }
                 Ok(json_object_regex(*max_depth, DEFAULT_WHITESPACE))
+            }
+            Constraint::JsonSchema(text) => {
+                let schema: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| Error::syntax(format!("json schema is not JSON: {e}")))?;
+                crate::json_schema::schema_to_regex(&schema, DEFAULT_WHITESPACE)
             }
         }
     }

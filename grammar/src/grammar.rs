@@ -113,7 +113,15 @@ impl std::fmt::Debug for Grammar {
 impl Grammar {
     /// Compiles `regex` (the whole output must match it) over `space`.
     pub fn from_regex(regex: &str, space: Arc<TokenSpace>, limits: Limits) -> Result<Self> {
+        if regex.len() > limits.dfa_bytes / 16 {
+            return Err(Error::too_large(format!(
+                "regex of {} bytes is past the limit of {}",
+                regex.len(),
+                limits.dfa_bytes / 16
+            )));
+        }
         let dfa = dense::Builder::new()
+            .thompson(regex_automata::nfa::thompson::Config::new().nfa_size_limit(Some(limits.dfa_bytes)))
             .configure(
                 dense::Config::new()
                     .start_kind(regex_automata::dfa::StartKind::Anchored)
@@ -124,7 +132,13 @@ impl Grammar {
             )
             .build(regex)
             .map_err(|e| {
-                let msg = e.to_string();
+                // The cause (e.g. "exceeded size limit") is in the source chain.
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
                 if msg.contains("exceeded") || msg.contains("limit") {
                     Error::too_large(format!("regex of {} bytes compiles past the DFA limits: {msg}", regex.len()))
                 } else {

@@ -35,6 +35,7 @@ mod bitset;
 mod constraint;
 mod error;
 mod grammar;
+pub mod json_schema;
 mod matcher;
 mod trie;
 mod vocab;

@@ -1,0 +1,315 @@
+//! `make maskbench`: the MaskBench protocol (`../shared/maskbench/README.md`) on a folder of MaskBench files.
+//!
+//! For each schema: compile and compute the first mask (TTFM); for each test instance, serialize it as Python's
+//! `json.dumps(data, ensure_ascii=False)`, tokenize it with the given tokenizer (no special tokens), and for each
+//! token compute the mask (TBM) and check the token is in it; then check EOS is allowed at the end. A schema
+//! passes when every valid instance is accepted to the end and every invalid one is refused somewhere. One
+//! thread. Our engine runs on every schema; outlines-core's own `Index` runs on the first `--outlines-sample`
+//! schemas, and ours is reported on the same sample beside it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bench::pyjson;
+use clap::Parser;
+use grammar::{Constraint, Grammar, Limits, Matcher, TokenBitset, TokenSpace, Vocabulary};
+use serde_json::{json, Value};
+use tokenizers::Tokenizer;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// A folder of MaskBench `*.json` files.
+    #[arg(long, default_value = "../shared/maskbench/dev")]
+    data: PathBuf,
+    #[arg(long, default_value = "models/llama3/tokenizer.json")]
+    tokenizer: PathBuf,
+    /// Per-schema time budget (compile + all tests), seconds.
+    #[arg(long, default_value_t = 20)]
+    timeout: u64,
+    /// Schemas to run (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Skip this many schemas of the sorted list first.
+    #[arg(long, default_value_t = 0)]
+    start: usize,
+    /// Print each schema's file name before compiling it.
+    #[arg(long)]
+    verbose: bool,
+    /// Schemas (from the start of the sorted list) also run through outlines-core's Index (0: none).
+    #[arg(long, default_value_t = 100)]
+    outlines_sample: usize,
+    /// Per-schema results, one JSON object per line.
+    #[arg(long, default_value = "bench-out/maskbench.jsonl")]
+    json_out: PathBuf,
+}
+
+/// One engine's compiled schema.
+enum Compiled {
+    Ours(Arc<Grammar>),
+    Outlines(outlines_core::index::Index),
+}
+
+#[derive(Default)]
+struct Stats {
+    tbm_us: Vec<f64>,
+    ttfm_us: Vec<f64>,
+    tokens: usize,
+    schemas: usize,
+    passing: usize,
+    compile_errors: usize,
+    validation_errors: usize,
+    invalidation_errors: usize,
+    timeouts: usize,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+impl Stats {
+    fn table(&mut self, name: &str) {
+        let avg = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let (ta, fa) = (avg(&self.tbm_us), avg(&self.ttfm_us));
+        let t = &mut self.tbm_us;
+        let tbm = [ta, pct(t, 0.5), pct(t, 0.75), pct(t, 0.9), pct(t, 0.95), pct(t, 0.99), pct(t, 1.0)];
+        let f = &mut self.ttfm_us;
+        let ttfm = [fa, pct(f, 0.5), pct(f, 0.75), pct(f, 0.9), pct(f, 0.99), pct(f, 1.0)];
+        println!("\n== {name} ==");
+        println!(
+            "| TBM (us) | avg {:.1} | p50 {:.1} | p75 {:.1} | p90 {:.1} | p95 {:.1} | p99 {:.1} | max {:.1} |",
+            tbm[0], tbm[1], tbm[2], tbm[3], tbm[4], tbm[5], tbm[6]
+        );
+        println!(
+            "| TTFM (us) | avg {:.0} | p50 {:.0} | p75 {:.0} | p90 {:.0} | p99 {:.0} | max {:.0} |",
+            ttfm[0], ttfm[1], ttfm[2], ttfm[3], ttfm[4], ttfm[5]
+        );
+        println!(
+            "| tokens {} | schemas {} | passing {} ({:.1}%) | compile errors {} | validation errors {} | invalidation errors {} | timeouts {} |",
+            self.tokens,
+            self.schemas,
+            self.passing,
+            100.0 * self.passing as f64 / self.schemas.max(1) as f64,
+            self.compile_errors,
+            self.validation_errors,
+            self.invalidation_errors,
+            self.timeouts
+        );
+    }
+}
+
+fn compile(
+    engine: &str,
+    schema: &Value,
+    space: &Arc<TokenSpace>,
+    ovocab: &outlines_core::vocabulary::Vocabulary,
+) -> Result<Compiled, String> {
+    match engine {
+        "ours" => {
+            let regex = Constraint::JsonSchema(schema.to_string()).to_regex().map_err(|e| e.to_string())?;
+            Ok(Compiled::Ours(Arc::new(
+                Grammar::from_regex(&regex, space.clone(), Limits::default()).map_err(|e| e.to_string())?,
+            )))
+        }
+        _ => {
+            let regex = outlines_core::json_schema::regex_from_value(schema, None, None).map_err(|e| e.to_string())?;
+            outlines_core::index::Index::new(&regex, ovocab).map(Compiled::Outlines).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Feeds `tokens`; returns whether every token was allowed and EOS was allowed at the end. Pushes mask times.
+fn run_instance(c: &Compiled, tokens: &[u32], eos: u32, vocab_len: usize, tbm: &mut Vec<f64>) -> bool {
+    let mut mask = TokenBitset::new(vocab_len);
+    match c {
+        Compiled::Ours(g) => {
+            let mut m = Matcher::new(g.clone());
+            for &t in tokens.iter().chain(std::iter::once(&eos)) {
+                let t0 = Instant::now();
+                m.mask_into(&mut mask);
+                tbm.push(t0.elapsed().as_secs_f64() * 1e6);
+                if !mask.contains(t) || m.advance(t).is_err() {
+                    return false;
+                }
+            }
+            true
+        }
+        Compiled::Outlines(index) => {
+            let mut state = index.initial_state();
+            for (i, &t) in tokens.iter().chain(std::iter::once(&eos)).enumerate() {
+                let t0 = Instant::now();
+                mask.clear();
+                for &a in index.allowed_tokens_iter(&state).into_iter().flatten() {
+                    mask.set(a);
+                }
+                tbm.push(t0.elapsed().as_secs_f64() * 1e6);
+                if !mask.contains(t) {
+                    return false;
+                }
+                if i == tokens.len() {
+                    return true;
+                }
+                match index.next_state(&state, &t) {
+                    Some(s) => state = s,
+                    None => return false,
+                }
+            }
+            true
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tok =
+        Tokenizer::from_file(&args.tokenizer).map_err(|e| anyhow::anyhow!("{}: {e}", args.tokenizer.display()))?;
+    let eos = tok
+        .token_to_id("<|eot_id|>")
+        .or_else(|| tok.token_to_id("<|end_of_text|>"))
+        .or_else(|| tok.token_to_id("</s>"))
+        .ok_or_else(|| anyhow::anyhow!("no EOS token"))?;
+    let space = TokenSpace::new(Vocabulary::from_tokenizer(&tok, &[eos])?);
+    let vocab_len = space.vocab.len();
+    let mut ovocab = outlines_core::vocabulary::Vocabulary::new(eos);
+    for id in 0..vocab_len as u32 {
+        if let Some(b) = space.vocab.bytes(id) {
+            ovocab.try_insert(b.to_vec(), id).map_err(|e| anyhow::anyhow!("outlines vocabulary: {e}"))?;
+        }
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&args.data)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files.drain(..args.start.min(files.len()));
+    if args.limit > 0 {
+        files.truncate(args.limit);
+    }
+    if let Some(dir) = args.json_out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&args.json_out)?);
+    let mut ours = Stats::default();
+    let mut ours_sample = Stats::default();
+    let mut outl = Stats::default();
+    let budget = Duration::from_secs(args.timeout);
+    let started = Instant::now();
+    for (i, path) in files.iter().enumerate() {
+        if args.verbose {
+            eprintln!("{}", path.display());
+        }
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+        let schema = &doc["schema"];
+        let tests: Vec<(bool, Vec<u32>)> = doc["tests"]
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|t| {
+                let text = pyjson::dumps(&t["data"]);
+                let ids = tok.encode(text.as_str(), false).map(|e| e.get_ids().to_vec()).unwrap_or_default();
+                (t["valid"].as_bool().unwrap_or(false), ids)
+            })
+            .collect();
+        let engines: &[&str] = if i < args.outlines_sample { &["ours", "outlines"] } else { &["ours"] };
+        for &engine in engines {
+            let t0 = Instant::now();
+            let compiled = compile(engine, schema, &space, &ovocab);
+            let mut record = json!({"file": path.file_name().and_then(|f| f.to_str()), "engine": engine});
+            let mut st = Stats { schemas: 1, ..Stats::default() };
+            match compiled {
+                Err(e) => {
+                    st.compile_errors = 1;
+                    record["error"] = json!(e);
+                }
+                Ok(c) => {
+                    // TTFM: compile plus the first mask.
+                    let mut first = Vec::new();
+                    run_instance(&c, &[], eos, vocab_len, &mut first);
+                    let ttfm = t0.elapsed().as_secs_f64() * 1e6;
+                    st.ttfm_us.push(ttfm);
+                    record["ttfm_us"] = json!(ttfm);
+                    let mut ok = true;
+                    for (valid, ids) in &tests {
+                        if t0.elapsed() > budget {
+                            st.timeouts = 1;
+                            ok = false;
+                            break;
+                        }
+                        st.tokens += ids.len();
+                        let accepted = run_instance(&c, ids, eos, vocab_len, &mut st.tbm_us);
+                        match (valid, accepted) {
+                            (true, false) => {
+                                st.validation_errors += 1;
+                                ok = false;
+                            }
+                            (false, true) => {
+                                st.invalidation_errors += 1;
+                                ok = false;
+                            }
+                            _ => {}
+                        }
+                    }
+                    if ok {
+                        st.passing = 1;
+                    }
+                    record["passing"] = json!(ok);
+                    record["validation_errors"] = json!(st.validation_errors);
+                    record["invalidation_errors"] = json!(st.invalidation_errors);
+                    record["timeout"] = json!(st.timeouts > 0);
+                }
+            }
+            serde_json::to_writer(&mut out, &record)?;
+            std::io::Write::write_all(&mut out, b"\n")?;
+            let targets: Vec<&mut Stats> = match (engine, i < args.outlines_sample) {
+                ("ours", true) => vec![&mut ours, &mut ours_sample],
+                ("ours", false) => vec![&mut ours],
+                _ => vec![&mut outl],
+            };
+            for agg in targets {
+                agg.tbm_us.extend_from_slice(&st.tbm_us);
+                agg.ttfm_us.extend_from_slice(&st.ttfm_us);
+                agg.tokens += st.tokens;
+                agg.schemas += st.schemas;
+                agg.passing += st.passing;
+                agg.compile_errors += st.compile_errors;
+                agg.validation_errors += st.validation_errors;
+                agg.invalidation_errors += st.invalidation_errors;
+                agg.timeouts += st.timeouts;
+            }
+        }
+        if (i + 1) % 250 == 0 {
+            eprintln!(
+                "{} / {} schemas, {:.0}s, passing so far {}",
+                i + 1,
+                files.len(),
+                started.elapsed().as_secs_f64(),
+                ours.passing
+            );
+        }
+    }
+    let n_sample = args.outlines_sample.min(files.len());
+    if n_sample > 0 {
+        ours_sample.table(&format!("radixserve grammar, first {n_sample} schemas"));
+        outl.table(&format!("outlines-core Index, same {n_sample} schemas"));
+    }
+    ours.table(&format!("radixserve grammar, all {} schemas", files.len()));
+    println!("results: {}", args.json_out.display());
+    let (mut t, mut f) = (ours.tbm_us.clone(), ours.ttfm_us.clone());
+    println!(
+        "passing {}/{}, invalidation errors {}, compile errors {}, TBM p50 {:.0} us, TBM p99 {:.0} us, TTFM p50 {:.0} us, TTFM p99 {:.0} us",
+        ours.passing,
+        ours.schemas,
+        ours.invalidation_errors,
+        ours.compile_errors,
+        pct(&mut t, 0.5),
+        pct(&mut t, 0.99),
+        pct(&mut f, 0.5),
+        pct(&mut f, 0.99)
+    );
+    Ok(())
+}

@@ -1,0 +1,467 @@
+//! JSON Schema to regex, through `outlines-core`, refusing what it would silently ignore.
+//!
+//! outlines-core turns each schema object into a regex by its *first* keyword among `properties`, `allOf`,
+//! `anyOf`, `oneOf`, `prefixItems`, `enum`, `const`, `$ref`, `type`, and ignores the rest. Some of what it
+//! ignores only narrows the output (fixed key order, no extra keys: valid instances may be refused, never invalid
+//! ones produced). Some would let invalid output through: numeric bounds, `uniqueItems`, `minProperties` beside
+//! `properties`, `anyOf` beside `properties`, overlapping `oneOf` alternatives (an instance matching two is
+//! invalid), and `allOf`, which it *concatenates*. [`check`] walks the schema first and rejects every keyword in a
+//! position where it would not be enforced, naming it. Whatever passes the check is enforced exactly or more
+//! strictly, so a constrained output always validates.
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Every keyword that constrains instances in drafts 4 to 2020-12. Anything else (`title`, `$id`, `definitions`,
+/// vendor extensions like `x-kubernetes-*`, misspellings) is ignored by validators, so it is an annotation here too.
+const VALIDATION: &[&str] = &[
+    "type",
+    "enum",
+    "const",
+    "multipleOf",
+    "maximum",
+    "exclusiveMaximum",
+    "minimum",
+    "exclusiveMinimum",
+    "maxLength",
+    "minLength",
+    "pattern",
+    "format",
+    "items",
+    "additionalItems",
+    "prefixItems",
+    "maxItems",
+    "minItems",
+    "uniqueItems",
+    "contains",
+    "maxContains",
+    "minContains",
+    "maxProperties",
+    "minProperties",
+    "required",
+    "properties",
+    "patternProperties",
+    "additionalProperties",
+    "dependencies",
+    "dependentRequired",
+    "dependentSchemas",
+    "propertyNames",
+    "if",
+    "then",
+    "else",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "$ref",
+    "$dynamicRef",
+    "$recursiveRef",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+];
+
+fn is_annotation(k: &str) -> bool {
+    !VALIDATION.contains(&k)
+}
+
+/// The keywords outlines-core dispatches on, in its order.
+const BRANCHES: &[&str] = &["properties", "allOf", "anyOf", "oneOf", "prefixItems", "enum", "const", "$ref", "type"];
+
+/// How deep `$ref`s may recurse when the schema is unrolled into a regex.
+const MAX_REF_DEPTH: usize = 3;
+
+/// RFC 3339 `date-time` with a required offset; days valid in every year (29 February is refused, never a 30th).
+const DATE: &str = r"[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))";
+const TIME: &str =
+    r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])";
+const UUID: &str = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}";
+
+/// Our pattern for a string `format`, or `None` for formats we do not enforce.
+fn format_pattern(format: &str) -> Option<String> {
+    Some(match format {
+        "date-time" => format!("^{DATE}T{TIME}$"),
+        "date" => format!("^{DATE}$"),
+        "time" => format!("^{TIME}$"),
+        "uuid" => format!("^{UUID}$"),
+        _ => return None,
+    })
+}
+
+/// A user `pattern` as outlines-core can embed it safely: outlines writes `("P")` around it, so P is rewritten
+/// to `^(?:P')$` (outlines strips the anchors, the group keeps alternations inside the string), where P' only
+/// produces characters a JSON string may hold unescaped (no `"`, `\` or controls). A pattern is a search in JSON
+/// Schema; matching it whole is stricter, which may refuse valid strings but never admits invalid ones.
+fn json_safe_pattern(p: &str) -> Result<String> {
+    use regex_syntax::hir::{Class, ClassUnicode, ClassUnicodeRange, Hir, HirKind};
+    let core = p.strip_prefix('^').unwrap_or(p);
+    let core = match core.strip_suffix('$') {
+        Some(c) if !c.ends_with('\\') => c,
+        _ => core,
+    };
+    let hir = regex_syntax::Parser::new().parse(core).map_err(|e| Error::syntax(format!("pattern {p:?}: {e}")))?;
+    if !hir.properties().look_set().is_empty() {
+        return Err(unsupported("pattern", &format!("with anchors or look-arounds inside ({p:?})")));
+    }
+    let safe = ClassUnicode::new([
+        ClassUnicodeRange::new('\u{20}', '\u{21}'),
+        ClassUnicodeRange::new('\u{23}', '\u{5B}'),
+        ClassUnicodeRange::new('\u{5D}', '\u{7E}'),
+        ClassUnicodeRange::new('\u{80}', '\u{10FFFF}'),
+    ]);
+    fn restrict(h: &Hir, safe: &ClassUnicode) -> Hir {
+        match h.kind() {
+            HirKind::Literal(lit) => match std::str::from_utf8(&lit.0) {
+                Ok(text) if text.chars().all(|c| safe.ranges().iter().any(|r| r.start() <= c && c <= r.end())) => {
+                    h.clone()
+                }
+                _ => Hir::fail(),
+            },
+            HirKind::Class(Class::Unicode(c)) => {
+                let mut c = c.clone();
+                c.intersect(safe);
+                Hir::class(Class::Unicode(c))
+            }
+            HirKind::Class(Class::Bytes(b)) => {
+                let ascii: Vec<ClassUnicodeRange> = b
+                    .ranges()
+                    .iter()
+                    .filter(|r| r.end() < 0x80)
+                    .map(|r| ClassUnicodeRange::new(r.start() as char, r.end() as char))
+                    .collect();
+                let mut c = ClassUnicode::new(ascii);
+                c.intersect(safe);
+                Hir::class(Class::Unicode(c))
+            }
+            HirKind::Repetition(r) => {
+                let mut r = r.clone();
+                r.sub = Box::new(restrict(&r.sub, safe));
+                Hir::repetition(r)
+            }
+            HirKind::Capture(c) => restrict(&c.sub, safe),
+            HirKind::Concat(hs) => Hir::concat(hs.iter().map(|x| restrict(x, safe)).collect()),
+            HirKind::Alternation(hs) => Hir::alternation(hs.iter().map(|x| restrict(x, safe)).collect()),
+            HirKind::Empty | HirKind::Look(_) => h.clone(),
+        }
+    }
+    Ok(format!("^(?:{})$", restrict(&hir, &safe)))
+}
+
+/// The regex for `schema`, or an error naming the first keyword we cannot enforce.
+pub fn schema_to_regex(schema: &Value, whitespace: &str) -> Result<String> {
+    let schema = spell_out_any(schema)?;
+    check(&schema, &schema, &mut HashSet::new())?;
+    outlines_core::json_schema::regex_from_value(&schema, Some(whitespace), Some(MAX_REF_DEPTH))
+        .map_err(|e| Error::unsupported(format!("json schema: {e}")))
+}
+
+/// Replaces every empty subschema (`{}` or annotations only: any value) with an explicit `anyOf` of the six JSON
+/// types. outlines-core writes `{}` as a top-level alternation without parentheses, so pasted after `"key":` it
+/// splits the surrounding regex: valid values are refused and, worse, a bare `null` passes for an object.
+///
+/// String `format`s become our own patterns ([`format_pattern`]; outlines-core's `date-time` admits a missing
+/// offset) and every `pattern` is made safe to embed ([`json_safe_pattern`]).
+fn spell_out_any(v: &Value) -> Result<Value> {
+    fn is_any(v: &Value) -> bool {
+        v.as_object().is_some_and(|o| o.keys().all(|k| is_annotation(k)))
+    }
+    fn any() -> Value {
+        let types = ["null", "boolean", "number", "string", "array", "object"];
+        serde_json::json!({"anyOf": types.iter().map(|t| serde_json::json!({"type": t})).collect::<Vec<_>>()})
+    }
+    fn sub(v: &Value) -> Result<Value> {
+        if is_any(v) {
+            Ok(any())
+        } else {
+            spell_out_any(v)
+        }
+    }
+    let Value::Object(o) = v else { return Ok(v.clone()) };
+    let mut out = Map::new();
+    for (k, x) in o {
+        let nx = match (k.as_str(), x) {
+            ("properties" | "definitions" | "$defs", Value::Object(m)) => {
+                Value::Object(m.iter().map(|(n, s)| Ok((n.clone(), sub(s)?))).collect::<Result<_>>()?)
+            }
+            ("anyOf" | "oneOf" | "allOf" | "prefixItems", Value::Array(a)) => {
+                Value::Array(a.iter().map(sub).collect::<Result<_>>()?)
+            }
+            ("items" | "additionalProperties", Value::Object(_)) => sub(x)?,
+            ("pattern", Value::String(p)) => Value::String(json_safe_pattern(p)?),
+            _ => x.clone(),
+        };
+        out.insert(k.clone(), nx);
+    }
+    // A lone `format` on a string becomes our pattern; other combinations are refused later by `check`.
+    if let Some(Value::String(f)) = o.get("format") {
+        let alone = !["pattern", "minLength", "maxLength"].iter().any(|k| o.contains_key(*k));
+        if alone {
+            let pat = format_pattern(f)
+                .ok_or_else(|| unsupported("format", &format!("{f:?} (supported: date-time, date, time, uuid)")))?;
+            out.remove("format");
+            out.insert("pattern".into(), Value::String(pat));
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+fn unsupported(keyword: &str, why: &str) -> Error {
+    Error::unsupported(format!("json schema keyword {keyword:?} is not supported {why}"))
+}
+
+/// Checks that every keyword of `node` is enforced by the branch outlines-core will take for it.
+pub fn check(node: &Value, root: &Value, refs: &mut HashSet<String>) -> Result<()> {
+    let obj = match node {
+        Value::Object(o) => o,
+        Value::Bool(_) => return Err(unsupported("true/false", "as a schema")),
+        other => return Err(Error::syntax(format!("json schema: a schema must be an object, got {other}"))),
+    };
+    let keys: Vec<&str> = obj.keys().map(String::as_str).filter(|k| !is_annotation(k)).collect();
+    let Some(branch) = BRANCHES.iter().copied().find(|b| keys.contains(b)) else {
+        return match keys.first() {
+            None => Ok(()), // {}: any JSON value
+            Some(k) => Err(unsupported(k, "without a type")),
+        };
+    };
+    let allowed: &[&str] = match branch {
+        "properties" => &["properties", "required", "type", "additionalProperties"],
+        "allOf" | "anyOf" | "oneOf" => &[branch],
+        "prefixItems" => &["prefixItems", "type"],
+        "enum" | "const" => &[branch, "type"],
+        "$ref" => &["$ref"],
+        _ => &["type"], // widened per type below
+    };
+    let type_allowed = if branch == "type" { allowed_for_types(obj)? } else { Vec::new() };
+    if let Some(k) = keys.iter().find(|k| !allowed.contains(k) && !type_allowed.contains(k)) {
+        return Err(unsupported(k, &format!("beside {branch:?}")));
+    }
+    match branch {
+        "properties" => {
+            if let Some(t) = obj.get("type") {
+                if t != "object" {
+                    return Err(unsupported("type", "other than \"object\" beside \"properties\""));
+                }
+            }
+            let props = obj["properties"].as_object().ok_or_else(|| Error::syntax("properties must be an object"))?;
+            // outlines-core can only write listed properties: a required name it does not list would be missing
+            // from every output, so every output would be invalid.
+            if let Some(req) = obj.get("required").and_then(Value::as_array) {
+                if let Some(missing) = req.iter().filter_map(Value::as_str).find(|r| !props.contains_key(*r)) {
+                    return Err(unsupported(
+                        "required",
+                        &format!("naming {missing:?}, which properties does not define"),
+                    ));
+                }
+            }
+            for v in props.values() {
+                check(v, root, refs)?;
+            }
+        }
+        "allOf" => match obj["allOf"].as_array().map(Vec::as_slice) {
+            Some([one]) => check(one, root, refs)?,
+            _ => return Err(unsupported("allOf", "with more than one schema")),
+        },
+        "anyOf" | "oneOf" => {
+            let alts = obj[branch].as_array().ok_or_else(|| Error::syntax(format!("{branch} must be an array")))?;
+            if alts.is_empty() {
+                return Err(Error::syntax(format!("{branch} is empty")));
+            }
+            for a in alts {
+                check(a, root, refs)?;
+            }
+            if branch == "oneOf" && !disjoint_types(alts) {
+                return Err(unsupported("oneOf", "unless its alternatives have distinct types"));
+            }
+        }
+        "prefixItems" => {
+            for a in obj["prefixItems"].as_array().ok_or_else(|| Error::syntax("prefixItems must be an array"))? {
+                check(a, root, refs)?;
+            }
+        }
+        "enum" | "const" => {
+            let values: Vec<&Value> = match (branch, &obj[branch]) {
+                ("enum", Value::Array(a)) => a.iter().collect(),
+                ("enum", _) => return Err(Error::syntax("enum must be an array")),
+                (_, v) => vec![v],
+            };
+            for v in values {
+                if let Some(t) = obj.get("type") {
+                    if !type_admits(t, v) {
+                        return Err(unsupported("type", &format!("that excludes the {branch} value {v}")));
+                    }
+                }
+                if !plain_keys(v) {
+                    return Err(unsupported(branch, "with object keys that need escaping"));
+                }
+            }
+        }
+        "$ref" => {
+            let r = obj["$ref"].as_str().ok_or_else(|| Error::syntax("$ref must be a string"))?;
+            // `refs` is the chain of references being followed: meeting one again is a cycle. A regex can only
+            // unroll it to a fixed depth (outlines-core: 3), which truncates the language and, with optional
+            // properties written out O(n^2) times per level, can grow past gigabytes.
+            if !refs.insert(r.to_string()) {
+                return Err(unsupported("$ref", &format!("recursive ({r:?} refers back to itself)")));
+            }
+            let target = resolve(root, r)?;
+            check(target, root, refs)?;
+            refs.remove(r);
+        }
+        _ => {
+            // `type`: check the subschemas the type's own keywords carry.
+            if let Some(items) = obj.get("items") {
+                if items.is_array() {
+                    return Err(unsupported("items", "as an array (use prefixItems)"));
+                }
+                check(items, root, refs)?;
+            }
+            if let Some(ap @ Value::Object(_)) = obj.get("additionalProperties") {
+                check(ap, root, refs)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keywords enforced for the type(s) named by `type`.
+fn allowed_for_types(obj: &Map<String, Value>) -> Result<Vec<&'static str>> {
+    let types: Vec<&str> = match &obj["type"] {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(a) => a
+            .iter()
+            .map(|t| t.as_str().ok_or_else(|| Error::syntax("type names must be strings")))
+            .collect::<Result<_>>()?,
+        _ => return Err(Error::syntax("type must be a string or an array")),
+    };
+    let mut allowed = vec!["type"];
+    for t in types {
+        match t {
+            "string" => {
+                // outlines-core takes one of: length bounds, pattern, format, and ignores the others.
+                let groups = [
+                    obj.contains_key("minLength") || obj.contains_key("maxLength"),
+                    obj.contains_key("pattern"),
+                    obj.contains_key("format"),
+                ];
+                if groups.iter().filter(|&&g| g).count() > 1 {
+                    return Err(unsupported("pattern/format/minLength", "together on one string"));
+                }
+                allowed.extend(["minLength", "maxLength", "pattern", "format"]);
+            }
+            "array" => allowed.extend(["items", "minItems", "maxItems"]),
+            "object" => allowed.extend(["additionalProperties", "minProperties", "maxProperties"]),
+            "number" | "integer" | "boolean" | "null" => {}
+            other => return Err(Error::syntax(format!("json schema: unknown type {other:?}"))),
+        }
+    }
+    Ok(allowed)
+}
+
+/// True when no JSON value can match two of the alternatives: all are constants with distinct values, or each
+/// names one type and no two share it (integer and number count as the same).
+fn disjoint_types(alts: &[Value]) -> bool {
+    if alts.iter().all(|a| a.get("const").is_some()) {
+        let vals: HashSet<String> = alts.iter().map(|a| a["const"].to_string()).collect();
+        return vals.len() == alts.len();
+    }
+    let mut seen = HashSet::new();
+    alts.iter().all(|a| match a.get("type").and_then(Value::as_str) {
+        Some("integer") => seen.insert("number"),
+        Some(t) => seen.insert(t),
+        None => false,
+    })
+}
+
+/// Whether a JSON value is of a `type` (string or array of strings).
+fn type_admits(t: &Value, v: &Value) -> bool {
+    let one = |name: &str| match name {
+        "string" => v.is_string(),
+        "number" => v.is_number(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "boolean" => v.is_boolean(),
+        "null" => v.is_null(),
+        "array" => v.is_array(),
+        "object" => v.is_object(),
+        _ => false,
+    };
+    match t {
+        Value::String(s) => one(s),
+        Value::Array(a) => a.iter().filter_map(Value::as_str).any(one),
+        _ => false,
+    }
+}
+
+/// outlines-core writes constant object keys into the regex unescaped: allow only keys with no regex meaning.
+fn plain_keys(v: &Value) -> bool {
+    match v {
+        Value::Object(o) => o
+            .iter()
+            .all(|(k, x)| k.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == ' ') && plain_keys(x)),
+        Value::Array(a) => a.iter().all(plain_keys),
+        _ => true,
+    }
+}
+
+/// Resolves a local `$ref` (`#/definitions/x`, `#/$defs/x`, `#`).
+fn resolve<'a>(root: &'a Value, r: &str) -> Result<&'a Value> {
+    let path = r.strip_prefix('#').ok_or_else(|| unsupported("$ref", &format!("to {r:?} (only local references)")))?;
+    let mut node = root;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        let part = part.replace("~1", "/").replace("~0", "~");
+        node = node.get(&part).ok_or_else(|| Error::syntax(format!("$ref {r:?} points nowhere")))?;
+    }
+    Ok(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(schema: Value) -> String {
+        schema_to_regex(&schema, r"[ ]?").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn ignored_keywords_are_named() {
+        assert!(err(json!({"type": "integer", "minimum": 0})).contains("\"minimum\""));
+        assert!(err(json!({"type": "array", "items": {"type": "string"}, "uniqueItems": true})).contains("uniqueItems"));
+        assert!(err(json!({"properties": {"a": {"type": "string"}}, "anyOf": [{"required": ["a"]}]})).contains("anyOf"));
+        assert!(err(json!({"allOf": [{"type": "object"}, {"type": "object"}]})).contains("allOf"));
+        assert!(err(json!({"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]})).contains("oneOf"));
+        assert!(err(json!({"type": "string", "pattern": "a+", "maxLength": 3})).contains("together"));
+        assert!(
+            err(json!({"properties": {"n": {"type": "number", "exclusiveMaximum": 3}}})).contains("exclusiveMaximum")
+        );
+    }
+
+    #[test]
+    fn empty_subschemas_mean_any_value() {
+        let re = schema_to_regex(
+            &json!({"type": "object", "properties": {"s": {}, "o": {"title": "x"}}, "required": ["s", "o"]}),
+            r"[ ]?",
+        )
+        .unwrap();
+        let m = regex_automata::meta::Regex::new(&format!("^(?:{re})$")).unwrap();
+        assert!(m.is_match(r#"{"s": "JDBC", "o": [1, {"a": null}]}"#));
+        assert!(m.is_match(r#"{"s": 1, "o": true}"#));
+        assert!(!m.is_match("null"), "a bare value must not pass for the object");
+    }
+
+    #[test]
+    fn supported_schemas_compile() {
+        for s in [
+            json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name"]}),
+            json!({"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 3}),
+            json!({"oneOf": [{"type": "string"}, {"type": "integer"}]}),
+            json!({"enum": ["a", "b", 3]}),
+            json!({"$defs": {"p": {"type": "string", "format": "date"}}, "properties": {"d": {"$ref": "#/$defs/p"}, "e": {"$ref": "#/$defs/p"}}}),
+            json!({}),
+            json!({"type": "integer", "id": "draft-04 style", "x-kubernetes-group-version-kind": [], "readonly": true}),
+        ] {
+            schema_to_regex(&s, r"[ ]?").unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+    }
+}
