@@ -52,6 +52,26 @@ AWKWARD = [
 ]
 
 
+def top20(logits, positions):
+    """The 20 largest logits (ids and values) at each position."""
+    tops = []
+    for p in positions:
+        v, i = torch.topk(logits[p], 20)
+        tops.append({"position": p, "ids": i.tolist(), "logits": [float(x) for x in v]})
+    return tops
+
+
+def greedy(model, ids, n):
+    """A plain argmax loop: `generate(min_new_tokens=...)` would suppress EOS and change the answer."""
+    out, seq = [], list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(model(torch.tensor([seq])).logits[0, -1].argmax())
+            out.append(nxt)
+            seq.append(nxt)
+    return out
+
+
 def main():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,21 +92,11 @@ def main():
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0].float()
         n = len(ids)
-        positions = sorted({0, n // 3, n // 2, n - 2, n - 1})
-        tops = []
-        for p in positions:
-            v, i = torch.topk(logits[p], 20)
-            tops.append({"position": p, "ids": i.tolist(), "logits": [float(x) for x in v]})
-        # A plain argmax loop: `generate(min_new_tokens=...)` would suppress EOS and change the answer.
-        greedy, seq = [], list(ids)
-        with torch.no_grad():
-            for _ in range(32):
-                nxt = int(model(torch.tensor([seq])).logits[0, -1].argmax())
-                greedy.append(nxt)
-                seq.append(nxt)
+        tops = top20(logits, sorted({0, n // 3, n // 2, n - 2, n - 1}))
+        cont = greedy(model, ids, 32)
         cases.append({"name": name, "text": text, "chat": chat, "rendered": rendered, "ids": ids,
-                      "top20": tops, "greedy": greedy, "greedy_text": tok.decode(greedy)})
-        print(f"{name}: {n} tokens, greedy: {tok.decode(greedy)!r}", file=sys.stderr)
+                      "top20": tops, "greedy": cont, "greedy_text": tok.decode(cont)})
+        print(f"{name}: {n} tokens, greedy: {tok.decode(cont)!r}", file=sys.stderr)
 
     tokenizer_cases = []
     for s in AWKWARD:
@@ -166,18 +176,10 @@ def write_qwen():
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0].float()
         n = len(ids)
-        tops = []
-        for p in sorted({0, n // 2, n - 1}):
-            v, i = torch.topk(logits[p], 20)
-            tops.append({"position": p, "ids": i.tolist(), "logits": [float(x) for x in v]})
-        greedy, seq = [], list(ids)
-        with torch.no_grad():
-            for _ in range(16):
-                nxt = int(model(torch.tensor([seq])).logits[0, -1].argmax())
-                greedy.append(nxt)
-                seq.append(nxt)
-        cases.append({"name": cname, "rendered": rendered, "ids": ids, "top20": tops, "greedy": greedy})
-        print(f"qwen {cname}: {tok.decode(greedy)!r}", file=sys.stderr)
+        tops = top20(logits, sorted({0, n // 2, n - 1}))
+        cont = greedy(model, ids, 16)
+        cases.append({"name": cname, "rendered": rendered, "ids": ids, "top20": tops, "greedy": cont})
+        print(f"qwen {cname}: {tok.decode(cont)!r}", file=sys.stderr)
     with open(os.path.join(OUT, "qwen2_reference.json"), "w") as f:
         json.dump({"generated_by": "tools/make_fixtures.py --qwen", "model": name, "prompts": cases}, f, indent=1,
                   ensure_ascii=False)

