@@ -52,3 +52,26 @@ impl KvPool {
         self.num_slots
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_is_sized_from_a_memory_budget() {
+        // SmolLM2-135M's shape: 30 layers x 3 KV heads x 64 dims, K and V, f32 = 46,080 bytes per slot.
+        let cfg = ModelConfig::from_hf_json(
+            r#"{"architectures":["LlamaForCausalLM"],"hidden_size":576,"intermediate_size":1536,
+            "num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,"vocab_size":49152}"#,
+        )
+        .unwrap();
+        assert_eq!(KvPool::bytes_per_slot(&cfg, Kind::Float), 46_080);
+        assert_eq!(KvPool::bytes_per_slot(&cfg, Kind::BFloat16), 23_040);
+        let slots = KvPool::slots_for_budget(&cfg, Kind::Float, 64 << 20);
+        assert_eq!(slots, (64 << 20) / 46_080);
+        let pool = KvPool::new(&cfg, slots, Kind::Float, Device::Cpu).unwrap();
+        let bytes: usize = pool.k.iter().chain(&pool.v).map(|t| t.numel() * 4).sum();
+        assert!(bytes <= 64 << 20 && bytes + 46_080 > 64 << 20, "{bytes} bytes for a 64 MiB budget");
+        assert!(KvPool::new(&cfg, 0, Kind::Float, Device::Cpu).unwrap_err().is_invalid_input());
+    }
+}
