@@ -32,6 +32,7 @@
 //! an output outside the language, and every member remains reachable.
 
 mod bitset;
+mod cache;
 mod constraint;
 mod error;
 mod grammar;
@@ -41,6 +42,7 @@ mod trie;
 mod vocab;
 
 pub use bitset::TokenBitset;
+pub use cache::GrammarCache;
 pub use constraint::{Constraint, DEFAULT_WHITESPACE, JSON_NUMBER, JSON_STRING};
 pub use error::{Error, Result};
 pub use grammar::{Grammar, Limits, TokenSpace};

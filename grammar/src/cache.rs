@@ -1,0 +1,131 @@
+//! Compiled grammars shared across requests.
+//!
+//! Requests bring the same schemas again and again (an agent's tool set, a RAG pipeline's answer format), and
+//! compiling one costs milliseconds to seconds. The cache maps a [`Constraint`] to its compiled [`Grammar`] over
+//! one [`TokenSpace`] (so the key is effectively constraint x vocabulary). Each key holds a `OnceLock`, so
+//! concurrent requests for the same new constraint compile it once while the others wait, and a constraint that
+//! failed to compile fails fast the next time too. It is `Sync`: the runtime compiles on a worker thread, off the
+//! scheduler's. Size and time are bounded by [`Limits`] (DFA and NFA sizes) and by `max_entries`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
+
+use crate::constraint::Constraint;
+use crate::error::Result;
+use crate::grammar::{Grammar, Limits, TokenSpace};
+
+type Slot = Arc<OnceLock<Result<Arc<Grammar>>>>;
+
+pub struct GrammarCache {
+    space: Arc<TokenSpace>,
+    limits: Limits,
+    max_entries: usize,
+    map: DashMap<Constraint, Slot>,
+    compiles: AtomicU64,
+    hits: AtomicU64,
+}
+
+impl std::fmt::Debug for GrammarCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrammarCache")
+            .field("entries", &self.map.len())
+            .field("max_entries", &self.max_entries)
+            .finish()
+    }
+}
+
+impl GrammarCache {
+    pub fn new(space: Arc<TokenSpace>, limits: Limits, max_entries: usize) -> Self {
+        Self {
+            space,
+            limits,
+            max_entries: max_entries.max(1),
+            map: DashMap::new(),
+            compiles: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// The compiled grammar for `c`, compiling it on first use (once, whoever asks concurrently).
+    pub fn get_or_compile(&self, c: &Constraint) -> Result<Arc<Grammar>> {
+        let slot: Slot = match self.map.get(c) {
+            Some(s) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                s.clone()
+            }
+            None => {
+                if self.map.len() >= self.max_entries {
+                    // Make room: drop an arbitrary entry (grammars in use stay alive through their Arcs). The key
+                    // is taken in its own statement: the iterator's shard lock must be released before `remove`.
+                    let victim = self.map.iter().next().map(|e| e.key().clone());
+                    if let Some(k) = victim {
+                        self.map.remove(&k);
+                    }
+                }
+                self.map.entry(c.clone()).or_default().clone()
+            }
+        };
+        slot.get_or_init(|| {
+            self.compiles.fetch_add(1, Ordering::Relaxed);
+            let regex = c.to_regex()?;
+            Ok(Arc::new(Grammar::from_regex(&regex, self.space.clone(), self.limits)?))
+        })
+        .clone()
+    }
+
+    /// Grammars compiled so far (cache misses that did the work).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+    /// Lookups answered from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::Vocabulary;
+
+    fn space() -> Arc<TokenSpace> {
+        let toks = (0..=255u8).map(|b| Some(vec![b])).chain([None]).collect();
+        TokenSpace::new(Vocabulary::from_bytes(toks, &[256]))
+    }
+
+    #[test]
+    fn concurrent_requests_compile_once_and_errors_are_cached() {
+        let cache = Arc::new(GrammarCache::new(space(), Limits::default(), 8));
+        let c = Constraint::JsonSchema(r#"{"type": "object", "properties": {"a": {"type": "integer"}}}"#.into());
+        let grammars: Vec<Arc<Grammar>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| cache.get_or_compile(&c).unwrap())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(cache.compiles(), 1);
+        assert!(grammars.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])), "one shared grammar");
+        let bad = Constraint::JsonSchema(r#"{"type": "integer", "minimum": 3}"#.into());
+        let e1 = cache.get_or_compile(&bad).unwrap_err();
+        let e2 = cache.get_or_compile(&bad).unwrap_err();
+        assert_eq!(e1, e2);
+        assert!(e1.to_string().contains("minimum"));
+        assert_eq!(cache.compiles(), 2, "the failure is cached, not recompiled");
+    }
+
+    #[test]
+    fn entries_are_bounded() {
+        let cache = GrammarCache::new(space(), Limits::default(), 3);
+        for i in 0..10 {
+            cache.get_or_compile(&Constraint::Choice(vec![format!("option{i}")])).unwrap();
+        }
+        assert!(cache.len() <= 3);
+        assert_eq!(cache.compiles(), 10);
+    }
+}
