@@ -212,8 +212,15 @@ impl LlamaModel {
         let eps = c.rms_norm_eps;
         let h_dim = c.hidden_size as i64;
         let mut x = self.embed.f_index_select(0, &plan.ids)?;
-        let cos = self.cos.f_index_select(0, &plan.positions)?.unsqueeze(1);
-        let sin = self.sin.f_index_select(0, &plan.positions)?.unsqueeze(1);
+        // The libtorch rope path reads the tables row by position; the fused kernel reads them itself.
+        let rope_rows = if self.fused {
+            None
+        } else {
+            Some((
+                self.cos.f_index_select(0, &plan.positions)?.unsqueeze(1),
+                self.sin.f_index_select(0, &plan.positions)?.unsqueeze(1),
+            ))
+        };
         for (l, layer) in self.layers.iter().enumerate() {
             let h = x.f_rms_norm([h_dim], Some(&layer.attn_norm), eps)?;
             let mut qkv = layer.qkv.forward(&h)?.contiguous();
@@ -234,8 +241,9 @@ impl LlamaModel {
                     qkv.narrow(1, (nh + nkv) * d, nkv * d).view([t, nkv, d]),
                 )
             } else {
-                let q = rope(&qkv.narrow(1, 0, nh * d).view([t, nh, d]), &cos, &sin);
-                let k = rope(&qkv.narrow(1, nh * d, nkv * d).view([t, nkv, d]), &cos, &sin);
+                let (cos, sin) = rope_rows.as_ref().expect("computed when not fused");
+                let q = rope(&qkv.narrow(1, 0, nh * d).view([t, nh, d]), cos, sin);
+                let k = rope(&qkv.narrow(1, nh * d, nkv * d).view([t, nkv, d]), cos, sin);
                 let v = qkv.narrow(1, (nh + nkv) * d, nkv * d).view([t, nkv, d]);
                 let _ = kv.k[l].f_index_copy_(0, &plan.write_slots, &k)?;
                 let _ = kv.v[l].f_index_copy_(0, &plan.write_slots, &v)?;
