@@ -7,8 +7,3 @@ pub fn argmax(logits: &Tensor) -> Vec<u32> {
     let ids = logits.argmax(-1, false).to_kind(Kind::Int64).to_device(tch::Device::Cpu);
     Vec::<i64>::try_from(ids.flatten(0, -1)).unwrap_or_default().into_iter().map(|v| v as u32).collect()
 }
-
-/// Log-probabilities per row, in float32.
-pub fn log_softmax(logits: &Tensor) -> Tensor {
-    logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float)
-}
