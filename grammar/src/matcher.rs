@@ -35,6 +35,11 @@ impl Matcher {
         Self { grammar, states: vec![start], finished: false }
     }
 
+    /// The grammar this matcher walks.
+    pub fn grammar(&self) -> &Arc<Grammar> {
+        &self.grammar
+    }
+
     fn state(&self) -> StateID {
         *self.states.last().expect("start state is never popped")
     }

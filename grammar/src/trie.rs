@@ -79,4 +79,39 @@ impl TokenTrie {
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
+
+    /// The longest token whose bytes are a prefix of `bytes`, as (token id, length); the lowest id on ties.
+    /// Jump-forward uses it to turn forced bytes into tokens.
+    pub fn longest_prefix(&self, bytes: &[u8]) -> Option<(u32, usize)> {
+        let mut node = 0usize;
+        let mut best = None;
+        for (depth, &b) in bytes.iter().enumerate() {
+            let n = self.nodes[node];
+            let kids = &self.children[n.first_child as usize..(n.first_child + n.n_children) as usize];
+            let Ok(k) = kids.binary_search_by_key(&b, |&(byte, _)| byte) else { break };
+            node = kids[k].1 as usize;
+            let n = self.nodes[node];
+            if n.n_tokens > 0 {
+                let ids = &self.token_ids[n.first_token as usize..(n.first_token + n.n_tokens) as usize];
+                best = ids.iter().min().map(|&id| (id, depth + 1));
+            }
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_picks_the_longest_token() {
+        let toks = ["a", "ab", "abc", "b", "x"].iter().map(|t| Some(t.as_bytes().to_vec())).collect();
+        let trie = TokenTrie::new(&Vocabulary::from_bytes(toks, &[]));
+        assert_eq!(trie.longest_prefix(b"abd"), Some((1, 2)));
+        assert_eq!(trie.longest_prefix(b"abcz"), Some((2, 3)));
+        assert_eq!(trie.longest_prefix(b"bz"), Some((3, 1)));
+        assert_eq!(trie.longest_prefix(b"zz"), None);
+        assert_eq!(trie.longest_prefix(b""), None);
+    }
 }

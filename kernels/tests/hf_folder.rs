@@ -2,7 +2,6 @@
 //! computes the same logits as the GGUF file it came from.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use kernels::gguf::GgufFile;
 use kernels::weights::{gguf_qk_permuted, hf_name, WeightSource};
@@ -10,11 +9,7 @@ use kernels::{LoadOptions, LogitsFor, Model, ModelConfig, SeqInput};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-fn model_path() -> PathBuf {
-    std::env::var_os("RADIXSERVE_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"))
-}
+use radixserve_tests::model_path;
 
 /// HF name, shape and little-endian f32 bytes.
 type RawTensor = (String, Vec<i64>, Vec<u8>);
@@ -112,10 +107,4 @@ fn missing_folder_pieces_are_clear_errors() {
     let err = Model::load(&dir.join("nope.gguf"), LoadOptions::default(), &mut |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("no such file"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// This crate's folder, read when the test runs (cargo sets it for every run), not baked in at compile time:
-/// a test binary reused from another checkout of the same sources must still find this checkout's files.
-fn manifest_dir() -> std::path::PathBuf {
-    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run through cargo test"))
 }

@@ -3,7 +3,6 @@
 //! Fixtures come from `tools/make_fixtures.py` (Hugging Face `transformers` and the `gguf` package on the same
 //! GGUF file). The model file is fetched by `make test`; set `RADIXSERVE_MODEL` to use another copy.
 
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use base64::Engine;
@@ -13,11 +12,7 @@ use kernels::{LoadOptions, LogitsFor, Model, SeqInput};
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
-fn model_path() -> PathBuf {
-    std::env::var_os("RADIXSERVE_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"))
-}
+use radixserve_tests::model_path;
 
 /// One model per test binary; tests take turns (libtorch already uses every core).
 fn model() -> MutexGuard<'static, Model> {

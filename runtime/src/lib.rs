@@ -1,3 +1,25 @@
 //! The continuous-batching engine: requests in, token streams out, over the radix cache, the grammar engine and
-//! the model (the runtime issue's work). Today it holds the cross-crate tests that need the real model's
-//! tokenizer and the grammar engine together.
+//! the model.
+//!
+//! ```text
+//! frontend ──submit(Request)──▶ EngineHandle ──channel──▶ scheduler thread ──forward──▶ Executor (model + KV)
+//!          ◀──Event stream───── RequestStream ◀─────────── sampling, stops, detokenization
+//! ```
+//!
+//! See [`scheduler`] for what one step does and how KV slots move between requests and the radix cache.
+
+mod engine;
+pub mod executor;
+pub mod metrics;
+mod params;
+pub mod sampler;
+pub mod scheduler;
+pub mod text;
+
+pub use engine::{
+    start, EngineHandle, EngineStats, Event, FinishReason, Finished, Output, RequestStream, SubmitError, TokenInfo,
+};
+pub use executor::{Executor, ModelExecutor};
+pub use metrics::Metrics;
+pub use params::{Request, SamplingParams, StopParams, MAX_TOP_LOGPROBS};
+pub use scheduler::{Policy, Scheduler, SchedulerConfig, SchedulerStats};

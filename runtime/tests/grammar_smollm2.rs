@@ -5,12 +5,7 @@ use std::sync::Arc;
 use grammar::{Constraint, Grammar, Limits, Matcher, TokenBitset, TokenSpace, Vocabulary};
 use kernels::gguf::GgufFile;
 
-fn model_path() -> std::path::PathBuf {
-    std::env::var_os("RADIXSERVE_MODEL").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run through cargo test"))
-            .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    })
-}
+use radixserve_tests::model_path;
 
 #[test]
 fn smollm2_vocabulary_and_json_constraint() {

@@ -1,0 +1,309 @@
+//! The engine thread and the handle the async world talks to it through.
+//!
+//! The scheduler owns the model, the KV pool and the radix cache on one thread (libtorch calls block). Callers
+//! hold a cloneable [`EngineHandle`]: `submit` queues a request and returns its stream of [`Event`]s. Dropping
+//! the stream (a client disconnect) cancels the request at the next step.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use tokenizers::Tokenizer;
+
+use crate::executor::Executor;
+use crate::metrics::Metrics;
+use crate::params::{Request, MAX_TOP_LOGPROBS};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerStats, Seq};
+
+/// One generated token as reported to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenInfo {
+    pub id: u32,
+    /// Log-probability under the model (when logprobs were asked for and the token was sampled).
+    pub logprob: Option<f32>,
+    /// The most likely alternatives at that step, best first.
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// Why a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS, or the grammar is complete.
+    Stop,
+    /// A stop string (not included in the text).
+    StopString(String),
+    /// A stop token id.
+    StopToken(u32),
+    /// `max_tokens` or the context length.
+    Length,
+    /// The engine could not go on (the message says why).
+    Error(String),
+}
+
+impl FinishReason {
+    /// The OpenAI `finish_reason`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FinishReason::Stop | FinishReason::StopString(_) | FinishReason::StopToken(_) => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Error(_) => "error",
+        }
+    }
+}
+
+/// The end of a request, with its usage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens found in the radix cache.
+    pub cached_tokens: usize,
+}
+
+/// What a request's stream carries: deltas, then exactly one `Finished`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New tokens and the text they release (text held back for a possible stop string comes later).
+    Delta {
+        text: String,
+        tokens: Vec<TokenInfo>,
+    },
+    Finished(Finished),
+}
+
+/// Why a request was not queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The waiting queue is full (the frontend answers 503 and the client retries).
+    QueueFull,
+    /// The request itself is wrong (400); the message names the field.
+    Invalid(String),
+    /// The engine has stopped.
+    Stopped,
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::QueueFull => write!(f, "the server is at capacity (request queue full); retry later"),
+            SubmitError::Invalid(m) => write!(f, "{m}"),
+            SubmitError::Stopped => write!(f, "the engine has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for SubmitError {}
+
+/// A request's events; drop it to cancel the request.
+#[derive(Debug)]
+pub struct RequestStream {
+    pub id: u64,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+}
+
+impl RequestStream {
+    /// The next event; `None` after `Finished`.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// Blocking version, for threads outside an async runtime (tests, benchmarks).
+    pub fn blocking_recv(&mut self) -> Option<Event> {
+        self.rx.blocking_recv()
+    }
+
+    /// Collects the whole output (blocking): text, tokens and the finish.
+    pub fn collect_blocking(mut self) -> Output {
+        let mut out = Output::default();
+        while let Some(ev) = self.blocking_recv() {
+            match ev {
+                Event::Delta { text, tokens } => {
+                    out.text.push_str(&text);
+                    out.tokens.extend(tokens);
+                }
+                Event::Finished(f) => {
+                    out.finished = Some(f);
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A whole output, gathered from a stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Output {
+    pub text: String,
+    pub tokens: Vec<TokenInfo>,
+    pub finished: Option<Finished>,
+}
+
+impl Output {
+    pub fn ids(&self) -> Vec<u32> {
+        self.tokens.iter().map(|t| t.id).collect()
+    }
+}
+
+enum Command {
+    Submit(Box<Seq>),
+    FlushCache(mpsc::Sender<bool>),
+    Stats(mpsc::Sender<EngineStats>),
+}
+
+/// A snapshot of the scheduler's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EngineStats {
+    pub scheduler: SchedulerStats,
+    pub cache: radix_cache::CacheStats,
+    /// Slots held by requests (0 when idle: anything else is a leak).
+    pub slots_in_use_by_requests: usize,
+}
+
+struct Shared {
+    metrics: Metrics,
+    queued: AtomicUsize,
+    next_id: AtomicU64,
+    max_queued: usize,
+    max_positions: usize,
+    num_slots: usize,
+}
+
+/// Cloneable, `Send + Sync` access to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle").field("max_positions", &self.shared.max_positions).finish()
+    }
+}
+
+/// Starts the scheduler thread over `exec`. `eos` lists the ids that end a generation.
+pub fn start<E: Executor>(
+    exec: E,
+    cfg: SchedulerConfig,
+    tokenizer: Arc<Tokenizer>,
+    eos: Vec<u32>,
+) -> std::io::Result<EngineHandle> {
+    let metrics = Metrics::new();
+    let shared = Arc::new(Shared {
+        metrics: metrics.clone(),
+        queued: AtomicUsize::new(0),
+        next_id: AtomicU64::new(1),
+        max_queued: cfg.max_queued,
+        max_positions: exec.max_positions(),
+        num_slots: exec.num_slots(),
+    });
+    let (tx, rx) = mpsc::channel::<Command>();
+    let thread_shared = shared.clone();
+    std::thread::Builder::new().name("radixserve-scheduler".into()).spawn(move || {
+        let mut sched = Scheduler::new(exec, cfg, tokenizer, eos, metrics);
+        let handle = |sched: &mut Scheduler<E>, cmd: Command| match cmd {
+            Command::Submit(seq) => {
+                thread_shared.queued.fetch_sub(1, Ordering::Relaxed);
+                sched.enqueue(*seq);
+            }
+            Command::FlushCache(reply) => {
+                let _ = reply.send(sched.flush_cache());
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(EngineStats {
+                    scheduler: sched.stats(),
+                    cache: sched.cache_stats(),
+                    slots_in_use_by_requests: sched.slots_in_use_by_requests(),
+                });
+            }
+        };
+        loop {
+            if sched.is_idle() {
+                match rx.recv() {
+                    Ok(cmd) => handle(&mut sched, cmd),
+                    Err(_) => break,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => handle(&mut sched, cmd),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        sched.abort_all("the engine is shutting down");
+                        return;
+                    }
+                }
+            }
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sched.step()));
+            if caught.is_err() {
+                // A bug, not bad input: fail every request rather than leave clients hanging.
+                tracing::error!("scheduler step panicked; failing all requests");
+                sched.abort_all("internal error in the scheduler");
+            }
+        }
+    })?;
+    Ok(EngineHandle { tx, shared })
+}
+
+impl EngineHandle {
+    /// Queues a request. Prompts must leave room for one token in the context and in the KV pool; `max_tokens`
+    /// is clamped to what is left.
+    pub fn submit(&self, req: Request) -> Result<RequestStream, SubmitError> {
+        if req.prompt.is_empty() {
+            return Err(SubmitError::Invalid("the prompt is empty".into()));
+        }
+        let limit = self.shared.max_positions.min(self.shared.num_slots);
+        if req.prompt.len() >= limit {
+            return Err(SubmitError::Invalid(format!(
+                "the prompt has {} tokens; this model's context holds {} (prompt plus at least one generated token)",
+                req.prompt.len(),
+                limit
+            )));
+        }
+        if req.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return Err(SubmitError::Invalid(format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}")));
+        }
+        req.sampling.validate().map_err(SubmitError::Invalid)?;
+        if self.shared.queued.fetch_add(1, Ordering::Relaxed) >= self.shared.max_queued {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(SubmitError::QueueFull);
+        }
+        let max_tokens = req.stop.max_tokens.min(limit - req.prompt.len());
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
+        let seq = Seq::new(id, req, etx, max_tokens);
+        if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(SubmitError::Stopped);
+        }
+        Ok(RequestStream { id, rx: erx })
+    }
+
+    /// Empties the radix cache; false while requests are running.
+    pub fn flush_cache(&self) -> bool {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Command::FlushCache(tx)).is_ok() && rx.recv().unwrap_or(false)
+    }
+
+    /// The scheduler's counters (blocks until the current step ends).
+    pub fn stats(&self) -> Option<EngineStats> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Command::Stats(tx)).ok()?;
+        rx.recv().ok()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The model's context length.
+    pub fn max_positions(&self) -> usize {
+        self.shared.max_positions
+    }
+
+    pub fn num_slots(&self) -> usize {
+        self.shared.num_slots
+    }
+}
