@@ -812,6 +812,8 @@ mod tests {
     }
 
     type Rx = tokio::sync::mpsc::UnboundedReceiver<Event>;
+    /// A request's ids and finish, `None` if it was cancelled.
+    type Outcome = Option<(Vec<u32>, FinishReason)>;
 
     fn submit(s: &mut Scheduler<Scripted>, prompt: Vec<u32>, max_tokens: usize) -> Rx {
         let mut req = Request::new(prompt);
@@ -862,11 +864,11 @@ mod tests {
                 (150, SchedulerConfig { step_tokens: 32, max_running: 5, ..Default::default() }),
                 (120, SchedulerConfig { step_tokens: 7, policy: Policy::Fcfs, ..Default::default() }),
             ];
-            let mut reference: Option<Vec<Option<(Vec<u32>, FinishReason)>>> = None;
+            let mut reference: Option<Vec<Outcome>> = None;
             for (slots, cfg) in configs {
                 let (mut s, _) = scheduler(slots, cfg.clone());
                 let mut rxs: Vec<Option<Rx>> = Vec::new();
-                let mut outs: Vec<Option<(Vec<u32>, FinishReason)>> = vec![None; work.len()];
+                let mut outs: Vec<Outcome> = vec![None; work.len()];
                 let mut step = 0;
                 let mut next = 0;
                 while next < work.len() || !s.is_idle() {
