@@ -13,7 +13,7 @@ CARGO ?= cargo
 BIN := bin/radixserve
 TARGET := $(RADIXSERVE_CACHE)/target/release
 
-.PHONY: setup build serve generate test lint fmt bench-model maskbench fixtures model-qwen clean
+.PHONY: setup build serve generate test lint fmt bench-model bench-runtime maskbench fixtures model-qwen clean
 
 setup:
 	@tools/setup.sh venv model cargo llama3
@@ -42,6 +42,10 @@ fmt:
 
 bench-model: build
 	$(TARGET)/bench-model --model $(MODEL)
+
+# The engine's ratios, side by side in one run: shared-prefix cache on/off, batch 32 vs 1, constrained vs not.
+bench-runtime: build
+	$(TARGET)/bench-runtime --model $(MODEL)
 
 # MaskBench on a folder of MaskBench files (default: the shared dev split) with the Llama 3 tokenizer; outlines-core's
 # Index runs side by side on the first OUTLINES_SAMPLE schemas (it takes 10-40 s per schema on a 128k vocabulary).

@@ -476,7 +476,10 @@ impl<E: Executor> Scheduler<E> {
                     }
                 })
                 .collect();
-            self.exec.forward(&inputs)
+            let t0 = Instant::now();
+            let r = self.exec.forward(&inputs);
+            tracing::trace!(ms = t0.elapsed().as_secs_f64() * 1e3, seqs = inputs.len(), tokens, "forward step");
+            r
         };
         let rows = match result {
             Ok(rows) => rows,
