@@ -23,7 +23,7 @@ build: setup
 	@mkdir -p bin && ln -sfn $(TARGET)/radixserve $(BIN)
 
 serve: build
-	$(BIN) generate --model $(MODEL) --chat --prompt "What is the capital of France?"
+	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT)
 
 generate: build
 	$(BIN) generate --model $(MODEL) --chat --prompt "$(or $(PROMPT),What is the capital of France?)"

@@ -1,5 +1,6 @@
-//! The `radixserve` front end: the command line, chat templates, and (soon) the OpenAI-compatible `/v1` server.
+//! The `radixserve` front end: the command line, chat templates, and the OpenAI-compatible `/v1` server.
 
 pub mod chat_template;
 pub mod generate;
 pub mod load;
+pub mod server;

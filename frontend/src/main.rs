@@ -11,15 +11,25 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the OpenAI-compatible API (and SGLang's /generate) on HOST:PORT.
+    Serve(Box<frontend::server::ServeArgs>),
     /// Generate a completion for one prompt and print it with tokens/s.
     Generate(frontend::generate::GenerateArgs),
 }
 
 fn main() {
     kernels::torch::init_process();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RADIXSERVE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Generate(args) => frontend::generate::run(args),
+    let result = match cli.command {
+        Command::Serve(args) => frontend::server::run(*args),
+        Command::Generate(args) => frontend::generate::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -117,15 +117,19 @@ impl RequestStream {
     pub fn collect_blocking(mut self) -> Output {
         let mut out = Output::default();
         while let Some(ev) = self.blocking_recv() {
-            match ev {
-                Event::Delta { text, tokens } => {
-                    out.text.push_str(&text);
-                    out.tokens.extend(tokens);
-                }
-                Event::Finished(f) => {
-                    out.finished = Some(f);
-                    break;
-                }
+            if out.add(ev) {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Collects the whole output.
+    pub async fn collect_async(mut self) -> Output {
+        let mut out = Output::default();
+        while let Some(ev) = self.recv().await {
+            if out.add(ev) {
+                break;
             }
         }
         out
@@ -141,6 +145,21 @@ pub struct Output {
 }
 
 impl Output {
+    /// Adds an event; true once finished.
+    fn add(&mut self, ev: Event) -> bool {
+        match ev {
+            Event::Delta { text, tokens } => {
+                self.text.push_str(&text);
+                self.tokens.extend(tokens);
+                false
+            }
+            Event::Finished(f) => {
+                self.finished = Some(f);
+                true
+            }
+        }
+    }
+
     pub fn ids(&self) -> Vec<u32> {
         self.tokens.iter().map(|t| t.id).collect()
     }

@@ -1,0 +1,122 @@
+//! Every error the server answers, in OpenAI's shape, from one mapping.
+
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+/// An error answer: `{"error": {"message", "type", "param", "code"}}` with an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), kind, param: None, code: None }
+    }
+
+    /// 400 about one field.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            param: Some(param.into()),
+            code: Some("invalid_value"),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
+    }
+
+    /// 400 about the request as a whole.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    pub fn context_length(message: impl Into<String>) -> Self {
+        Self {
+            param: Some("messages".into()),
+            code: Some("context_length_exceeded"),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        Self {
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+            ..Self::not_found(format!("The model `{model}` does not exist."))
+        }
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", format!("{method} is not allowed on {path}"))
+    }
+
+    pub fn unauthorized() -> Self {
+        Self {
+            code: Some("invalid_api_key"),
+            ..Self::new(StatusCode::UNAUTHORIZED, "authentication_error", "Missing or incorrect API key.")
+        }
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("The request body is larger than the limit of {limit} bytes."),
+        )
+    }
+
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self { code: Some("server_overloaded"), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message) }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    /// The JSON body (also sent inside an SSE stream when a stream fails midway).
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+
+    pub fn into_response(self) -> Response {
+        let status = self.status;
+        warp::reply::with_status(warp::reply::json(&self.body()), status).into_response()
+    }
+}
+
+impl From<runtime::SubmitError> for ApiError {
+    fn from(e: runtime::SubmitError) -> Self {
+        match e {
+            runtime::SubmitError::QueueFull => ApiError::overloaded(e.to_string()),
+            runtime::SubmitError::Invalid(m) if m.contains("context") => ApiError::context_length(m),
+            runtime::SubmitError::Invalid(m) => ApiError::bad_request(m),
+            runtime::SubmitError::Stopped => ApiError::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<grammar::Error> for ApiError {
+    fn from(e: grammar::Error) -> Self {
+        if e.is_too_large() {
+            ApiError::bad_request(format!("the constraint is too large to compile: {e}"))
+        } else {
+            ApiError::bad_request(format!("unsupported or invalid constraint: {e}"))
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! `radixserve serve`: the OpenAI-compatible HTTP server on warp.
+//!
+//! One catch-all warp filter hands (method, path, headers, body) to [`route`], so every answer, including 404,
+//! 405, 401 and 413, goes through the one error mapping in [`error`]. The model loads in the background after
+//! the socket is bound: `/health` answers 503 until it is ready, and so does every model route.
+
+mod chat;
+pub mod error;
+mod native;
+pub mod openai;
+pub mod tools;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use grammar::{GrammarCache, Limits, TokenSpace, Vocabulary};
+use runtime::{EngineHandle, ModelExecutor, Policy, SchedulerConfig};
+use subtle::ConstantTimeEq;
+use tokenizers::Tokenizer;
+use warp::http::{HeaderMap, Method, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::chat_template::ChatTemplate;
+use crate::load::{chat_template, load_model, DeviceArgs};
+use error::ApiError;
+use tools::ToolFormat;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// A `.gguf` file or a Hugging Face model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port (the address is printed).
+    #[arg(long, default_value_t = 30000)]
+    pub port: u16,
+    /// The model id clients use (default: the file name without extension).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Require `Authorization: Bearer <key>` on every route but /health and /metrics.
+    #[arg(long, env = "RADIXSERVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Memory for the KV cache, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub kv_cache_mb: usize,
+    /// KV slots (tokens) in the pool; overrides --kv-cache-mb.
+    #[arg(long)]
+    pub max_total_tokens: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub max_running_requests: usize,
+    /// Waiting requests beyond this are answered 503.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queued_requests: usize,
+    /// Token budget of one scheduler step (chunked prefill).
+    #[arg(long, default_value_t = 512)]
+    pub chunked_prefill_size: usize,
+    /// `lpm` (longest cached prefix first) or `fcfs`.
+    #[arg(long, default_value = "lpm")]
+    pub schedule_policy: Policy,
+    /// Compute every prompt in full (the no-cache baseline).
+    #[arg(long)]
+    pub disable_radix_cache: bool,
+    #[arg(long)]
+    pub disable_jump_forward: bool,
+    /// Tool-call format: json, hermes, llama3_json, mistral (default: from the chat template).
+    #[arg(long)]
+    pub tool_call_parser: Option<ToolFormat>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds a new grammar may take to compile before the request is refused.
+    #[arg(long, default_value_t = 30)]
+    pub grammar_timeout_s: u64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Everything a request needs once the model is loaded.
+pub struct Ready {
+    pub engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    pub space: Arc<TokenSpace>,
+    pub grammars: Arc<GrammarCache>,
+    pub template: ChatTemplate,
+    pub template_has_tools: bool,
+    pub tool_format: ToolFormat,
+    pub model_id: String,
+    pub max_model_len: usize,
+    pub vocab_size: usize,
+    pub created: u64,
+    pub grammar_timeout: std::time::Duration,
+}
+
+pub struct AppState {
+    ready: OnceLock<Arc<Ready>>,
+    load_error: OnceLock<String>,
+    api_key: Option<String>,
+    max_body: usize,
+    http_requests: prometheus::IntCounterVec,
+    registry: prometheus::Registry,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A running server (for tests and embedding): its address and a way to stop it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting and waits for open connections to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits until the model is loaded (or failed to load).
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        loop {
+            if self.state.ready.get().is_some() {
+                return Ok(());
+            }
+            if let Some(e) = self.state.load_error.get() {
+                anyhow::bail!("model failed to load: {e}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Binds the socket, starts loading the model in the background and serves until stopped.
+pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("bad --host/--port {}:{}", args.host, args.port))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let addr = listener.local_addr()?;
+    let registry = prometheus::Registry::new();
+    let http_requests = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("radixserve_http_requests_total", "HTTP requests by route and status."),
+        &["route", "status"],
+    )?;
+    registry.register(Box::new(http_requests.clone()))?;
+    let state = Arc::new(AppState {
+        ready: OnceLock::new(),
+        load_error: OnceLock::new(),
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        max_body: args.max_body_bytes,
+        http_requests,
+        registry,
+    });
+    let loader = state.clone();
+    tokio::task::spawn_blocking(move || match load(&args) {
+        Ok(r) => {
+            tracing::info!("model {} ready ({} KV slots)", r.model_id, r.engine.num_slots());
+            let _ = loader.ready.set(Arc::new(r));
+        }
+        Err(e) => {
+            tracing::error!("loading the model failed: {e:#}");
+            let _ = loader.load_error.set(format!("{e:#}"));
+        }
+    });
+    let st = state.clone();
+    let routes = warp::any()
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
+            let st = st.clone();
+            async move { handle(st, method, path.as_str().to_string(), headers, body).await }
+        });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = warp::serve(routes).incoming(listener).graceful(async {
+        let _ = rx.await;
+    });
+    let task = tokio::spawn(server.run());
+    Ok(RunningServer { addr, state, shutdown: Some(tx), task: Some(task) })
+}
+
+/// `radixserve serve`: runs until Ctrl-C.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let server = start(args).await?;
+        println!("radixserve listening on http://{}", server.addr);
+        tokio::select! {
+            r = server.wait_ready() => r?,
+            _ = tokio::signal::ctrl_c() => { server.stop().await; return Ok(()); }
+        }
+        println!("radixserve ready on http://{}/v1", server.addr);
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        server.stop().await;
+        Ok(())
+    })
+}
+
+fn load(args: &ServeArgs) -> anyhow::Result<Ready> {
+    let opts = args.device.options()?;
+    let model = load_model(&args.model, opts)?;
+    let template = chat_template(&model)?;
+    let template_source = model.chat_template.clone().unwrap_or_default();
+    let model_id = args.served_model_name.clone().unwrap_or_else(|| model.name.clone());
+    let slots = match args.max_total_tokens {
+        Some(n) => n,
+        None => kernels::KvPool::slots_for_budget(model.net.config(), opts.kind, args.kv_cache_mb << 20),
+    };
+    anyhow::ensure!(slots >= 64, "the KV cache holds only {slots} tokens; give it more memory (--kv-cache-mb)");
+    let max_model_len = model.net.max_positions().min(slots);
+    let tokenizer = Arc::new(model.tokenizer);
+    let space = TokenSpace::new(Vocabulary::from_tokenizer(&tokenizer, &model.special.eos)?);
+    let exec = ModelExecutor::new(model.net, slots)?;
+    let cfg = SchedulerConfig {
+        max_running: args.max_running_requests.max(1),
+        max_queued: args.max_queued_requests,
+        step_tokens: args.chunked_prefill_size.max(16),
+        enable_cache: !args.disable_radix_cache,
+        policy: args.schedule_policy,
+        jump_forward: !args.disable_jump_forward,
+        ..SchedulerConfig::default()
+    };
+    let engine = runtime::start(exec, cfg, tokenizer.clone(), model.special.eos.clone())?;
+    let vocab_size = tokenizer.get_vocab_size(true);
+    Ok(Ready {
+        engine,
+        grammars: Arc::new(GrammarCache::new(space.clone(), Limits::default(), 256)),
+        space,
+        tokenizer,
+        template,
+        template_has_tools: template_source.contains("tools"),
+        tool_format: args.tool_call_parser.unwrap_or_else(|| ToolFormat::detect(&template_source)),
+        model_id,
+        max_model_len,
+        vocab_size,
+        created: now_secs(),
+        grammar_timeout: std::time::Duration::from_secs(args.grammar_timeout_s.max(1)),
+    })
+}
+
+/// Reads the body, up to the limit.
+async fn read_body<S, B>(mut body: S, limit: usize) -> Result<Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: warp::Buf,
+{
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        if out.len() + chunk.remaining() > limit {
+            // Read (a bounded amount of) the rest, so the client gets the 413 rather than a broken pipe.
+            let mut seen = out.len() + chunk.remaining();
+            while let Some(Ok(c)) = body.next().await {
+                seen += c.remaining();
+                if seen > limit.saturating_mul(8).max(64 << 20) {
+                    break;
+                }
+            }
+            return Err(ApiError::too_large(limit));
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(key) = &state.api_key else { return true };
+    let Some(given) = headers.get("authorization").and_then(|v| v.to_str().ok()) else { return false };
+    let Some(token) = given.strip_prefix("Bearer ").or_else(|| given.strip_prefix("bearer ")) else { return false };
+    token.as_bytes().ct_eq(key.as_bytes()).into()
+}
+
+/// The route table: (method, path) to a handler name.
+fn route_name(method: &Method, path: &str) -> Result<&'static str, ApiError> {
+    let p = path.trim_end_matches('/');
+    let (allowed, name): (&[Method], &'static str) = match p {
+        "/v1/chat/completions" => (&[Method::POST], "chat"),
+        "/v1/completions" => (&[Method::POST], "completions"),
+        "/v1/models" => (&[Method::GET], "models"),
+        "/health" => (&[Method::GET], "health"),
+        "/metrics" => (&[Method::GET], "metrics"),
+        "/generate" => (&[Method::POST], "generate"),
+        "/flush_cache" => (&[Method::POST, Method::GET], "flush_cache"),
+        "/tokenize" => (&[Method::POST], "tokenize"),
+        "/detokenize" => (&[Method::POST], "detokenize"),
+        "/openapi.json" => (&[Method::GET], "openapi"),
+        _ if p.starts_with("/v1/models/") => (&[Method::GET], "model"),
+        _ => return Err(ApiError::not_found(format!("no route {path}"))),
+    };
+    if allowed.contains(method) {
+        Ok(name)
+    } else {
+        Err(ApiError::method_not_allowed(method.as_str(), path))
+    }
+}
+
+async fn handle<S, B>(state: Arc<AppState>, method: Method, path: String, headers: HeaderMap, body: S) -> Response
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: warp::Buf,
+{
+    let (label, resp) = match route_name(&method, &path) {
+        Err(e) => ("unknown", e.into_response()),
+        Ok(name) => (name, dispatch(&state, name, &path, &headers, body).await.unwrap_or_else(|e| e.into_response())),
+    };
+    let status = resp.status().as_u16().to_string();
+    state.http_requests.with_label_values(&[label, &status]).inc();
+    if resp.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::warn!("{method} {path} -> {status}");
+    }
+    resp
+}
+
+async fn dispatch<S, B>(
+    state: &Arc<AppState>,
+    name: &'static str,
+    path: &str,
+    headers: &HeaderMap,
+    body: S,
+) -> Result<Response, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: warp::Buf,
+{
+    match name {
+        "health" => {
+            return Ok(match (state.ready.get(), state.load_error.get()) {
+                (Some(_), _) => warp::reply::json(&serde_json::json!({"status": "ok"})).into_response(),
+                (None, Some(e)) => ApiError::unavailable(format!("the model failed to load: {e}")).into_response(),
+                (None, None) => ApiError::unavailable("the model is loading").into_response(),
+            })
+        }
+        "metrics" => {
+            let mut text = state.ready.get().map(|r| r.engine.metrics().render()).unwrap_or_default();
+            let mut buf = Vec::new();
+            let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &state.registry.gather(), &mut buf);
+            text.push_str(&String::from_utf8_lossy(&buf));
+            return Ok(warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response());
+        }
+        "openapi" => return Ok(warp::reply::json(&native::openapi()).into_response()),
+        _ => {}
+    }
+    if !authorized(state, headers) {
+        return Err(ApiError::unauthorized());
+    }
+    let body = read_body(body, state.max_body).await?;
+    let ready = match (state.ready.get(), state.load_error.get()) {
+        (Some(r), _) => r.clone(),
+        (None, Some(e)) => return Err(ApiError::unavailable(format!("the model failed to load: {e}"))),
+        (None, None) => return Err(ApiError::unavailable("the model is loading; retry when /health answers 200")),
+    };
+    match name {
+        "chat" => chat::chat(ready, &body).await,
+        "completions" => chat::completions(ready, &body).await,
+        "models" => Ok(native::models(&ready)),
+        "model" => native::model(&ready, path.trim_end_matches('/').trim_start_matches("/v1/models/")),
+        "generate" => native::generate(ready, &body).await,
+        "flush_cache" => native::flush_cache(&ready),
+        "tokenize" => native::tokenize(&ready, &body),
+        "detokenize" => native::detokenize(&ready, &body),
+        _ => Err(ApiError::internal(format!("unrouted handler {name}"))),
+    }
+}
+
+/// A JSON reply with a status.
+pub(crate) fn json_reply(v: &serde_json::Value, status: StatusCode) -> Response {
+    warp::reply::with_status(warp::reply::json(v), status).into_response()
+}

@@ -1,0 +1,128 @@
+"""Smoke test of radixserve with the official `openai` Python SDK: chat, streaming, json_schema (the SDK's own
+`parse` helper with a pydantic model), tools with `required`, logprobs, completions, models and errors.
+
+Usage: python tests/openai_smoke.py BASE_URL API_KEY   (run by `cargo test -p radixserve-tests --test openai_sdk`)
+"""
+
+import json
+import sys
+
+import openai
+from pydantic import BaseModel
+
+
+def main(base_url: str, api_key: str) -> None:
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0, timeout=120)
+    model = client.models.list().data[0].id
+    assert client.models.retrieve(model).id == model
+
+    r = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=30,
+        temperature=0,
+    )
+    assert "Paris" in r.choices[0].message.content, r
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+    # Streaming with usage: deltas join to the same answer.
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=30,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    assert text == r.choices[0].message.content, (text, r.choices[0].message.content)
+    assert finish == "stop" and usage.completion_tokens == r.usage.completion_tokens
+
+    # Structured output through the SDK's pydantic helper.
+    class City(BaseModel):
+        name: str
+        country: str
+        population: int
+
+    parsed = client.beta.chat.completions.parse(
+        model=model,
+        messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+        response_format=City,
+        max_tokens=120,
+    )
+    city = parsed.choices[0].message.parsed
+    assert isinstance(city, City), parsed
+
+    # Tools, required.
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+                    "required": ["city", "unit"],
+                    "additionalProperties": False,
+                },
+            },
+        }
+    ]
+    r = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+        tools=tools,
+        tool_choice="required",
+        max_tokens=300,
+    )
+    calls = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and calls, r
+    args = json.loads(calls[0].function.arguments)
+    assert calls[0].function.name == "get_weather" and set(args) == {"city", "unit"}, args
+
+    # Logprobs.
+    r = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Name a fruit."}],
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    lp = r.choices[0].logprobs.content
+    assert len(lp) == r.usage.completion_tokens and all(len(t.top_logprobs) == 3 for t in lp)
+
+    # Legacy completions.
+    c = client.completions.create(model=model, prompt="The capital of France is", max_tokens=5, temperature=0)
+    assert "Paris" in c.choices[0].text, c
+
+    # Errors arrive as the SDK's typed exceptions.
+    try:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], temperature=-1)
+        raise AssertionError("temperature -1 was accepted")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and "temperature" in str(e)
+    try:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+        raise AssertionError("an unknown model was accepted")
+    except openai.NotFoundError:
+        pass
+    bad = openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0)
+    try:
+        bad.models.list()
+        raise AssertionError("a wrong key was accepted")
+    except openai.AuthenticationError:
+        pass
+    print("openai SDK smoke: all passed")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

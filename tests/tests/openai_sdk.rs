@@ -1,0 +1,18 @@
+//! The official `openai` Python SDK (installed in the project venv by `make test`) against the real server.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn the_openai_python_sdk_works_unchanged() {
+    let s = common::server();
+    let root = radixserve_tests::repo_root();
+    let python = root.join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run `make setup` (make test does)", python.display());
+    let out =
+        Command::new(python).arg(root.join("tests/openai_smoke.py")).arg(&s.base).arg(common::KEY).output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("all passed"), "{log}");
+}
