@@ -13,7 +13,7 @@ CARGO ?= cargo
 BIN := bin/radixserve
 TARGET := $(RADIXSERVE_CACHE)/target/release
 
-.PHONY: setup build serve generate test lint fmt bench-model bench-runtime maskbench fixtures model-qwen clean
+.PHONY: setup build serve generate test lint fmt bench-model bench-runtime bench-compare maskbench fixtures model-qwen clean
 
 setup:
 	@tools/setup.sh venv model cargo llama3
@@ -46,6 +46,11 @@ bench-model: build
 # The engine's ratios, side by side in one run: shared-prefix cache on/off, batch 32 vs 1, constrained vs not.
 bench-runtime: build
 	$(TARGET)/bench-runtime --model $(MODEL)
+
+# radixserve vs radixserve without cache vs llama.cpp's llama-server vs llama-cpp-python, side by side on loopback
+# (builds the peers once, ~30 min; then about 10 min). Writes bench-out/compare/{results.jsonl,serving.svg}.
+bench-compare: build
+	tools/bench_compare.sh
 
 # MaskBench on a folder of MaskBench files (default: the shared dev split) with the Llama 3 tokenizer; outlines-core's
 # Index runs side by side on the first OUTLINES_SAMPLE schemas (it takes 10-40 s per schema on a 128k vocabulary).

