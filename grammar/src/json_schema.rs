@@ -70,6 +70,9 @@ fn is_annotation(k: &str) -> bool {
 /// The keywords outlines-core dispatches on, in its order.
 const BRANCHES: &[&str] = &["properties", "allOf", "anyOf", "oneOf", "prefixItems", "enum", "const", "$ref", "type"];
 
+/// Most optional properties in one object (see `check`).
+const MAX_OPTIONAL_PROPERTIES: usize = 48;
+
 /// How deep `$ref`s may recurse when the schema is unrolled into a regex.
 const MAX_REF_DEPTH: usize = 3;
 
@@ -151,10 +154,25 @@ fn json_safe_pattern(p: &str) -> Result<String> {
 
 /// The regex for `schema`, or an error naming the first keyword we cannot enforce.
 pub fn schema_to_regex(schema: &Value, whitespace: &str) -> Result<String> {
-    let schema = spell_out_any(schema)?;
+    let mut holes = Vec::new();
+    let schema = spell_out_any(schema, &mut holes, schema, 0)?;
     check(&schema, &schema, &mut HashSet::new())?;
-    outlines_core::json_schema::regex_from_value(&schema, Some(whitespace), Some(MAX_REF_DEPTH))
-        .map_err(|e| Error::unsupported(format!("json schema: {e}")))
+    let mut regex = outlines_core::json_schema::regex_from_value(&schema, Some(whitespace), Some(MAX_REF_DEPTH))
+        .map_err(|e| Error::unsupported(format!("json schema: {e}")))?;
+    // Our own regexes go where outlines-core wrote the placeholder constants (`"marker"`).
+    for (i, re) in holes.iter().enumerate() {
+        let quoted = format!("\"{}\"", hole_marker(i));
+        if !regex.contains(&quoted) {
+            return Err(Error::unsupported(format!("json schema: internal placeholder {i} lost (report this schema)")));
+        }
+        regex = regex.replace(&quoted, &format!("(?:{re})"));
+    }
+    Ok(regex)
+}
+
+/// A string constant that stands for our own regex until outlines-core has written the rest.
+fn hole_marker(i: usize) -> String {
+    format!("RsXhOlE{i}zQ")
 }
 
 /// Replaces every empty subschema (`{}` or annotations only: any value) with an explicit `anyOf` of the six JSON
@@ -163,7 +181,7 @@ pub fn schema_to_regex(schema: &Value, whitespace: &str) -> Result<String> {
 ///
 /// String `format`s become our own patterns ([`format_pattern`]; outlines-core's `date-time` admits a missing
 /// offset) and every `pattern` is made safe to embed ([`json_safe_pattern`]).
-fn spell_out_any(v: &Value) -> Result<Value> {
+fn spell_out_any(v: &Value, holes: &mut Vec<String>, root: &Value, merges: usize) -> Result<Value> {
     fn is_any(v: &Value) -> bool {
         v.as_object().is_some_and(|o| o.keys().all(|k| is_annotation(k)))
     }
@@ -171,31 +189,53 @@ fn spell_out_any(v: &Value) -> Result<Value> {
         let types = ["null", "boolean", "number", "string", "array", "object"];
         serde_json::json!({"anyOf": types.iter().map(|t| serde_json::json!({"type": t})).collect::<Vec<_>>()})
     }
-    fn sub(v: &Value) -> Result<Value> {
+    let sub = |v: &Value, holes: &mut Vec<String>| -> Result<Value> {
         if is_any(v) {
             Ok(any())
         } else {
-            spell_out_any(v)
+            spell_out_any(v, holes, root, merges)
+        }
+    };
+    let Value::Object(o) = v else { return Ok(v.clone()) };
+    // Merged `allOf`s nest at most this deep (a branch `$ref` back to its own schema would inline forever; past
+    // the limit `check` refuses the `allOf`).
+    const MAX_MERGES: usize = 8;
+    if o.contains_key("allOf") && merges < MAX_MERGES {
+        if let Some(merged) = merge_all_of(o, root)? {
+            return spell_out_any(&merged, holes, root, merges + 1);
         }
     }
-    let Value::Object(o) = v else { return Ok(v.clone()) };
+    // Bounded integers and numbers: our regex, in a placeholder constant (outlines-core ignores the bounds).
+    let numeric_only = o
+        .keys()
+        .all(|k| is_annotation(k) || k == "type" || k == "format" || crate::numeric::KEYWORDS.contains(&k.as_str()));
+    if numeric_only {
+        if let Some(re) = crate::numeric::bounded(o)? {
+            holes.push(re);
+            return Ok(serde_json::json!({"const": hole_marker(holes.len() - 1)}));
+        }
+    }
+    // `double` and `float` only say how a number is stored; JSON numbers a model writes fit either.
+    let numeric_annotation = matches!(o.get("type").and_then(Value::as_str), Some("number" | "integer"))
+        && matches!(o.get("format").and_then(Value::as_str), Some("double" | "float"));
     let mut out = Map::new();
     for (k, x) in o {
         let nx = match (k.as_str(), x) {
             ("properties" | "definitions" | "$defs", Value::Object(m)) => {
-                Value::Object(m.iter().map(|(n, s)| Ok((n.clone(), sub(s)?))).collect::<Result<_>>()?)
+                Value::Object(m.iter().map(|(n, s)| Ok((n.clone(), sub(s, holes)?))).collect::<Result<_>>()?)
             }
             ("anyOf" | "oneOf" | "allOf" | "prefixItems", Value::Array(a)) => {
-                Value::Array(a.iter().map(sub).collect::<Result<_>>()?)
+                Value::Array(a.iter().map(|s| sub(s, holes)).collect::<Result<_>>()?)
             }
-            ("items" | "additionalProperties", Value::Object(_)) => sub(x)?,
+            ("items" | "additionalProperties", Value::Object(_)) => sub(x, holes)?,
+            ("format", _) if numeric_annotation => continue,
             ("pattern", Value::String(p)) => Value::String(json_safe_pattern(p)?),
             _ => x.clone(),
         };
         out.insert(k.clone(), nx);
     }
     // A lone `format` on a string becomes our pattern; other combinations are refused later by `check`.
-    if let Some(Value::String(f)) = o.get("format") {
+    if let (Some(Value::String(f)), false) = (o.get("format"), numeric_annotation) {
         let alone = !["pattern", "minLength", "maxLength"].iter().any(|k| o.contains_key(*k));
         if alone {
             let pat = format_pattern(f)
@@ -205,6 +245,92 @@ fn spell_out_any(v: &Value) -> Result<Value> {
         }
     }
     Ok(Value::Object(out))
+}
+
+/// `allOf` of object schemas (and the keywords beside it) as one object schema: properties and `required`
+/// united, `additionalProperties: false` kept when it still holds. `None` when the branches are not all plain
+/// objects (then `check` refuses `allOf` by name); an error when they conflict.
+fn merge_all_of(o: &Map<String, Value>, root: &Value) -> Result<Option<Value>> {
+    const OBJECT_KEYS: &[&str] = &["type", "properties", "required", "additionalProperties"];
+    let Some(Value::Array(branches)) = o.get("allOf") else { return Ok(None) };
+    let mut parts: Vec<&Map<String, Value>> = Vec::new();
+    let siblings: Map<String, Value> =
+        o.iter().filter(|(k, _)| *k != "allOf").map(|(k, v)| (k.clone(), v.clone())).collect();
+    for b in branches {
+        let mut b = b;
+        let mut hops = 0;
+        while let Some(r) = b.get("$ref").and_then(Value::as_str) {
+            hops += 1;
+            if hops > 8 {
+                return Ok(None);
+            }
+            b = resolve(root, r)?;
+        }
+        match b {
+            Value::Object(m) => parts.push(m),
+            _ => return Ok(None),
+        }
+    }
+    parts.push(&siblings);
+    let object_like = |m: &Map<String, Value>| {
+        m.iter().all(|(k, v)| is_annotation(k) || (OBJECT_KEYS.contains(&k.as_str()) && (k != "type" || v == "object")))
+    };
+    if !parts.iter().all(|m| object_like(m)) || !parts.iter().any(|m| m.contains_key("properties")) {
+        return Ok(None);
+    }
+    let mut props = Map::new();
+    let mut required: Vec<Value> = Vec::new();
+    for m in &parts {
+        if let Some(Value::Object(p)) = m.get("properties") {
+            for (k, v) in p {
+                match props.get(k) {
+                    Some(old) if old != v => {
+                        return Err(unsupported("allOf", &format!("with two different schemas for property {k:?}")))
+                    }
+                    _ => {
+                        props.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        if let Some(Value::Array(r)) = m.get("required") {
+            for x in r {
+                if !required.contains(x) {
+                    required.push(x.clone());
+                }
+            }
+        }
+    }
+    // `additionalProperties: false` in one branch allows only that branch's properties in the whole instance.
+    let mut closed = false;
+    for m in &parts {
+        match m.get("additionalProperties") {
+            None | Some(Value::Bool(true)) => {}
+            Some(Value::Bool(false)) => {
+                let own = m.get("properties").and_then(Value::as_object);
+                if !props.keys().all(|k| own.is_some_and(|p| p.contains_key(k))) {
+                    return Err(unsupported(
+                        "allOf",
+                        "with additionalProperties false in a branch that lacks others' properties",
+                    ));
+                }
+                closed = true;
+            }
+            Some(_) => return Ok(None),
+        }
+    }
+    // Annotations beside `allOf` stay (`definitions` that `$ref`s point into, when the `allOf` is the root).
+    let mut out: Map<String, Value> =
+        siblings.iter().filter(|(k, _)| is_annotation(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    out.insert("type".into(), Value::from("object"));
+    out.insert("properties".into(), Value::Object(props));
+    if !required.is_empty() {
+        out.insert("required".into(), Value::Array(required));
+    }
+    if closed {
+        out.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    Ok(Some(Value::Object(out)))
 }
 
 fn unsupported(keyword: &str, why: &str) -> Error {
@@ -254,6 +380,15 @@ pub fn check(node: &Value, root: &Value, refs: &mut HashSet<String>) -> Result<(
                         &format!("naming {missing:?}, which properties does not define"),
                     ));
                 }
+            }
+            // outlines-core writes optional properties as an alternation over which comes first, each followed by
+            // the rest: the regex grows with the square of their number (gigabytes for a few hundred).
+            let required = obj.get("required").and_then(Value::as_array).map_or(0, Vec::len);
+            let optional = props.len().saturating_sub(required);
+            if optional > MAX_OPTIONAL_PROPERTIES {
+                return Err(Error::too_large(format!(
+                    "json schema: an object with {optional} optional properties (at most {MAX_OPTIONAL_PROPERTIES})"
+                )));
             }
             for v in props.values() {
                 check(v, root, refs)?;
@@ -426,15 +561,48 @@ mod tests {
 
     #[test]
     fn ignored_keywords_are_named() {
-        assert!(err(json!({"type": "integer", "minimum": 0})).contains("\"minimum\""));
+        assert!(err(json!({"type": "integer", "multipleOf": 3})).contains("\"multipleOf\""));
+        assert!(err(json!({"type": "integer", "minimum": 0, "multipleOf": 3})).contains("\"minimum\""));
+        assert!(err(json!({"type": "number", "minimum": 0.5})).contains("fractional"));
         assert!(err(json!({"type": "array", "items": {"type": "string"}, "uniqueItems": true})).contains("uniqueItems"));
         assert!(err(json!({"properties": {"a": {"type": "string"}}, "anyOf": [{"required": ["a"]}]})).contains("anyOf"));
         assert!(err(json!({"allOf": [{"type": "object"}, {"type": "object"}]})).contains("allOf"));
         assert!(err(json!({"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]})).contains("oneOf"));
         assert!(err(json!({"type": "string", "pattern": "a+", "maxLength": 3})).contains("together"));
-        assert!(
-            err(json!({"properties": {"n": {"type": "number", "exclusiveMaximum": 3}}})).contains("exclusiveMaximum")
-        );
+        assert!(err(json!({"properties": {"n": {"type": "number", "exclusiveMaximum": 3.5}}})).contains("maximum"));
+    }
+
+    #[test]
+    fn bounded_numbers_are_enforced_inside_objects() {
+        let schema = json!({"type": "object", "properties": {
+            "age": {"type": "integer", "minimum": 0, "maximum": 130},
+            "lat": {"type": "number", "minimum": -90, "maximum": 90},
+            "n": {"type": "integer", "format": "int32"},
+            "x": {"type": "number", "format": "double"}
+        }, "required": ["age", "lat", "n", "x"]});
+        let re =
+            regex_automata::meta::Regex::new(&format!("^(?:{})$", schema_to_regex(&schema, r"[ ]?").unwrap())).unwrap();
+        assert!(re.is_match(r#"{"age": 42, "lat": -12.5, "n": -7, "x": 1.5}"#));
+        assert!(!re.is_match(r#"{"age": 131, "lat": -12.5, "n": -7, "x": 1}"#));
+        assert!(!re.is_match(r#"{"age": 4, "lat": 90.5, "n": -7, "x": 1}"#));
+        assert!(!re.is_match(r#"{"age": 4, "lat": 9, "n": 2147483648, "x": 1}"#));
+    }
+
+    #[test]
+    fn all_of_objects_merge() {
+        let schema = json!({
+            "definitions": {"named": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}},
+            "allOf": [{"$ref": "#/definitions/named"}, {"properties": {"age": {"type": "integer"}}, "required": ["age"]}]
+        });
+        let re =
+            regex_automata::meta::Regex::new(&format!("^(?:{})$", schema_to_regex(&schema, r"[ ]?").unwrap())).unwrap();
+        assert!(re.is_match(r#"{"name": "a", "age": 3}"#));
+        assert!(!re.is_match(r#"{"name": "a"}"#), "both branches' required hold");
+        assert!(!re.is_match(r#"{"age": 3}"#));
+        let clash =
+            json!({"allOf": [{"properties": {"a": {"type": "string"}}}, {"properties": {"a": {"type": "integer"}}}]});
+        assert!(err(clash).contains("allOf"));
+        assert!(err(json!({"allOf": [{"type": "object"}, {"type": "string"}]})).contains("allOf"));
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod error;
 mod grammar;
 pub mod json_schema;
 mod matcher;
+mod numeric;
 mod trie;
 mod vocab;
 

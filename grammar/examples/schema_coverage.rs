@@ -1,0 +1,36 @@
+//! Which JSON Schema keywords keep schemas from compiling: runs schema-to-regex (no DFA) over a folder of
+//! MaskBench files and counts the errors by message.
+//!
+//! `cargo run --release -p grammar --example schema_coverage -- ../shared/maskbench/dev`
+
+use std::collections::BTreeMap;
+
+fn main() {
+    let dir = std::env::args().nth(1).unwrap_or_else(|| "../shared/maskbench/dev".into());
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut ok, mut total) = (0, 0);
+    for entry in std::fs::read_dir(&dir).expect("a folder of MaskBench files") {
+        let path = entry.expect("readable folder").path();
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        total += 1;
+        if std::env::var_os("VERBOSE").is_some() {
+            eprintln!("{}", path.display());
+        }
+        match grammar::json_schema::schema_to_regex(&doc["schema"], grammar::DEFAULT_WHITESPACE) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                let msg = e.to_string();
+                // Group by the keyword and the reason, not the schema-specific details.
+                let key: String = msg.split(['(', '#']).next().unwrap_or(&msg).chars().take(110).collect();
+                *errors.entry(key).or_default() += 1;
+            }
+        }
+    }
+    let mut v: Vec<_> = errors.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    println!("{ok}/{total} schemas convert");
+    for (k, n) in v.iter().take(40) {
+        println!("{n:6}  {k}");
+    }
+}
