@@ -28,7 +28,7 @@ fn main() {
         }
     }
     let mut v: Vec<_> = errors.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     println!("{ok}/{total} schemas convert");
     for (k, n) in v.iter().take(40) {
         println!("{n:6}  {k}");
