@@ -52,7 +52,9 @@ for sys in $SYSTEMS; do
   bench "$sys" generated-shared-prefix --gsp-num-groups 4 --gsp-prompts-per-group 8 --gsp-system-prompt-len 768 \
     --gsp-question-len 32 --gsp-output-len 16 --max-concurrency "$CONC" --ignore-eos
   bench "$sys" random --num-prompts 32 --random-input-len 256 --random-output-len 64 --max-concurrency 16 --ignore-eos
-  bench "$sys" json-schema --num-prompts 16 --max-concurrency 8 --structured-output-len 768
+  style=openai
+  [ "$sys" = llama-cpp-python ] && style=json-object # its server refuses response_format json_schema
+  bench "$sys" json-schema --num-prompts 16 --max-concurrency 8 --structured-output-len 768 --schema-style $style
   kill $pid; wait $pid 2>/dev/null || true
 done
 "$TARGET/bench-plot" --input "$OUT/results.jsonl" --output "$OUT/serving.svg" | tee "$OUT/summary.txt"

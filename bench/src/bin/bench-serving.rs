@@ -73,6 +73,10 @@ struct Args {
     /// Folder of MaskBench files for `json-schema`.
     #[arg(long, default_value = "../shared/maskbench/dev")]
     schema_dir: PathBuf,
+    /// How `json-schema` requests carry the schema: `openai` (`response_format` json_schema) or `json-object`
+    /// (`{"type": "json_object", "schema": ...}`, the only form llama-cpp-python's server accepts).
+    #[arg(long, default_value = "openai")]
+    schema_style: String,
     /// max_tokens of structured requests.
     #[arg(long, default_value_t = 384)]
     structured_output_len: usize,
@@ -184,11 +188,16 @@ fn build_jobs(a: &Args, model: &str, tok: &tokenizers::Tokenizer) -> anyhow::Res
                     {"role": "system", "content": "You answer with JSON only."},
                     {"role": "user", "content": format!("Write a JSON document for: {what}")}
                 ]);
+                let response_format = if a.schema_style == "json-object" {
+                    json!({"type": "json_object", "schema": schema})
+                } else {
+                    json!({"type": "json_schema", "json_schema": {"name": "out", "schema": schema}})
+                };
                 jobs.push(Job {
                     path: "/v1/chat/completions",
                     prompt_tokens: 0,
                     body: json!({"model": model, "messages": messages, "max_tokens": a.structured_output_len, "temperature": 0.0,
-                        "response_format": {"type": "json_schema", "json_schema": {"name": "out", "schema": schema}}}),
+                        "response_format": response_format}),
                     check: Check::Schema(schema),
                 });
             }
@@ -482,7 +491,7 @@ fn main() -> anyhow::Result<()> {
         "total_input_tokens": input, "total_output_tokens": output,
         "usage_reported": ok.iter().all(|o| o.usage_reported),
         "cache_hit_rate": cached.map(|c| c as f64 / input.max(1) as f64),
-        "ttft_ms": stats(ok.iter().map(|o| o.ttft).collect()),
+        "ttft_ms": stats(ok.iter().filter(|o| o.output_tokens > 0 && o.ttft > 0.0).map(|o| o.ttft).collect()),
         "tpot_ms": stats(tpot),
         "itl_ms": stats(ok.iter().flat_map(|o| o.itl.iter().copied()).collect()),
         "e2e_ms": stats(ok.iter().map(|o| o.e2e).collect()),
