@@ -234,6 +234,14 @@ fn spell_out_any(v: &Value, holes: &mut Vec<String>, root: &Value, merges: usize
         };
         out.insert(k.clone(), nx);
     }
+    // Enum values the `type` excludes can never be valid: drop them (exact) rather than refuse the schema.
+    if let (Some(Value::Array(values)), Some(t)) = (o.get("enum"), o.get("type")) {
+        let kept: Vec<Value> = values.iter().filter(|v| type_admits(t, v)).cloned().collect();
+        if kept.is_empty() {
+            return Err(unsupported("enum", "with no value that its \"type\" admits (nothing is valid)"));
+        }
+        out.insert("enum".into(), Value::Array(kept));
+    }
     // A lone `format` on a string becomes our pattern; other combinations are refused later by `check`.
     if let (Some(Value::String(f)), false) = (o.get("format"), numeric_annotation) {
         let alone = !["pattern", "minLength", "maxLength"].iter().any(|k| o.contains_key(*k));
@@ -586,6 +594,14 @@ mod tests {
         assert!(!re.is_match(r#"{"age": 131, "lat": -12.5, "n": -7, "x": 1}"#));
         assert!(!re.is_match(r#"{"age": 4, "lat": 90.5, "n": -7, "x": 1}"#));
         assert!(!re.is_match(r#"{"age": 4, "lat": 9, "n": 2147483648, "x": 1}"#));
+    }
+
+    #[test]
+    fn enum_values_outside_the_type_are_dropped() {
+        let re = schema_to_regex(&json!({"type": "string", "enum": ["a", 1, null, "b"]}), r"[ ]?").unwrap();
+        let re = regex_automata::meta::Regex::new(&format!("^(?:{re})$")).unwrap();
+        assert!(re.is_match(r#""a""#) && re.is_match(r#""b""#) && !re.is_match("1") && !re.is_match("null"));
+        assert!(err(json!({"type": "integer", "enum": ["x"]})).contains("enum"));
     }
 
     #[test]
