@@ -1,18 +1,27 @@
-//! The official `openai` Python SDK (installed in the project venv by `make test`) against the real server.
+//! The official `openai` Python SDK and LangChain's `ChatOpenAI` (installed in the project venv by `make test`)
+//! against the real server.
 
 mod common;
 
 use std::process::Command;
 
-#[test]
-fn the_openai_python_sdk_works_unchanged() {
+fn run_smoke(script: &str) {
     let s = common::server();
     let root = radixserve_tests::repo_root();
     let python = root.join(".venv/bin/python");
     assert!(python.exists(), "{} is missing: run `make setup` (make test does)", python.display());
-    let out =
-        Command::new(python).arg(root.join("tests/openai_smoke.py")).arg(&s.base).arg(common::KEY).output().unwrap();
+    let out = Command::new(python).arg(root.join("tests").join(script)).arg(&s.base).arg(common::KEY).output().unwrap();
     let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{log}");
     assert!(log.contains("all passed"), "{log}");
+}
+
+#[test]
+fn the_openai_python_sdk_works_unchanged() {
+    run_smoke("openai_smoke.py");
+}
+
+#[test]
+fn langchain_chat_openai_works_unchanged() {
+    run_smoke("langchain_smoke.py");
 }
