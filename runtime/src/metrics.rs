@@ -14,6 +14,7 @@ pub struct Metrics {
     pub generation_tokens: IntCounter,
     pub cache_hit_tokens: IntCounter,
     pub cache_lookup_tokens: IntCounter,
+    pub cache_hit_rate: prometheus::Gauge,
     pub jump_forward_tokens: IntCounter,
     pub running: IntGauge,
     pub queued: IntGauge,
@@ -72,6 +73,10 @@ impl Metrics {
             cache_lookup_tokens: reg!(IntCounter::new(
                 "cache_lookup_tokens_total",
                 "Prompt tokens looked up in the radix cache (hit rate = hit / lookup)."
+            )),
+            cache_hit_rate: reg!(prometheus::Gauge::new(
+                "cache_hit_rate",
+                "Share of admitted prompt tokens found in the radix cache, since start."
             )),
             jump_forward_tokens: reg!(IntCounter::new(
                 "jump_forward_tokens_total",

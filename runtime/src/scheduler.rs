@@ -382,6 +382,8 @@ impl<E: Executor> Scheduler<E> {
                 self.metrics.prompt_tokens.inc_by(seq.prompt_len as u64);
                 self.metrics.cache_lookup_tokens.inc_by(seq.prompt_len as u64);
                 self.metrics.cache_hit_tokens.inc_by(prompt_hit as u64);
+                let lookups = self.metrics.cache_lookup_tokens.get().max(1) as f64;
+                self.metrics.cache_hit_rate.set(self.metrics.cache_hit_tokens.get() as f64 / lookups);
             }
             self.running.push(seq);
             admitted_now.push(self.running.len() - 1);
