@@ -244,6 +244,7 @@ fn tool_calls_required_named_auto_and_streamed() {
     for a in &args {
         assert!(validates(&params, &serde_json::from_str(a).unwrap()), "{a}");
     }
+    assert!(deltas.len() > 2 * args.len(), "arguments stream in fragments as they are generated: {deltas:?}");
     let finishes: Vec<&Value> = cs.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
     assert_eq!(finishes, [&json!("tool_calls")]);
     // A conversation carrying an earlier call and its result.

@@ -154,6 +154,94 @@ struct ChatChoice {
     /// Known to be text: stream it as it comes.
     is_text: bool,
     with_logprobs: bool,
+    /// Streaming tool calls: where the scan of `pending` is and what it has sent.
+    scan: CallScan,
+}
+
+/// Reads tool calls out of the output as it grows, so a stream sends each call's id and name as soon as they are
+/// written and then its arguments as they are generated.
+#[derive(Debug, Default)]
+struct CallScan {
+    /// Bytes of `pending` already consumed.
+    pos: usize,
+    /// Inside a call's arguments object: nesting depth, inside a string, after a backslash.
+    in_args: bool,
+    depth: i32,
+    in_str: bool,
+    esc: bool,
+    /// Calls opened so far (the index of the next).
+    calls: usize,
+}
+
+impl CallScan {
+    /// Tool-call delta entries for what `text` (the whole output so far) adds since the last call.
+    fn advance(&mut self, text: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            if !self.in_args {
+                let Some((name, args_at)) = call_head(&text[self.pos..]) else { return out };
+                out.push(json!({"index": self.calls, "id": random_id("call_"), "type": "function",
+                                "function": {"name": name, "arguments": ""}}));
+                self.pos += args_at;
+                self.in_args = true;
+                self.depth = 0;
+                self.in_str = false;
+                self.esc = false;
+                continue;
+            }
+            let rest = &text[self.pos..];
+            let mut end = rest.len();
+            let mut closed = false;
+            for (i, c) in rest.char_indices() {
+                if self.in_str {
+                    match (self.esc, c) {
+                        (true, _) => self.esc = false,
+                        (false, '\\') => self.esc = true,
+                        (false, '"') => self.in_str = false,
+                        _ => {}
+                    }
+                } else if c == '"' {
+                    self.in_str = true;
+                } else if c == '{' || c == '[' {
+                    self.depth += 1;
+                } else if c == '}' || c == ']' {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        end = i + 1;
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if end > 0 {
+                out.push(json!({"index": self.calls, "function": {"arguments": &rest[..end]}}));
+            }
+            self.pos += end;
+            if !closed {
+                return out;
+            }
+            self.in_args = false;
+            self.calls += 1;
+        }
+    }
+}
+
+/// In `text`, a call object's name and the offset where its arguments object starts (`{"name": "f",
+/// "arguments": {` with any spacing); `None` until all of that has been written.
+fn call_head(text: &str) -> Option<(String, usize)> {
+    let skip_ws = |s: &str, i: usize| i + s[i..].len() - s[i..].trim_start().len();
+    let n = text.find("\"name\"")?;
+    let mut i = skip_ws(text, n + 6);
+    i = skip_ws(text, i + text[i..].strip_prefix(':').map(|_| 1)?);
+    let name_start = i + text[i..].strip_prefix('"').map(|_| 1)?;
+    let name_len = text[name_start..].find('"')?;
+    let name = text[name_start..name_start + name_len].to_string();
+    let after = name_start + name_len + 1;
+    let key =
+        ["\"arguments\"", "\"parameters\""].iter().filter_map(|k| text[after..].find(k).map(|p| (p, k.len()))).min()?;
+    let mut j = skip_ws(text, after + key.0 + key.1);
+    j = skip_ws(text, j + text[j..].strip_prefix(':').map(|_| 1)?);
+    text[j..].starts_with('{').then_some((name, j))
 }
 
 /// The end of a choice.
@@ -167,7 +255,7 @@ struct ChoiceEnd {
 impl ChatChoice {
     fn new(index: usize, mode: ToolMode, format: ToolFormat, with_logprobs: bool) -> Self {
         let is_text = mode == ToolMode::Off;
-        Self { index, mode, format, pending: String::new(), is_text, with_logprobs }
+        Self { index, mode, format, pending: String::new(), is_text, with_logprobs, scan: CallScan::default() }
     }
 
     /// Text that can be shown now.
@@ -181,6 +269,14 @@ impl ChatChoice {
             return std::mem::take(&mut self.pending);
         }
         String::new()
+    }
+
+    /// Tool-call delta entries for the output so far (streaming; empty while the output is, or may be, text).
+    fn call_deltas(&mut self) -> Vec<Value> {
+        if self.is_text || self.mode == ToolMode::Off || self.format.starts_call(&self.pending) != Some(true) {
+            return Vec::new();
+        }
+        self.scan.advance(&self.pending)
     }
 
     fn finish(&mut self, fin: &Finished) -> ChoiceEnd {
@@ -510,6 +606,12 @@ fn stream_chat(
             match ev {
                 Event::Delta { text, tokens } => {
                     let shown = ch.push(&text);
+                    for c in ch.call_deltas() {
+                        let delta = json!([{"index": i, "delta": {"tool_calls": [c]}, "logprobs": null, "finish_reason": null}]);
+                        if !send(&tx, chunk(delta)).await {
+                            return;
+                        }
+                    }
                     let lp = ch.with_logprobs.then(
                         || json!({"content": tokens.iter().map(|t| chat_logprob(&ready, t)).collect::<Vec<_>>()}),
                     );
@@ -523,7 +625,18 @@ fn stream_chat(
                     }
                 }
                 Event::Finished(fin) => {
-                    let end = ch.finish(&fin);
+                    let streamed = ch.scan.calls + usize::from(ch.scan.in_args);
+                    let mut end = ch.finish(&fin);
+                    if streamed > 0 {
+                        // The calls went out as they were written: send only what the scan did not (nothing, when
+                        // the output parsed), and never the raw text again.
+                        end.content.clear();
+                        if end.calls.len() >= streamed {
+                            end.calls.drain(..streamed);
+                        } else {
+                            end.calls.clear();
+                        }
+                    }
                     if let Some(e) = end.error {
                         let err = ApiError::internal(format!("generation failed: {e}"));
                         send(&tx, err.body()).await;
@@ -536,7 +649,7 @@ fn stream_chat(
                             return;
                         }
                     }
-                    for (k, (name, args)) in end.calls.iter().enumerate() {
+                    for (k, (name, args)) in end.calls.iter().enumerate().map(|(k, c)| (k + streamed, c)) {
                         let head = json!([{"index": i, "delta": {"tool_calls": [{"index": k, "id": random_id("call_"), "type": "function", "function": {"name": name, "arguments": ""}}]}, "logprobs": null, "finish_reason": null}]);
                         let body = json!([{"index": i, "delta": {"tool_calls": [{"index": k, "function": {"arguments": args}}]}, "logprobs": null, "finish_reason": null}]);
                         if !send(&tx, chunk(head)).await || !send(&tx, chunk(body)).await {
@@ -725,4 +838,48 @@ fn usage_many(prompt_tokens: usize, n: usize, fins: &[Finished]) -> Value {
 fn encode_plain(ready: &Ready, text: &str) -> Result<Vec<u32>, ApiError> {
     let enc = ready.tokenizer.encode(text, true).map_err(|e| ApiError::bad_request(format!("tokenizing: {e}")))?;
     Ok(enc.get_ids().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `text` in pieces of `step` bytes; returns (names, arguments per call) as a client would rebuild them.
+    fn stream(text: &str, step: usize) -> (Vec<String>, Vec<String>) {
+        let mut scan = CallScan::default();
+        let (mut names, mut args) = (Vec::new(), Vec::<String>::new());
+        let mut cut = 0;
+        while cut < text.len() {
+            cut = (cut + step).min(text.len());
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            for d in scan.advance(&text[..cut]) {
+                let k = d["index"].as_u64().unwrap() as usize;
+                if let Some(n) = d["function"]["name"].as_str() {
+                    assert_eq!(k, names.len(), "a call opens with its name");
+                    assert!(d["id"].is_string());
+                    names.push(n.to_string());
+                    args.push(String::new());
+                }
+                args[k].push_str(d["function"]["arguments"].as_str().unwrap());
+            }
+        }
+        (names, args)
+    }
+
+    #[test]
+    fn tool_calls_stream_as_they_are_written() {
+        let text = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa}ris\\\"\", \"n\": [1, {\"a\": 2}]}}\n\
+                    {\"name\" : \"get_time\" , \"arguments\" : {\"tz\": \"UTC\"}}";
+        for step in [1, 3, 7, 1000] {
+            let (names, args) = stream(text, step);
+            assert_eq!(names, ["get_weather", "get_time"], "step {step}");
+            assert_eq!(args, [r#"{"city": "Pa}ris\"", "n": [1, {"a": 2}]}"#, r#"{"tz": "UTC"}"#], "step {step}");
+            let parsed = ToolFormat::Json.parse(text).unwrap();
+            assert_eq!(parsed.iter().map(|c| c.1.clone()).collect::<Vec<_>>(), args, "stream equals the whole parse");
+        }
+        let hermes = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": \"é\"}}\n</tool_call>";
+        assert_eq!(stream(hermes, 2), (vec!["f".to_string()], vec![r#"{"x": "é"}"#.to_string()]));
+    }
 }

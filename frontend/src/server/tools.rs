@@ -27,7 +27,7 @@ pub enum ToolFormat {
 pub const FORMATS: &[&str] = &["json", "hermes", "llama3_json", "mistral"];
 
 /// Most calls in one answer when parallel calls are allowed (small models otherwise repeat a call until
-/// `max_tokens`).
+/// `max_tokens`). Repeated calls are returned as written: a streamed call cannot be taken back.
 pub const MAX_PARALLEL_CALLS: usize = 4;
 
 impl std::str::FromStr for ToolFormat {
@@ -145,10 +145,12 @@ impl ToolFormat {
         }
     }
 
-    /// The calls in `text`, or `None` if it is not (entirely) calls in this format.
+    /// The calls in `text` as (name, arguments exactly as the model wrote them), or `None` if it is not
+    /// (entirely) calls in this format. The arguments text is kept verbatim so that a streamed answer, which sends
+    /// it as it is generated, concatenates to the same string.
     pub fn parse(self, text: &str) -> Option<Vec<(String, String)>> {
         let t = text.trim();
-        let objects: Vec<Value> = match self {
+        let calls: Vec<RawCall> = match self {
             ToolFormat::Json | ToolFormat::Llama3Json => json_values(t)?,
             ToolFormat::Hermes => {
                 let mut out = Vec::new();
@@ -163,37 +165,32 @@ impl ToolFormat {
             }
             ToolFormat::Mistral => {
                 let t = t.strip_prefix("[TOOL_CALLS]").unwrap_or(t).trim_start();
-                match serde_json::from_str::<Value>(t).ok()? {
-                    Value::Array(a) => a,
-                    o @ Value::Object(_) => vec![o],
-                    _ => return None,
+                if t.starts_with('[') {
+                    serde_json::from_str(t).ok()?
+                } else {
+                    vec![serde_json::from_str(t).ok()?]
                 }
             }
         };
-        if objects.is_empty() {
+        if calls.is_empty() || calls.iter().any(|c| !c.arguments.get().trim_start().starts_with('{')) {
             return None;
         }
-        let mut calls: Vec<(String, String)> = Vec::with_capacity(objects.len());
-        for o in objects {
-            let name = o.get("name")?.as_str()?.to_string();
-            let args = o.get(self.args_key()).or_else(|| o.get("arguments")).or_else(|| o.get("parameters"))?;
-            if !args.is_object() {
-                return None;
-            }
-            let call = (name, args.to_string());
-            // Small models repeat a call word for word; the same call twice in one turn does nothing more.
-            if !calls.contains(&call) {
-                calls.push(call);
-            }
-        }
-        Some(calls)
+        Some(calls.into_iter().map(|c| (c.name, c.arguments.get().to_string())).collect())
     }
 }
 
+/// One call object as written: the name, and the arguments' raw JSON text.
+#[derive(serde::Deserialize)]
+struct RawCall {
+    name: String,
+    #[serde(alias = "parameters")]
+    arguments: Box<serde_json::value::RawValue>,
+}
+
 /// Whitespace-separated JSON values making up all of `text`.
-fn json_values(text: &str) -> Option<Vec<Value>> {
+fn json_values<T: serde::de::DeserializeOwned>(text: &str) -> Option<Vec<T>> {
     let mut out = Vec::new();
-    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<T>();
     for v in stream.by_ref() {
         out.push(v.ok()?);
     }
@@ -297,6 +294,8 @@ mod tests {
         for f in [ToolFormat::Json, ToolFormat::Hermes, ToolFormat::Llama3Json, ToolFormat::Mistral] {
             let one = f.render_call("get_weather", &args);
             assert_eq!(f.parse(&one), Some(vec![("get_weather".into(), args.to_string())]), "{f:?}");
+            let spaced = one.replace(r#""days":3"#, r#""days": 3"#);
+            assert_eq!(f.parse(&spaced).unwrap()[0].1, r#"{"city":"Paris","days": 3}"#, "arguments kept verbatim");
             assert_eq!(f.starts_call(&one), Some(true));
             assert_eq!(f.parse("The weather is nice."), None);
             assert_eq!(f.starts_call("The weather"), Some(false));
