@@ -25,10 +25,6 @@ impl ModelExecutor {
         let kv = model.new_kv_pool(num_slots)?;
         Ok(Self { model, kv })
     }
-
-    pub fn model(&self) -> &LlamaModel {
-        &self.model
-    }
 }
 
 impl Executor for ModelExecutor {

@@ -52,12 +52,9 @@ impl SamplingParams {
         self.temperature == 0.0 || self.top_k == 1
     }
 
-    fn has_penalties(&self) -> bool {
-        self.repetition_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0
-    }
-
+    /// Whether sampling needs the output's token counts (any penalty is on).
     pub(crate) fn tracks_counts(&self) -> bool {
-        self.has_penalties()
+        self.repetition_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0
     }
 
     /// Checks ranges; the message names the field.

@@ -212,20 +212,12 @@ impl<E: Executor> Scheduler<E> {
         }
     }
 
-    pub fn config(&self) -> &SchedulerConfig {
-        &self.cfg
-    }
-
     pub fn stats(&self) -> SchedulerStats {
         self.stats
     }
 
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.running.is_empty()
-    }
-
-    pub fn executor(&self) -> &E {
-        &self.exec
     }
 
     /// Slots neither free nor held by the cache: what running sequences own. Zero when idle (leak check).

@@ -348,6 +348,10 @@ fn models_health_metrics_native_routes_and_openapi() {
     assert!(g["text"].as_str().unwrap().contains("Paris"));
     assert_eq!(g["meta_info"]["completion_tokens"], 5);
     assert_eq!(g["meta_info"]["finish_reason"]["type"], "length");
+    let lines = s.stream("/generate", &json!({"text": "The capital of France is", "sampling_params": {"max_new_tokens": 5, "temperature": 0}, "stream": true}));
+    let last = chunks(&lines).pop().unwrap();
+    assert_eq!(last["text"], g["text"], "the streamed text is cumulative and ends where the whole answer does");
+    assert_eq!(last["meta_info"]["finish_reason"]["type"], "length");
     let (_, t) = s.post("/tokenize", &json!({"prompt": "Hello world"}));
     let (st, d) = s.post("/detokenize", &json!({"tokens": t["tokens"]}));
     assert_eq!(st, 200);

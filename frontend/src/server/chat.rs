@@ -484,7 +484,10 @@ pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> 
         return Err(ApiError::bad_request("give at most one of response_format, regex and json_schema"));
     }
     let text = render_chat(&ready, &req, &mode)?;
-    let prompt = encode(&ready, &text)?;
+    let prompt = encode(&ready, &text, false)?;
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request("the prompt is empty"));
+    }
     let grammar = match constraints.pop() {
         Some(c) => Some(compile(&ready, c).await?),
         None => None,
@@ -533,16 +536,15 @@ pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> 
     ))
 }
 
-fn encode(ready: &Ready, text: &str) -> Result<Vec<u32>, ApiError> {
-    let enc = ready.tokenizer.encode(text, false).map_err(|e| ApiError::bad_request(format!("tokenizing: {e}")))?;
-    let ids = enc.get_ids().to_vec();
-    if ids.is_empty() {
-        return Err(ApiError::bad_request("the prompt is empty"));
-    }
-    Ok(ids)
+/// Token ids of `text`; `add_special` adds the tokenizer's own special tokens (BOS for Llama): wanted for raw
+/// prompts, not for a rendered chat template, which writes its own.
+pub(crate) fn encode(ready: &Ready, text: &str, add_special: bool) -> Result<Vec<u32>, ApiError> {
+    let enc =
+        ready.tokenizer.encode(text, add_special).map_err(|e| ApiError::bad_request(format!("tokenizing: {e}")))?;
+    Ok(enc.get_ids().to_vec())
 }
 
-type Sse = tokio::sync::mpsc::Sender<Result<warp::sse::Event, Infallible>>;
+pub(crate) type Sse = tokio::sync::mpsc::Sender<Result<warp::sse::Event, Infallible>>;
 
 /// The per-choice event streams merged into one, each event tagged with its choice index.
 fn merged(streams: Vec<RequestStream>) -> impl futures_util::Stream<Item = (usize, Event)> {
@@ -555,7 +557,7 @@ fn merged(streams: Vec<RequestStream>) -> impl futures_util::Stream<Item = (usiz
 }
 
 /// An SSE response fed by a task; dropping the response (client gone) ends the task and cancels the requests.
-fn sse_response<F, Fut>(f: F) -> Response
+pub(crate) fn sse_response<F, Fut>(f: F) -> Response
 where
     F: FnOnce(Sse) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -566,11 +568,12 @@ where
     warp::sse::reply(body).into_response()
 }
 
-async fn send(tx: &Sse, v: Value) -> bool {
+/// Sends one `data:` event; false once the client is gone.
+pub(crate) async fn send(tx: &Sse, v: Value) -> bool {
     tx.send(Ok(warp::sse::Event::default().data(v.to_string()))).await.is_ok()
 }
 
-async fn send_done(tx: &Sse) {
+pub(crate) async fn send_done(tx: &Sse) {
     let _ = tx.send(Ok(warp::sse::Event::default().data("[DONE]"))).await;
 }
 
@@ -715,8 +718,8 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
         return Err(ApiError::invalid("echo", "echo with logprobs (prompt logprobs) is not supported"));
     }
     let prompts: Vec<Vec<u32>> = match &req.prompt {
-        PromptField::Text(s) => vec![encode_plain(&ready, s)?],
-        PromptField::Texts(v) => v.iter().map(|s| encode_plain(&ready, s)).collect::<Result<_, _>>()?,
+        PromptField::Text(s) => vec![encode(&ready, s, true)?],
+        PromptField::Texts(v) => v.iter().map(|s| encode(&ready, s, true)).collect::<Result<_, _>>()?,
         PromptField::Ids(ids) => vec![ids.clone()],
         PromptField::IdLists(v) => v.clone(),
     };
@@ -832,12 +835,6 @@ fn usage_many(prompt_tokens: usize, n: usize, fins: &[Finished]) -> Value {
     let cached: usize = fins.iter().step_by(n.max(1)).map(|f| f.cached_tokens).sum();
     u["prompt_tokens_details"]["cached_tokens"] = json!(cached);
     u
-}
-
-/// A raw prompt, with the tokenizer's own special tokens (BOS for Llama).
-fn encode_plain(ready: &Ready, text: &str) -> Result<Vec<u32>, ApiError> {
-    let enc = ready.tokenizer.encode(text, true).map_err(|e| ApiError::bad_request(format!("tokenizing: {e}")))?;
-    Ok(enc.get_ids().to_vec())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::chat::compile;
+use super::chat::{compile, encode, send, send_done, sse_response};
 use super::error::ApiError;
 use super::openai::{parse_body, StopField};
 use super::{json_reply, Ready};
@@ -56,11 +56,7 @@ struct TokenizeRequest {
 
 pub fn tokenize(ready: &Ready, body: &[u8]) -> Result<Response, ApiError> {
     let req: TokenizeRequest = parse_body(body)?;
-    let enc = ready
-        .tokenizer
-        .encode(req.prompt.as_str(), req.add_special_tokens.unwrap_or(true))
-        .map_err(|e| ApiError::bad_request(format!("tokenizing: {e}")))?;
-    let ids = enc.get_ids();
+    let ids = encode(ready, &req.prompt, req.add_special_tokens.unwrap_or(true))?;
     Ok(json_reply(&json!({"tokens": ids, "count": ids.len(), "max_model_len": ready.max_model_len}), StatusCode::OK))
 }
 
@@ -113,12 +109,7 @@ struct GenerateRequest {
 pub async fn generate(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> {
     let req: GenerateRequest = parse_body(body)?;
     let prompt = match (&req.text, &req.input_ids) {
-        (Some(t), None) => ready
-            .tokenizer
-            .encode(t.as_str(), true)
-            .map_err(|e| ApiError::bad_request(format!("tokenizing: {e}")))?
-            .get_ids()
-            .to_vec(),
+        (Some(t), None) => encode(&ready, t, true)?,
         (None, Some(ids)) => ids.clone(),
         _ => return Err(ApiError::bad_request("give exactly one of `text` and `input_ids`")),
     };
@@ -191,8 +182,7 @@ pub async fn generate(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiErr
         })
     };
     if req.stream.unwrap_or(false) {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<warp::sse::Event, std::convert::Infallible>>(64);
-        tokio::spawn(async move {
+        return Ok(sse_response(move |tx| async move {
             let mut text = String::new();
             let mut ids = Vec::new();
             while let Some(ev) = stream.recv().await {
@@ -204,17 +194,15 @@ pub async fn generate(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiErr
                     }
                     Event::Finished(fin) => (true, json!({"text": text, "meta_info": meta(&fin, &ids)})),
                 };
-                if tx.send(Ok(warp::sse::Event::default().data(v.to_string()))).await.is_err() {
+                if !send(&tx, v).await {
                     return;
                 }
                 if done {
                     break;
                 }
             }
-            let _ = tx.send(Ok(warp::sse::Event::default().data("[DONE]"))).await;
-        });
-        let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
-        return Ok(warp::Reply::into_response(warp::sse::reply(body)));
+            send_done(&tx).await;
+        }));
     }
     let out = stream.collect_async().await;
     let fin = out.finished.clone().ok_or_else(|| ApiError::internal("the engine dropped the request"))?;
