@@ -48,7 +48,7 @@ impl Constraint {
 }
 
 /// A JSON string: any character but `"`, `\` and controls, or an escape.
-pub const JSON_STRING: &str = r#""([^"\\\x00-\x1F\x7F]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*""#;
+pub const JSON_STRING: &str = r#""([^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*""#;
 /// A JSON number (RFC 8259).
 pub const JSON_NUMBER: &str = r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?";
 
@@ -59,7 +59,7 @@ fn json_object_regex(depth: u32, ws: &str) -> String {
     format!(r"\{{{ws}({member}({ws},{ws}{member})*)?{ws}\}}")
 }
 
-fn json_value_regex(depth: u32, ws: &str) -> String {
+pub(crate) fn json_value_regex(depth: u32, ws: &str) -> String {
     let mut alts = vec![JSON_STRING.to_string(), JSON_NUMBER.to_string(), "true|false|null".to_string()];
     if depth > 0 {
         alts.push(json_object_regex(depth, ws));

@@ -1,12 +1,15 @@
-//! A compiled constraint: a byte-level DFA plus the vocabulary, with token masks cached per DFA state.
+//! A compiled constraint: a lazily built byte-level DFA plus the vocabulary, with token masks cached per DFA state.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
-use regex_automata::dfa::{dense, Automaton};
-use regex_automata::util::primitives::StateID;
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::hybrid::LazyStateID;
+use regex_automata::nfa::thompson;
 use regex_automata::util::start;
 use regex_automata::{Anchored, MatchKind};
+use regex_syntax::hir::{Hir, HirKind, Look};
 
 use crate::bitset::TokenBitset;
 use crate::error::{Error, Result};
@@ -16,9 +19,9 @@ use crate::vocab::Vocabulary;
 /// Limits on compiling one constraint.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Bytes the final DFA may take.
+    /// Bytes the lazy DFA's states may take (its cache); a grammar that needs more stops admitting tokens.
     pub dfa_bytes: usize,
-    /// Bytes determinization may use on the way.
+    /// Bytes the NFA may take.
     pub determinize_bytes: usize,
 }
 
@@ -33,71 +36,95 @@ impl Default for Limits {
 pub struct TokenSpace {
     pub vocab: Vocabulary,
     pub trie: TokenTrie,
+    /// Tokens made only of [`PLAIN`] bytes (three quarters of Llama 3's vocabulary) ...
+    plain: TokenBitset,
+    /// ... and the trie of all the others.
+    rest: TokenTrie,
+}
+
+/// Printable ASCII but `"` and `\`: what free text inside a JSON string is mostly made of.
+fn is_plain(b: u8) -> bool {
+    (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\'
 }
 
 impl TokenSpace {
     pub fn new(vocab: Vocabulary) -> Arc<Self> {
         let trie = TokenTrie::new(&vocab);
-        Arc::new(Self { vocab, trie })
+        let mut plain = TokenBitset::new(vocab.len());
+        for (id, bytes) in vocab.iter() {
+            if bytes.iter().all(|&b| is_plain(b)) {
+                plain.set(id);
+            }
+        }
+        let rest = TokenTrie::from_tokens(vocab.iter().filter(|(id, _)| !plain.contains(*id)));
+        Arc::new(Self { vocab, trie, plain, rest })
     }
 }
 
-/// Marks every state reachable from `start` from which an end-of-input match is reachable.
-fn live_states(dfa: &dense::DFA<Vec<u32>>, start: StateID) -> Vec<bool> {
-    let reps: Vec<u8> = dfa.byte_classes().representatives(..).filter_map(|u| u.as_u8()).collect();
-    let mut index: std::collections::HashMap<StateID, usize> = std::collections::HashMap::new();
-    let mut states = vec![start];
-    index.insert(start, 0);
-    let mut preds: Vec<Vec<usize>> = vec![Vec::new()];
-    let mut i = 0;
-    while i < states.len() {
-        let s = states[i];
-        for &b in &reps {
-            let t = dfa.next_state(s, b);
-            if dfa.is_dead_state(t) || dfa.is_quit_state(t) {
-                continue;
-            }
-            let j = *index.entry(t).or_insert_with(|| {
-                states.push(t);
-                preds.push(Vec::new());
-                states.len() - 1
-            });
-            preds[j].push(i);
-        }
-        i += 1;
-    }
-    let mut live_idx = vec![false; states.len()];
-    let mut work: Vec<usize> =
-        (0..states.len()).filter(|&j| dfa.is_match_state(dfa.next_eoi_state(states[j]))).collect();
-    for &j in &work {
-        live_idx[j] = true;
-    }
-    while let Some(j) = work.pop() {
-        for &p in &preds[j] {
-            if !live_idx[p] {
-                live_idx[p] = true;
-                work.push(p);
-            }
+/// Ends every output in the compiled language, so a match is only reported after it: a byte that is not valid
+/// UTF-8 anywhere, never produced by the constraints (which are all over text).
+const END: u8 = 0xFF;
+
+/// A DFA state (stable for the grammar's life: the lazy DFA's cache is never cleared, see [`Grammar::step`]).
+pub(crate) type State = LazyStateID;
+
+/// `h` without the parts that can never match (empty classes), or `None` when nothing matches at all. With none
+/// left, every state of the Thompson NFA lies on a path to the match, so every DFA state but the dead one can
+/// still end in a match: "not dead" is "still a prefix of the language", which is what a mask needs.
+fn prune_fail(h: &Hir) -> Option<Hir> {
+    match h.kind() {
+        HirKind::Class(c) => match c {
+            regex_syntax::hir::Class::Unicode(u) if u.ranges().is_empty() => None,
+            regex_syntax::hir::Class::Bytes(b) if b.ranges().is_empty() => None,
+            _ => Some(h.clone()),
+        },
+        HirKind::Empty | HirKind::Literal(_) | HirKind::Look(_) => Some(h.clone()),
+        HirKind::Capture(c) => prune_fail(&c.sub),
+        HirKind::Repetition(r) => match prune_fail(&r.sub) {
+            Some(sub) => Some(Hir::repetition(regex_syntax::hir::Repetition { sub: Box::new(sub), ..r.clone() })),
+            None if r.min == 0 => Some(Hir::empty()),
+            None => None,
+        },
+        HirKind::Concat(hs) => hs.iter().map(prune_fail).collect::<Option<Vec<_>>>().map(Hir::concat),
+        HirKind::Alternation(hs) => {
+            let kept: Vec<Hir> = hs.iter().filter_map(prune_fail).collect();
+            (!kept.is_empty()).then(|| Hir::alternation(kept))
         }
     }
-    let max = states.iter().map(|s| s.as_usize()).max().unwrap_or(0);
-    let mut live = vec![false; max + 1];
-    for (j, s) in states.iter().enumerate() {
-        live[s.as_usize()] = live_idx[j];
+}
+
+/// The regex as a whole-output pattern: a leading `^` and trailing `$` are implied and dropped; anchors or
+/// look-arounds anywhere else are refused (they would make states that are not dead but can never match).
+fn whole_output(h: Hir) -> Result<Hir> {
+    let mut items = match h.kind() {
+        HirKind::Concat(hs) => hs.clone(),
+        _ => vec![h],
+    };
+    while items.first().is_some_and(|x| matches!(x.kind(), HirKind::Look(Look::Start))) {
+        items.remove(0);
     }
-    live
+    while items.last().is_some_and(|x| matches!(x.kind(), HirKind::Look(Look::End))) {
+        items.pop();
+    }
+    let h = Hir::concat(items);
+    if !h.properties().look_set().is_empty() {
+        return Err(Error::unsupported("regex: anchors or look-arounds inside the pattern"));
+    }
+    Ok(h)
 }
 
 /// A regular language over output bytes, ready to mask tokens. Cheap to share (`Arc`) across requests.
+///
+/// The DFA is built lazily (regex-automata's hybrid DFA): compiling is just the NFA, and states are made the
+/// first time an output or a mask reaches them, so a schema with a huge DFA costs only the part requests visit.
 pub struct Grammar {
-    dfa: dense::DFA<Vec<u32>>,
-    start: StateID,
-    /// `live[id]`: from this state the output can still end in a match. The DFA reports matches one byte late,
-    /// so a state right after a complete match is not "dead" to it although nothing may follow; only liveness
-    /// tells a grammar which outputs are still prefixes of the language.
-    live: Vec<bool>,
+    dfa: DFA,
+    cache: Mutex<Cache>,
+    start: State,
+    /// Set when the DFA's cache filled up: its state ids are then no longer valid, so nothing more is admitted.
+    exhausted: AtomicBool,
     space: Arc<TokenSpace>,
-    masks: DashMap<StateID, Arc<TokenBitset>>,
+    masks: DashMap<State, Arc<TokenBitset>>,
     regex: String,
 }
 
@@ -107,6 +134,21 @@ impl std::fmt::Debug for Grammar {
             .field("regex_len", &self.regex.len())
             .field("cached_masks", &self.masks.len())
             .finish()
+    }
+}
+
+fn too_large_or_syntax(regex: &str, e: &dyn std::error::Error) -> Error {
+    // The cause (e.g. "exceeded size limit") is in the source chain.
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    if msg.contains("exceeded") || msg.contains("limit") || msg.contains("capacity") {
+        Error::too_large(format!("regex of {} bytes compiles past the limits: {msg}", regex.len()))
+    } else {
+        Error::syntax(format!("regex: {msg}"))
     }
 }
 
@@ -120,39 +162,46 @@ impl Grammar {
                 limits.dfa_bytes / 16
             )));
         }
-        let dfa = dense::Builder::new()
-            .thompson(regex_automata::nfa::thompson::Config::new().nfa_size_limit(Some(limits.dfa_bytes)))
+        let hir = regex_syntax::ParserBuilder::new()
+            .nest_limit(1000)
+            .build()
+            .parse(regex)
+            .map_err(|e| Error::syntax(format!("regex: {e}")))?;
+        let hir =
+            prune_fail(&whole_output(hir)?).ok_or_else(|| Error::syntax("the constraint matches no output at all"))?;
+        let hir = Hir::concat(vec![hir, Hir::literal([END])]);
+        let nfa = thompson::Compiler::new()
             .configure(
-                dense::Config::new()
-                    .start_kind(regex_automata::dfa::StartKind::Anchored)
+                thompson::Config::new()
+                    .nfa_size_limit(Some(limits.determinize_bytes))
+                    .shrink(false)
+                    .which_captures(thompson::WhichCaptures::None),
+            )
+            .build_from_hir(&hir)
+            .map_err(|e| too_large_or_syntax(regex, &e))?;
+        let dfa = DFA::builder()
+            .configure(
+                DFA::config()
                     // All: keep going while any longer match is still possible (full-match semantics).
                     .match_kind(MatchKind::All)
-                    .dfa_size_limit(Some(limits.dfa_bytes))
-                    .determinize_size_limit(Some(limits.determinize_bytes)),
+                    .cache_capacity(limits.dfa_bytes)
+                    .minimum_cache_clear_count(None),
             )
-            .build(regex)
-            .map_err(|e| {
-                // The cause (e.g. "exceeded size limit") is in the source chain.
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                if msg.contains("exceeded") || msg.contains("limit") {
-                    Error::too_large(format!("regex of {} bytes compiles past the DFA limits: {msg}", regex.len()))
-                } else {
-                    Error::syntax(format!("regex: {msg}"))
-                }
-            })?;
+            .build_from_nfa(nfa)
+            .map_err(|e| too_large_or_syntax(regex, &e))?;
+        let mut cache = dfa.create_cache();
         let start = dfa
-            .start_state(&start::Config::new().anchored(Anchored::Yes))
+            .start_state(&mut cache, &start::Config::new().anchored(Anchored::Yes))
             .map_err(|e| Error::syntax(format!("regex start state: {e}")))?;
-        let live = live_states(&dfa, start);
-        if !live[start.as_usize()] {
-            return Err(Error::syntax("the constraint matches no output at all"));
-        }
-        Ok(Self { dfa, start, live, space, masks: DashMap::new(), regex: regex.to_string() })
+        Ok(Self {
+            dfa,
+            cache: Mutex::new(cache),
+            start,
+            exhausted: AtomicBool::new(false),
+            space,
+            masks: DashMap::new(),
+            regex: regex.to_string(),
+        })
     }
 
     pub fn regex(&self) -> &str {
@@ -161,52 +210,97 @@ impl Grammar {
     pub fn space(&self) -> &Arc<TokenSpace> {
         &self.space
     }
-    pub(crate) fn start(&self) -> StateID {
+    pub(crate) fn start(&self) -> State {
         self.start
     }
-    pub(crate) fn is_dead(&self, s: StateID) -> bool {
-        !self.live.get(s.as_usize()).copied().unwrap_or(false)
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
-    pub(crate) fn next(&self, s: StateID, b: u8) -> StateID {
-        self.dfa.next_state(s, b)
+
+    /// One byte on from `s`, with the cache held; `None` when the output leaves the language.
+    fn step(&self, cache: &mut Cache, s: State, b: u8) -> Option<State> {
+        if b == END || self.exhausted.load(Ordering::Relaxed) {
+            return None;
+        }
+        let next = self.dfa.next_state(cache, s, b).ok()?;
+        if cache.clear_count() > 0 {
+            // The cache was full and has been cleared: every id handed out before is stale.
+            self.exhausted.store(true, Ordering::Relaxed);
+            return None;
+        }
+        (!next.is_dead()).then_some(next)
     }
+
     /// Whether the output may end in state `s`.
-    pub(crate) fn accepts(&self, s: StateID) -> bool {
-        self.dfa.is_match_state(self.dfa.next_eoi_state(s))
+    pub(crate) fn accepts(&self, s: State) -> bool {
+        let mut cache = self.lock();
+        if self.exhausted.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Ok(end) = self.dfa.next_state(&mut cache, s, END) else { return false };
+        let ok = self.dfa.next_eoi_state(&mut cache, end).is_ok_and(|e| e.is_match());
+        if cache.clear_count() > 0 {
+            self.exhausted.store(true, Ordering::Relaxed);
+            return false;
+        }
+        ok
     }
+
     /// Walks `bytes` from `s`; `None` if the output leaves the language.
-    pub(crate) fn walk(&self, mut s: StateID, bytes: &[u8]) -> Option<StateID> {
+    pub(crate) fn walk(&self, mut s: State, bytes: &[u8]) -> Option<State> {
+        let mut cache = self.lock();
         for &b in bytes {
-            s = self.next(s, b);
-            if self.is_dead(s) {
-                return None;
-            }
+            s = self.step(&mut cache, s, b)?;
         }
         Some(s)
     }
 
+    /// The single byte that may follow in `s`, if exactly one may (`None` when several or none).
+    pub(crate) fn only_next(&self, s: State) -> Option<(u8, State)> {
+        let mut cache = self.lock();
+        let mut only = None;
+        for b in 0..=255u8 {
+            if let Some(t) = self.step(&mut cache, s, b) {
+                if only.is_some() {
+                    return None;
+                }
+                only = Some((b, t));
+            }
+        }
+        only
+    }
+
     /// Tokens allowed in state `s` (EOS excluded), computed once per state and cached.
-    pub(crate) fn mask(&self, s: StateID) -> Arc<TokenBitset> {
+    pub(crate) fn mask(&self, s: State) -> Arc<TokenBitset> {
         if let Some(m) = self.masks.get(&s) {
             return m.clone();
         }
         let m = Arc::new(self.compute_mask(s));
-        self.masks.insert(s, m.clone());
+        if !self.exhausted.load(Ordering::Relaxed) {
+            self.masks.insert(s, m.clone());
+        }
         m
     }
 
     /// Depth-first walk of the token trie alongside the DFA, pruning at dead states.
-    fn compute_mask(&self, s: StateID) -> TokenBitset {
-        let trie = &self.space.trie;
-        let mut mask = TokenBitset::new(self.space.vocab.len());
-        let mut stack: Vec<(u32, StateID)> = vec![(0, s)];
+    ///
+    /// In a state that every plain byte leads back to (free text in a JSON string), every plain token is allowed
+    /// and leaves the state unchanged: those come from a precomputed bitset and only the other tokens' trie is
+    /// walked.
+    fn compute_mask(&self, s: State) -> TokenBitset {
+        let mut cache = self.lock();
+        let loops = (0x20..0x7Fu8).filter(|&b| is_plain(b)).all(|b| self.step(&mut cache, s, b) == Some(s));
+        let (trie, mut mask) = if loops {
+            (&self.space.rest, self.space.plain.clone())
+        } else {
+            (&self.space.trie, TokenBitset::new(self.space.vocab.len()))
+        };
+        let mut stack: Vec<(u32, State)> = vec![(0, s)];
         while let Some((node, state)) = stack.pop() {
             let n = trie.nodes[node as usize];
             for &(byte, child) in &trie.children[n.first_child as usize..(n.first_child + n.n_children) as usize] {
-                let next = self.next(state, byte);
-                if self.is_dead(next) {
-                    continue;
-                }
+                let Some(next) = self.step(&mut cache, state, byte) else { continue };
                 let c = trie.nodes[child as usize];
                 for &t in &trie.token_ids[c.first_token as usize..(c.first_token + c.n_tokens) as usize] {
                     mask.set(t);
@@ -215,6 +309,9 @@ impl Grammar {
                     stack.push((child, next));
                 }
             }
+        }
+        if self.exhausted.load(Ordering::Relaxed) {
+            mask.clear();
         }
         mask
     }

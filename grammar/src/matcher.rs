@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use regex_automata::util::primitives::StateID;
-
 use crate::bitset::TokenBitset;
 use crate::grammar::Grammar;
 
@@ -25,7 +23,7 @@ pub enum Rejected {
 pub struct Matcher {
     grammar: Arc<Grammar>,
     /// DFA state after each accepted token; `states[0]` is the start.
-    states: Vec<StateID>,
+    states: Vec<crate::grammar::State>,
     finished: bool,
 }
 
@@ -40,7 +38,7 @@ impl Matcher {
         &self.grammar
     }
 
-    fn state(&self) -> StateID {
+    fn state(&self) -> crate::grammar::State {
         *self.states.last().expect("start state is never popped")
     }
 
@@ -112,19 +110,10 @@ impl Matcher {
         let mut s = self.state();
         let mut out = Vec::new();
         while !g.accepts(s) {
-            let mut only = None;
-            for b in 0..=255u8 {
-                if !g.is_dead(g.next(s, b)) {
-                    if only.is_some() {
-                        return out;
-                    }
-                    only = Some(b);
-                }
-            }
-            match only {
-                Some(b) => {
+            match g.only_next(s) {
+                Some((b, t)) => {
                     out.push(b);
-                    s = g.next(s, b);
+                    s = t;
                 }
                 None => break,
             }

@@ -1,104 +1,11 @@
-//! Regexes for bounded JSON numbers: `minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum` (draft 4
-//! booleans and draft 6+ numbers) and the integer formats `int32`, `int64`, `uint32`, `uint64`.
+//! Regexes for bounded JSON numbers (the bounds come from `minimum`, `maximum`, `exclusive*` and integer formats).
 //!
 //! Integers get an exact regex of their canonical decimal forms (no leading zeros, no `-0`). Numbers with whole
-//! bounds get an exact regex of their forms without an exponent; non-whole bounds on numbers are refused. Both
-//! only narrow the JSON grammar: every string they admit is a valid instance.
-
-use serde_json::{Map, Value};
-
-use crate::error::{Error, Result};
+//! bounds get an exact regex of their forms without an exponent, optionally with at most `d` significant
+//! decimals (`multipleOf: 10^-d`). Both only narrow the JSON grammar: every string they admit is a valid instance.
 
 /// A bound: value and whether it is inclusive.
 type Bound = Option<(i128, bool)>;
-
-const LIMIT: f64 = 1e18;
-
-fn unsupported(keyword: &str, why: &str) -> Error {
-    Error::unsupported(format!("json schema keyword {keyword:?} is not supported {why}"))
-}
-
-/// Keywords this module handles beside `type`.
-pub const KEYWORDS: &[&str] = &["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
-
-/// The regex for an `integer` or `number` schema with bounds, or `None` when it has none.
-pub fn bounded(obj: &Map<String, Value>) -> Result<Option<String>> {
-    let integer = match obj.get("type").and_then(Value::as_str) {
-        Some("integer") => true,
-        Some("number") => false,
-        _ => return Ok(None),
-    };
-    let format = obj.get("format").and_then(Value::as_str);
-    let fmt_range: Option<(i128, i128)> = match format {
-        Some("int32") => Some((i32::MIN as i128, i32::MAX as i128)),
-        Some("int64") => Some((i64::MIN as i128, i64::MAX as i128)),
-        Some("uint32") => Some((0, u32::MAX as i128)),
-        Some("uint64") => Some((0, u64::MAX as i128)),
-        _ => None,
-    };
-    if !KEYWORDS.iter().any(|k| obj.contains_key(*k)) && fmt_range.is_none() {
-        return Ok(None);
-    }
-    let num = |k: &str| -> Result<Option<f64>> {
-        match obj.get(k) {
-            None | Some(Value::Bool(_)) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| Error::syntax(format!("{k} must be a number"))),
-        }
-    };
-    let flag = |k: &str| matches!(obj.get(k), Some(Value::Bool(true)));
-    // Draft 4: exclusiveMinimum is a boolean modifying minimum; draft 6+: a number of its own.
-    let mut lo: Option<(f64, bool)> = num("minimum")?.map(|m| (m, !flag("exclusiveMinimum")));
-    if let Some(x) = num("exclusiveMinimum")? {
-        lo = Some(match lo {
-            Some((m, incl)) if m > x || (m == x && !incl) => (m, incl),
-            _ => (x, false),
-        });
-    }
-    let mut hi: Option<(f64, bool)> = num("maximum")?.map(|m| (m, !flag("exclusiveMaximum")));
-    if let Some(x) = num("exclusiveMaximum")? {
-        hi = Some(match hi {
-            Some((m, incl)) if m < x || (m == x && !incl) => (m, incl),
-            _ => (x, false),
-        });
-    }
-    for (v, _) in lo.iter().chain(hi.iter()) {
-        if !v.is_finite() || v.abs() > LIMIT {
-            return Err(unsupported("minimum/maximum", &format!("beyond 1e18 ({v})")));
-        }
-    }
-    if integer {
-        // Whole, inclusive bounds.
-        let mut lo_i: Option<i128> = lo.map(|(v, incl)| if incl { v.ceil() as i128 } else { v.floor() as i128 + 1 });
-        let mut hi_i: Option<i128> = hi.map(|(v, incl)| if incl { v.floor() as i128 } else { v.ceil() as i128 - 1 });
-        if let Some((a, b)) = fmt_range {
-            lo_i = Some(lo_i.map_or(a, |l| l.max(a)));
-            hi_i = Some(hi_i.map_or(b, |h| h.min(b)));
-        }
-        if let (Some(a), Some(b)) = (lo_i, hi_i) {
-            if a > b {
-                return Err(Error::syntax(format!("json schema: no integer lies in [{a}, {b}]")));
-            }
-        }
-        return Ok(Some(integer_regex(lo_i, hi_i)));
-    }
-    if fmt_range.is_some() {
-        return Err(unsupported("format", &format!("{:?} on a number", format.unwrap_or_default())));
-    }
-    let whole = |b: Option<(f64, bool)>, name: &str| -> Result<Bound> {
-        match b {
-            None => Ok(None),
-            Some((v, incl)) if v.fract() == 0.0 => Ok(Some((v as i128, incl))),
-            Some((v, _)) => Err(unsupported(name, &format!("with a fractional bound ({v}) on a number"))),
-        }
-    };
-    let (lo, hi) = (whole(lo, "minimum")?, whole(hi, "maximum")?);
-    if let (Some((a, ai)), Some((b, bi))) = (lo, hi) {
-        if a > b || (a == b && !(ai && bi)) {
-            return Err(Error::syntax(format!("json schema: no number lies between {a} and {b}")));
-        }
-    }
-    Ok(Some(number_regex(lo, hi)))
-}
 
 /// Canonical integers in [lo, hi] (either side open).
 pub fn integer_regex(lo: Option<i128>, hi: Option<i128>) -> String {
@@ -113,8 +20,9 @@ pub fn integer_regex(lo: Option<i128>, hi: Option<i128>) -> String {
     group(&alts)
 }
 
-/// Numbers (no exponent) in the range between `lo` and `hi`.
-pub fn number_regex(lo: Bound, hi: Bound) -> String {
+/// Numbers (no exponent) in the range between `lo` and `hi`, with at most `decimals` significant decimals.
+pub fn number_regex(lo: Bound, hi: Bound, decimals: Option<u32>) -> String {
+    let fr = Frac::new(decimals);
     let mut alts = Vec::new();
     // v >= 0.
     if hi.is_none_or(|(h, incl)| h > 0 || (h == 0 && incl)) {
@@ -122,7 +30,7 @@ pub fn number_regex(lo: Bound, hi: Bound) -> String {
             Some((l, incl)) if l >= 0 => (l, incl),
             _ => (0, true),
         };
-        alts.push(nonneg_number(l, hi));
+        alts.push(nonneg_number(l, hi, &fr));
     }
     // v < 0: -y with y > 0.
     if lo.is_none_or(|(l, _)| l < 0) {
@@ -131,30 +39,46 @@ pub fn number_regex(lo: Bound, hi: Bound) -> String {
             _ => (0, false),
         };
         let y_hi = lo.map(|(l, incl)| (-l, incl));
-        alts.push(format!("-{}", nonneg_number(y_lo, y_hi)));
+        alts.push(format!("-{}", nonneg_number(y_lo, y_hi, &fr)));
     }
     group(&alts)
 }
 
-const FRAC: &str = r"(?:\.[0-9]+)?";
-const NONZERO_FRAC: &str = r"\.[0-9]*[1-9][0-9]*";
+/// Fractional parts: any (optional), and one that is not zero.
+struct Frac {
+    any: String,
+    nonzero: String,
+}
+
+impl Frac {
+    fn new(decimals: Option<u32>) -> Self {
+        match decimals {
+            None => Self { any: r"(?:\.[0-9]+)?".into(), nonzero: r"\.[0-9]*[1-9][0-9]*".into() },
+            Some(0) => Self { any: r"(?:\.0+)?".into(), nonzero: "[a&&b]".into() },
+            Some(d) => {
+                Self { any: format!(r"(?:\.[0-9]{{1,{d}}}0*)?"), nonzero: format!(r"\.[0-9]{{0,{}}}[1-9]0*", d - 1) }
+            }
+        }
+    }
+}
 
 /// Non-negative numbers from `lo` (>= 0) up to `hi`.
-fn nonneg_number((a, a_incl): (i128, bool), hi: Bound) -> String {
+fn nonneg_number((a, a_incl): (i128, bool), hi: Bound, fr: &Frac) -> String {
+    let (frac, nonzero) = (&fr.any, &fr.nonzero);
     let mut alts = Vec::new();
     let at_a = |alts: &mut Vec<String>| {
-        alts.push(if a_incl { format!("{a}{FRAC}") } else { format!("{a}{NONZERO_FRAC}") });
+        alts.push(if a_incl { format!("{a}{frac}") } else { format!("{a}{nonzero}") });
     };
     match hi {
         None => {
             at_a(&mut alts);
-            alts.push(format!("{}{FRAC}", nonneg_int(a + 1, None)));
+            alts.push(format!("{}{frac}", nonneg_int(a + 1, None)));
         }
         Some((b, _)) if b == a => alts.push(format!(r"{a}(?:\.0+)?")),
         Some((b, b_incl)) => {
             at_a(&mut alts);
             if a + 1 < b {
-                alts.push(format!("{}{FRAC}", nonneg_int(a + 1, Some(b - 1))));
+                alts.push(format!("{}{frac}", nonneg_int(a + 1, Some(b - 1))));
             }
             if b_incl {
                 alts.push(format!(r"{b}(?:\.0+)?"));
@@ -246,7 +170,7 @@ mod tests {
             if let (Some((a, ai)), Some((b, bi))) = (lo, hi) {
                 prop_assume!(a < b || (a == b && ai && bi));
             }
-            let re = number_regex(lo, hi);
+            let re = number_regex(lo, hi, None);
             let x = v as f64 / 100.0; // two decimals
             let text = format!("{x}");
             let inside = lo.is_none_or(|(l, incl)| if incl { x >= l as f64 } else { x > l as f64 })
@@ -256,30 +180,15 @@ mod tests {
     }
 
     #[test]
-    fn schemas_with_bounds_and_formats() {
-        let obj = |v: Value| v.as_object().unwrap().clone();
-        let re = bounded(&obj(serde_json::json!({"type": "integer", "minimum": 1, "maximum": 12}))).unwrap().unwrap();
-        assert!(
-            matches(&re, "1") && matches(&re, "12") && !matches(&re, "0") && !matches(&re, "13") && !matches(&re, "01")
-        );
-        let re = bounded(&obj(serde_json::json!({"type": "integer", "exclusiveMinimum": 0}))).unwrap().unwrap();
-        assert!(matches(&re, "1") && matches(&re, "123456789") && !matches(&re, "0") && !matches(&re, "-1"));
-        let re = bounded(&obj(serde_json::json!({"type": "integer", "minimum": 0, "exclusiveMinimum": true})))
-            .unwrap()
-            .unwrap();
-        assert!(!matches(&re, "0") && matches(&re, "7"));
-        let re = bounded(&obj(serde_json::json!({"type": "integer", "format": "int32"}))).unwrap().unwrap();
-        assert!(matches(&re, "2147483647") && !matches(&re, "2147483648") && matches(&re, "-2147483648"));
-        let re = bounded(&obj(serde_json::json!({"type": "number", "minimum": -90, "maximum": 90}))).unwrap().unwrap();
-        assert!(
-            matches(&re, "-90")
-                && matches(&re, "45.5")
-                && matches(&re, "90.0")
-                && !matches(&re, "90.5")
-                && !matches(&re, "-90.01")
-        );
-        assert!(bounded(&obj(serde_json::json!({"type": "number", "minimum": 0.5}))).is_err());
-        assert!(bounded(&obj(serde_json::json!({"type": "integer", "minimum": 5, "maximum": 4}))).is_err());
-        assert_eq!(bounded(&obj(serde_json::json!({"type": "integer"}))).unwrap(), None);
+    fn decimals_bound_the_fraction() {
+        let re = number_regex(Some((0, true)), Some((10, false)), Some(2));
+        for ok in ["0", "0.5", "9.99", "3.10", "3.100"] {
+            assert!(matches(&re, ok), "{ok}");
+        }
+        for bad in ["10", "0.001", "9.999", "-1", "10.0"] {
+            assert!(!matches(&re, bad), "{bad}");
+        }
+        let re = number_regex(Some((0, false)), None, Some(1));
+        assert!(matches(&re, "0.1") && !matches(&re, "0") && !matches(&re, "0.0") && !matches(&re, "0.05"));
     }
 }

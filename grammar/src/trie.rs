@@ -26,13 +26,18 @@ pub struct TokenTrie {
 
 impl TokenTrie {
     pub fn new(vocab: &Vocabulary) -> Self {
+        Self::from_tokens(vocab.iter())
+    }
+
+    /// The trie of some tokens: (id, bytes) pairs.
+    pub(crate) fn from_tokens<'a>(tokens: impl Iterator<Item = (u32, &'a [u8])>) -> Self {
         // Build with per-node maps, then flatten breadth-first so a node's children are contiguous.
         struct Build {
             children: std::collections::BTreeMap<u8, usize>,
             tokens: Vec<u32>,
         }
         let mut build = vec![Build { children: Default::default(), tokens: Vec::new() }];
-        for (id, bytes) in vocab.iter() {
+        for (id, bytes) in tokens {
             let mut n = 0;
             for &b in bytes {
                 let next = match build[n].children.get(&b) {
@@ -61,7 +66,7 @@ impl TokenTrie {
         }
         let mut nodes = Vec::with_capacity(order.len());
         let mut children = Vec::with_capacity(order.len());
-        let mut token_ids = Vec::with_capacity(vocab.len());
+        let mut token_ids = Vec::new();
         for &b in &order {
             let node = &build[b];
             nodes.push(Node {

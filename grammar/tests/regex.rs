@@ -183,3 +183,25 @@ proptest! {
         }
     }
 }
+
+/// A mask is exactly the set of tokens `advance` takes, in every state along a JSON output, including states
+/// inside free strings, where plain tokens come from a precomputed set rather than the trie walk.
+#[test]
+fn masks_equal_what_advance_accepts() {
+    let space = byte_space(&["ab", "a\"", "\", \"", "é", "xé", "\\n", "12", " \"k", "}\"", "\": "]);
+    let schema = r#"{"type": "object", "properties": {"s": {"type": "string"}, "p": {"type": "string", "pattern": "^[a-c]+$"},
+        "n": {"type": "integer"}}, "required": ["s", "p", "n"]}"#;
+    let g = grammar(&Constraint::JsonSchema(schema.into()).to_regex().unwrap(), &space);
+    let text = r#"{"s": "ab\nxé \"q", "p": "abc", "n": 12}"#;
+    let mut m = Matcher::new(g.clone());
+    let n = space.vocab.len();
+    let mut mask = TokenBitset::new(n);
+    for &b in text.as_bytes() {
+        m.mask_into(&mut mask);
+        for t in 0..n as u32 - 1 {
+            assert_eq!(mask.contains(t), m.clone().advance(t).is_ok(), "token {t} after {} bytes", m.len());
+        }
+        m.advance(b as u32).unwrap();
+    }
+    assert!(m.is_accepting());
+}

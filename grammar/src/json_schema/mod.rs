@@ -1,0 +1,66 @@
+//! JSON Schema to one regex over the JSON text.
+//!
+//! The schema becomes a tree of typed [`ir::Node`]s (`$ref` resolved, recursion unrolled to a fixed depth,
+//! `allOf` intersected, untyped keywords split per type, `enum`/`const` filtered by what is beside them), then
+//! each node becomes a regex. Every keyword that constrains instances is either enforced exactly, enforced more
+//! strictly (listed below: valid instances may be refused, invalid ones are never produced), or refused with an
+//! error naming it. So a constrained output always validates.
+//!
+//! Stricter than the spec, on purpose:
+//! - properties are written in the schema's order, undeclared keys after them;
+//! - with [`Options::strict_properties`] (the default, like xgrammar's strict mode), an object that declares
+//!   `properties` or `patternProperties` but says nothing of `additionalProperties` takes no other keys;
+//! - keywords of a type the schema does not name imply it (`{"properties": ...}` means an object);
+//! - recursion deeper than [`Options::max_ref_depth`] is cut; `pattern`s and formats produce only characters a
+//!   JSON string holds unescaped; numbers in exponent form only where no bound applies.
+//!
+//! outlines-core's schema-to-regex was the first engine here. It dispatches on one keyword per schema object and
+//! silently drops the rest (`allOf` concatenated, `minimum`, `uniqueItems`, `oneOf` overlaps, `{}` pasted as a
+//! bare alternation, `date-time` without an offset): wrapping it could only refuse more schemas. Its leaf regexes
+//! and eager `Index` remain the baseline MaskBench compares against.
+
+mod emit;
+mod ir;
+mod pattern;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// How a schema becomes a regex.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Whitespace allowed between JSON tokens.
+    pub whitespace: String,
+    /// Objects that declare properties take no undeclared keys unless `additionalProperties` allows them.
+    pub strict_properties: bool,
+    /// How many times one `$ref` may be expanded inside itself.
+    pub max_ref_depth: usize,
+    /// Nesting of objects/arrays inside a value the schema leaves free (`{}`, `true`).
+    pub any_depth: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { whitespace: crate::DEFAULT_WHITESPACE.into(), strict_properties: true, max_ref_depth: 3, any_depth: 2 }
+    }
+}
+
+/// The regex for `schema` with default options and this whitespace, or an error naming the first keyword we
+/// cannot enforce.
+pub fn schema_to_regex(schema: &Value, whitespace: &str) -> Result<String> {
+    schema_to_regex_with(schema, &Options { whitespace: whitespace.into(), ..Options::default() })
+}
+
+/// The regex for `schema`.
+pub fn schema_to_regex_with(schema: &Value, opts: &Options) -> Result<String> {
+    let node = ir::Builder::new(schema, opts).node(schema)?;
+    emit::Emitter::new(opts).emit(&node)?.ok_or_else(|| Error::syntax("json schema: no value satisfies the schema"))
+}
+
+pub(crate) fn unsupported(keyword: &str, why: &str) -> Error {
+    Error::unsupported(format!("json schema keyword {keyword:?} is not supported {why}"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,319 @@
+use serde_json::{json, Value};
+
+use super::*;
+
+fn regex(schema: &Value) -> regex_automata::meta::Regex {
+    let re = schema_to_regex(schema, r"[ ]?").unwrap_or_else(|e| panic!("{schema}: {e}"));
+    regex_automata::meta::Regex::new(&format!("^(?:{re})$")).unwrap()
+}
+
+fn err(schema: Value) -> String {
+    schema_to_regex(&schema, r"[ ]?").unwrap_err().to_string()
+}
+
+/// Every `ok` text matches and every `bad` one does not; each must agree with the schema node's own check.
+fn check(schema: Value, ok: &[&str], bad: &[&str]) {
+    let re = regex(&schema);
+    let opts = Options::default();
+    let node = ir::Builder::new(&schema, &opts).node(&schema).unwrap();
+    for t in ok {
+        assert!(re.is_match(t), "{schema} should accept {t}");
+        let v: Value = serde_json::from_str(t).unwrap();
+        assert!(ir::admits(&node, &v).unwrap(), "{schema}: node should admit {t}");
+    }
+    for t in bad {
+        assert!(!re.is_match(t), "{schema} should refuse {t}");
+    }
+}
+
+#[test]
+fn keywords_we_cannot_enforce_are_named() {
+    assert!(err(json!({"type": "integer", "multipleOf": 3})).contains("\"multipleOf\""));
+    assert!(err(json!({"type": "number", "minimum": 0.5})).contains("minimum"));
+    assert!(err(json!({"type": "array", "items": {"type": "string"}, "uniqueItems": true})).contains("uniqueItems"));
+    assert!(err(json!({"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]})).contains("oneOf"));
+    assert!(err(json!({"not": {"type": "string", "minLength": 3}})).contains("\"not\""));
+    assert!(err(json!({"type": "string", "pattern": "(?=a)b"})).contains("pattern"));
+    assert!(err(json!({"type": "string", "pattern": "^(a|bc)+$", "maxLength": 5})).contains("maxLength"));
+    assert!(err(json!({"type": "string", "format": "regex"})).contains("format"));
+    let deps = json!({"type": "object", "dependencies": {"a": ["b"], "c": ["b"], "d": ["b"], "e": ["b"]}});
+    assert!(err(deps).contains("dependencies"));
+}
+
+#[test]
+fn numbers() {
+    check(
+        json!({"type": "object", "properties": {
+            "age": {"type": "integer", "minimum": 0, "maximum": 130},
+            "lat": {"type": "number", "minimum": -90, "maximum": 90},
+            "n": {"type": "integer", "format": "int32"},
+            "x": {"type": "number", "format": "double"},
+            "p": {"type": "number", "multipleOf": 0.01}
+        }, "required": ["age", "lat", "n", "x", "p"]}),
+        &[r#"{"age": 42, "lat": -12.5, "n": -7, "x": 1.5e10, "p": 3.25}"#],
+        &[
+            r#"{"age": 131, "lat": -12.5, "n": -7, "x": 1, "p": 1}"#,
+            r#"{"age": 4, "lat": 90.5, "n": -7, "x": 1, "p": 1}"#,
+            r#"{"age": 4, "lat": 9, "n": 2147483648, "x": 1, "p": 1}"#,
+            r#"{"age": 4, "lat": 9, "n": 1, "x": 1, "p": 1.001}"#,
+        ],
+    );
+    check(json!({"type": "number", "multipleOf": 1}), &["3", "-12"], &["3.5"]);
+    check(json!({"type": ["integer", "null"], "exclusiveMinimum": 0}), &["1", "null"], &["0", "-3", "\"x\""]);
+}
+
+#[test]
+fn strings_patterns_and_formats() {
+    // Patterns are searches: unanchored ends accept anything around the match.
+    check(json!({"type": "string", "pattern": "ab"}), &[r#""ab""#, r#""xaby""#], &[r#""a b""#]);
+    check(json!({"type": "string", "pattern": "^ab"}), &[r#""abc""#], &[r#""cab""#]);
+    check(json!({"type": "string", "pattern": "^\\d{3}$"}), &[r#""123""#], &[r#""12""#, r#""１２３""#]);
+    check(json!({"type": "string", "pattern": "^a|b$"}), &[r#""ax""#, r#""xb""#], &[r#""xa""#]);
+    // Lengths count characters, escapes included as one.
+    check(
+        json!({"type": "string", "minLength": 2, "maxLength": 3}),
+        &[r#""ab""#, r#""a\nb""#, r#""éé""#],
+        &[r#""a""#, r#""abcd""#],
+    );
+    // Length beside a pattern: the one repeated class takes the bounds.
+    check(
+        json!({"type": "string", "pattern": "^[a-z][a-z0-9_]*$", "maxLength": 4}),
+        &[r#""ab_1""#],
+        &[r#""ab_12""#, r#""1ab""#],
+    );
+    check(json!({"type": "string", "pattern": "^x", "maxLength": 3}), &[r#""x""#, r#""xyz""#], &[r#""xyzw""#]);
+    // Several variable pieces share the length budget (stricter than the spec, never looser).
+    check(
+        json!({"type": "string", "pattern": "^[a-z]+[0-9]+$", "maxLength": 6}),
+        &[r#""abc123""#, r#""a1""#],
+        &[r#""abcdefg1""#, r#""abc""#],
+    );
+    check(
+        json!({"type": "string", "format": "email", "maxLength": 40, "minLength": 8}),
+        &[r#""ann@example.com""#],
+        &[r#""a@b.co""#, r#""annannannannannannannann@example.example.com""#],
+    );
+    check(
+        json!({"type": "string", "format": "date-time"}),
+        &[r#""2024-02-28T10:00:00+02:00""#],
+        &[r#""2024-02-28T10:00:00""#, r#""2024-02-30T10:00:00Z""#],
+    );
+    check(json!({"type": "string", "format": "email"}), &[r#""a.b@example.com""#], &[r#""a.b""#, r#""@x.com""#]);
+    check(json!({"type": "string", "format": "ipv4"}), &[r#""10.0.0.255""#], &[r#""10.0.0.256""#]);
+    check(
+        json!({"type": "string", "format": "uri"}),
+        &[r#""https://example.com/a?b=c#d""#],
+        &[r#""example com""#, r#""/relative""#],
+    );
+    // Formats validators do not check are annotations.
+    check(json!({"type": "string", "format": "int32"}), &[r#""anything""#], &["1"]);
+}
+
+#[test]
+fn objects() {
+    let named = json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name"]});
+    check(named, &[r#"{"name": "a"}"#, r#"{"name": "a", "age": 3}"#], &[r#"{"age": 3}"#, r#"{"name": "a", "x": 1}"#]);
+    // Optional members before a required one, and all-optional objects.
+    let abc = |req: Value| json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "c": {"type": "integer"}}, "required": req});
+    check(
+        abc(json!(["c"])),
+        &[r#"{"c": 1}"#, r#"{"a": 1, "c": 2}"#, r#"{"a": 1, "b": 2, "c": 3}"#, r#"{"b": 2, "c": 3}"#],
+        &[r#"{"a": 1}"#, r#"{"a": 1,"c": 1,}"#, r#"{, "c": 1}"#, r#"{"c": 1, "a": 1}"#],
+    );
+    check(abc(json!([])), &["{}", r#"{"b": 1}"#, r#"{"a": 1, "c": 2}"#], &[r#"{"a": 1, }"#, r#"{, "b": 1}"#]);
+    // Explicit additionalProperties: any other key, never a declared one again.
+    check(
+        json!({"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": {"type": "string"}}),
+        &[r#"{"a": 1, "b": "x"}"#, r#"{"ab": "x", "c": "y"}"#, r#"{}"#],
+        &[r#"{"a": 1, "a": "x"}"#, r#"{"a": 1, "b": 2}"#],
+    );
+    check(
+        json!({"type": "object", "patternProperties": {"^x-": {"type": "integer"}}, "additionalProperties": false}),
+        &[r#"{"x-a": 1, "x-b": 2}"#, "{}"],
+        &[r#"{"y": 1}"#, r#"{"x-a": "s"}"#],
+    );
+    check(
+        json!({"type": "object", "minProperties": 1, "additionalProperties": {"type": "integer"}}),
+        &[r#"{"a": 1}"#],
+        &["{}"],
+    );
+    check(json!({"type": "object", "required": ["id"]}), &[r#"{"id": [1, {"a": null}]}"#], &["{}"]);
+    // Required names that only additionalProperties reaches.
+    check(
+        json!({"type": "object", "required": ["k"], "additionalProperties": {"type": "boolean"}}),
+        &[r#"{"k": true}"#],
+        &[r#"{"k": 1}"#],
+    );
+}
+
+#[test]
+fn all_of_any_of_one_of() {
+    let schema = json!({
+        "definitions": {"named": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}},
+        "allOf": [{"$ref": "#/definitions/named"}, {"properties": {"age": {"type": "integer"}}, "required": ["age"]}]
+    });
+    check(schema, &[r#"{"name": "a", "age": 3}"#], &[r#"{"name": "a"}"#, r#"{"age": 3}"#]);
+    check(json!({"allOf": [{"type": "integer", "minimum": 0}, {"maximum": 9}]}), &["0", "9"], &["10", "-1"]);
+    assert!(err(json!({"allOf": [{"type": "string"}, {"type": "integer"}]})).contains("no value"));
+    check(json!({"anyOf": [{"type": "string"}, {"type": "null"}]}), &[r#""x""#, "null"], &["1"]);
+    // Discriminated oneOf: a required const tells the branches apart.
+    check(
+        json!({"oneOf": [
+            {"type": "object", "properties": {"kind": {"const": "a"}, "x": {"type": "integer"}}, "required": ["kind"]},
+            {"type": "object", "properties": {"kind": {"const": "b"}, "y": {"type": "string"}}, "required": ["kind"]}
+        ]}),
+        &[r#"{"kind": "a", "x": 1}"#, r#"{"kind": "b", "y": "s"}"#],
+        &[r#"{"kind": "c"}"#, r#"{"kind": "a", "y": "s"}"#],
+    );
+    check(json!({"type": "string", "enum": ["a", 1, null, "b"]}), &[r#""a""#, r#""b""#], &["1", "null"]);
+    check(json!({"enum": [1, [1, 2], {"a": "b"}]}), &["1", "1.0", "[1, 2]", r#"{"a": "b"}"#], &["2", "[2, 1]"]);
+}
+
+#[test]
+fn recursion_is_unrolled() {
+    let tree = json!({
+        "$ref": "#/$defs/node",
+        "$defs": {"node": {"type": "object", "properties": {
+            "v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}
+        }, "required": ["v"]}}
+    });
+    check(tree, &[r#"{"v": 1, "kids": [{"v": 2, "kids": [{"v": 3}]}]}"#], &[r#"{"v": 1, "kids": [{"w": 2}]}"#]);
+}
+
+#[test]
+fn arrays() {
+    check(
+        json!({"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 3}),
+        &["[1]", "[1, 2, 3]"],
+        &["[]", "[1, 2, 3, 4]"],
+    );
+    check(
+        json!({"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "items": false}),
+        &["[]", r#"["a"]"#, r#"["a", 1]"#],
+        &[r#"["a", 1, 2]"#, "[1]"],
+    );
+    check(
+        json!({"type": "array", "items": [{"type": "null"}], "additionalItems": {"type": "boolean"}, "minItems": 2}),
+        &["[null, true]", "[null, true, false]"],
+        &["[null]", "[true, true]"],
+    );
+    check(json!({"type": "array", "uniqueItems": true, "maxItems": 1}), &["[]", "[3]"], &["[1, 2]"]);
+}
+
+#[test]
+fn empty_subschemas_mean_any_value() {
+    check(
+        json!({"type": "object", "properties": {"s": {}, "o": {"title": "x"}}, "required": ["s", "o"]}),
+        &[r#"{"s": "JDBC", "o": [1, {"a": null}]}"#, r#"{"s": 1, "o": true}"#],
+        &["null"],
+    );
+    check(json!({}), &["null", "1", r#"{"a": [1]}"#], &["nul"]);
+}
+
+#[test]
+fn supported_schemas_compile() {
+    for s in [
+        json!({"oneOf": [{"type": "string"}, {"type": "integer"}]}),
+        json!({"$defs": {"p": {"type": "string", "format": "date"}}, "properties": {"d": {"$ref": "#/$defs/p"}, "e": {"$ref": "#/$defs/p"}}}),
+        json!({"type": "integer", "id": "draft-04 style", "x-kubernetes-group-version-kind": [], "readonly": true}),
+        json!(true),
+    ] {
+        schema_to_regex(&s, r"[ ]?").unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+}
+
+#[test]
+fn simple_negations() {
+    check(
+        json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"not": {}}}, "additionalProperties": true}),
+        &[r#"{"a": 1}"#, r#"{"a": 1, "c": 2}"#],
+        &[r#"{"a": 1, "b": 2}"#],
+    );
+    check(json!({"not": {"type": ["string", "object", "array"]}}), &["null", "true", "1.5"], &[r#""x""#, "{}", "[]"]);
+    check(
+        json!({"type": "object", "properties": {"x": {"type": "string"}}, "not": {"required": ["x"]}}),
+        &["{}"],
+        &[r#"{"x": "a"}"#],
+    );
+}
+
+#[test]
+fn dependencies_split_the_object() {
+    check(
+        json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "dependencies": {"a": ["b"]}}),
+        &["{}", r#"{"b": 1}"#, r#"{"a": 1, "b": 2}"#],
+        &[r#"{"a": 1}"#],
+    );
+    check(
+        json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}},
+               "dependentSchemas": {"a": {"properties": {"b": {"maxLength": 1}}, "required": ["b"]}}}),
+        &[r#"{"b": "long"}"#, r#"{"a": 1, "b": "x"}"#],
+        &[r#"{"a": 1, "b": "long"}"#, r#"{"a": 1}"#],
+    );
+}
+
+mod props {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// Patterns, and a generator of strings that mostly match each.
+    const PATTERNS: &[(&str, &str)] = &[
+        ("^[a-z]+[0-9]*$", "[a-z]{1,6}[0-9]{0,3}"),
+        ("^(ab|c)+$", "(ab|c){1,5}"),
+        ("x", "[a-cé]{0,3}x[a-c]{0,3}"),
+        ("^a", "a[a-c]{0,6}"),
+        ("[0-9]{2}$", "[a-c]{0,3}[0-9]{1,3}"),
+        ("^[a-c]{1,3}-[0-9]+$", "[a-c]{1,4}-[0-9]{1,3}"),
+        ("^.+@.+$", "[a-c]{0,4}@[a-cé.]{0,4}"),
+    ];
+
+    fn case() -> impl Strategy<Value = (usize, String)> {
+        (0..PATTERNS.len()).prop_flat_map(|p| {
+            let near = proptest::string::string_regex(PATTERNS[p].1).unwrap();
+            (Just(p), prop_oneof![near, "[a-cx0-9@.é-]{0,12}"])
+        })
+    }
+
+    proptest! {
+        /// Whatever the regex for a string with a pattern and length bounds accepts satisfies both: the pattern
+        /// (an independent regex search) and the length in characters.
+        #[test]
+        fn strings_never_escape_pattern_and_length((p, s) in case(), min in 0u64..6, max in proptest::option::of(0u64..10)) {
+            let pattern = PATTERNS[p].0;
+            let mut schema = json!({"type": "string", "pattern": pattern, "minLength": min});
+            if let Some(m) = max {
+                schema["maxLength"] = json!(m);
+            }
+            let Ok(re) = super::super::schema_to_regex(&schema, "") else { return Ok(()) };
+            let re = regex_automata::meta::Regex::new(&format!("^(?:{re})$")).unwrap();
+            if re.is_match(&serde_json::Value::String(s.clone()).to_string()) {
+                let n = s.chars().count() as u64;
+                prop_assert!(n >= min && max.is_none_or(|m| n <= m), "{schema}: {s:?} has {n} characters");
+                prop_assert!(regex_automata::meta::Regex::new(pattern).unwrap().is_match(&s), "{schema}: {s:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn lenient_objects_and_one_of() {
+    let lenient = Options { whitespace: "[ ]?".into(), strict_properties: false, ..Options::default() };
+    let compile = |s: &Value| {
+        let re = schema_to_regex_with(s, &lenient).unwrap();
+        regex_automata::meta::Regex::new(&format!("^(?:{re})$")).unwrap()
+    };
+    // The spec's reading: undeclared keys are allowed, with any value.
+    let re = compile(&json!({"type": "object", "properties": {"a": {"type": "integer"}}}));
+    assert!(re.is_match(r#"{"a": 1, "b": [1, {"c": null}]}"#) && !re.is_match(r#"{"a": 1, "a": "x"}"#));
+    // Nothing required: any order (written twice, a key keeps a valid value either way).
+    let re = compile(&json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}}));
+    assert!(re.is_match(r#"{"b": "x", "a": 1}"#) && re.is_match(r#"{"z": null, "a": 1}"#) && re.is_match("{}"));
+    assert!(!re.is_match(r#"{"b": 1}"#) && !re.is_match(r#"{"a": 1,}"#));
+    // Alternatives told apart by their required keys are written without undeclared keys.
+    let re = compile(&json!({"oneOf": [
+        {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+        {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"]}
+    ]}));
+    assert!(re.is_match(r#"{"a": 1}"#) && re.is_match(r#"{"b": 1}"#));
+    assert!(!re.is_match(r#"{"a": 1, "b": 2}"#), "valid against both alternatives, so invalid for oneOf");
+}
