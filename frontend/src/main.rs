@@ -1,5 +1,10 @@
 //! The `radixserve` binary.
 
+/// mimalloc: compiling a grammar builds and drops many small regex and automaton nodes; on a sample of MaskBench
+/// schemas it cut compile time by about a fifth against glibc's malloc (noisy, shared machine).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]

@@ -69,8 +69,7 @@ impl GrammarCache {
         };
         slot.get_or_init(|| {
             self.compiles.fetch_add(1, Ordering::Relaxed);
-            let regex = c.to_regex()?;
-            Ok(Arc::new(Grammar::from_regex(&regex, self.space.clone(), self.limits)?))
+            Ok(Arc::new(Grammar::from_hir(c.to_hir()?, self.space.clone(), self.limits)?))
         })
         .clone()
     }

@@ -19,6 +19,22 @@ pub enum Constraint {
 }
 
 impl Constraint {
+    /// The regex the output must match, parsed (JSON Schemas are built as a parsed regex directly).
+    pub fn to_hir(&self) -> Result<regex_syntax::hir::Hir> {
+        match self {
+            Constraint::JsonSchema(text) => {
+                let schema: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| Error::syntax(format!("json schema is not JSON: {e}")))?;
+                crate::json_schema::schema_to_hir(&schema, &crate::json_schema::Options::default())
+            }
+            other => regex_syntax::ParserBuilder::new()
+                .nest_limit(1000)
+                .build()
+                .parse(&other.to_regex()?)
+                .map_err(|e| Error::syntax(format!("regex: {e}"))),
+        }
+    }
+
     /// The regex the output must match.
     pub fn to_regex(&self) -> Result<String> {
         match self {

@@ -188,11 +188,11 @@ proptest! {
 /// inside free strings, where plain tokens come from a precomputed set rather than the trie walk.
 #[test]
 fn masks_equal_what_advance_accepts() {
-    let space = byte_space(&["ab", "a\"", "\", \"", "é", "xé", "\\n", "12", " \"k", "}\"", "\": "]);
+    let space = byte_space(&["ab", "a\"", "\", \"", "é", "xé", "€", "a😀", "\\n", "12", " \"k", "}\"", "\": "]);
     let schema = r#"{"type": "object", "properties": {"s": {"type": "string"}, "p": {"type": "string", "pattern": "^[a-c]+$"},
         "n": {"type": "integer"}}, "required": ["s", "p", "n"]}"#;
     let g = grammar(&Constraint::JsonSchema(schema.into()).to_regex().unwrap(), &space);
-    let text = r#"{"s": "ab\nxé \"q", "p": "abc", "n": 12}"#;
+    let text = r#"{"s": "ab\nxé \"q€😀", "p": "abc", "n": 12}"#;
     let mut m = Matcher::new(g.clone());
     let n = space.vocab.len();
     let mut mask = TokenBitset::new(n);

@@ -1,5 +1,6 @@
-//! Schema nodes to one regex over the JSON text.
+//! Schema nodes to one regex over the JSON text, built as regex-syntax's `Hir` (no regex text to parse again).
 
+use regex_syntax::hir::Hir;
 use serde_json::Value;
 
 use super::ir::{admits, intersect, Array, Node, Object};
@@ -7,14 +8,80 @@ use super::pattern::{repeat, string_contents, StringPattern};
 use super::{unsupported, Options};
 use crate::error::{Error, Result};
 
-/// Longest regex one schema may produce before the DFA is even tried.
+/// Most a schema's regex may weigh (about its length as regex text) before the DFA is even tried.
 const MAX_REGEX: usize = 4 << 20;
 
+/// A piece of the regex and its weight (about its length as regex text, counted repetitions expanded).
+#[derive(Clone)]
+pub(crate) struct R {
+    pub hir: Hir,
+    pub size: usize,
+}
+
+fn lit(s: &str) -> R {
+    R { hir: Hir::literal(s.as_bytes()), size: s.len() }
+}
+
+fn cat(parts: Vec<R>) -> R {
+    let size = parts.iter().map(|p| p.size).sum();
+    R { hir: Hir::concat(parts.into_iter().map(|p| p.hir).collect()), size }
+}
+
+fn alt(parts: Vec<R>) -> R {
+    let size = parts.iter().map(|p| p.size + 1).sum();
+    R { hir: Hir::alternation(parts.into_iter().map(|p| p.hir).collect()), size }
+}
+
+fn rep(x: R, min: u64, max: Option<u64>) -> R {
+    let copies = max.unwrap_or(min + 1).clamp(1, 1 << 20) as usize;
+    R { size: x.size.saturating_mul(copies), hir: repeat(x.hir, min, max) }
+}
+
+fn opt(x: R) -> R {
+    rep(x, 0, Some(1))
+}
+
+fn parsed(re: &str) -> Result<R> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .nest_limit(1000)
+        .build()
+        .parse(re)
+        .map_err(|e| Error::syntax(format!("internal regex {re:?}: {e}")))?;
+    Ok(R { hir, size: re.len() })
+}
+
+fn of(hir: Hir) -> R {
+    R { size: weight(&hir), hir }
+}
+
+/// About the length of `h` as regex text, counted repetitions expanded.
+fn weight(h: &Hir) -> usize {
+    use regex_syntax::hir::{Class, HirKind};
+    match h.kind() {
+        HirKind::Empty | HirKind::Look(_) => 1,
+        HirKind::Literal(l) => l.0.len(),
+        HirKind::Class(Class::Unicode(c)) => 2 + 4 * c.ranges().len(),
+        HirKind::Class(Class::Bytes(c)) => 2 + 4 * c.ranges().len(),
+        HirKind::Repetition(r) => {
+            let copies = r.max.unwrap_or(r.min + 1).clamp(1, 1 << 20) as usize;
+            weight(&r.sub).saturating_mul(copies)
+        }
+        HirKind::Capture(c) => weight(&c.sub),
+        HirKind::Concat(hs) => hs.iter().map(weight).sum(),
+        HirKind::Alternation(hs) => hs.iter().map(|x| weight(x) + 1).sum(),
+    }
+}
+
 pub(crate) struct Emitter<'a> {
-    opts: &'a Options,
-    any: String,
+    any: R,
+    ws: R,
+    /// `ws , ws`
+    sep: R,
+    /// `ws : ws`
+    colon: R,
     /// Strict properties (see [`Options::strict_properties`]) for the subtree being written.
     strict: bool,
+    _opts: &'a Options,
 }
 
 /// One character of an object key written the single way we allow for undeclared keys (no `\/`, no `\u`), so a
@@ -22,25 +89,50 @@ pub(crate) struct Emitter<'a> {
 const KEY_UNIT: &str = r#"(?:[^"\\\x00-\x1F]|\\["\\bfnrt])"#;
 
 impl<'a> Emitter<'a> {
-    pub fn new(opts: &'a Options) -> Self {
-        let any = crate::constraint::json_value_regex(opts.any_depth, &opts.whitespace);
-        Self { opts, any, strict: opts.strict_properties }
+    pub fn new(opts: &'a Options) -> Result<Self> {
+        // Parsed once per (depth, whitespace): the free JSON value is kilobytes of regex.
+        type Parsed = std::collections::HashMap<(u32, String), (R, R)>;
+        static PARSED: std::sync::Mutex<Option<Parsed>> = std::sync::Mutex::new(None);
+        let key = (opts.any_depth, opts.whitespace.clone());
+        let hit = PARSED.lock().ok().and_then(|m| m.as_ref().and_then(|m| m.get(&key).cloned()));
+        let (any, ws) = match hit {
+            Some(p) => p,
+            None => {
+                let p = (
+                    parsed(&crate::constraint::json_value_regex(opts.any_depth, &opts.whitespace))?,
+                    parsed(&opts.whitespace)?,
+                );
+                if let Ok(mut m) = PARSED.lock() {
+                    let m = m.get_or_insert_with(Default::default);
+                    if m.len() < 64 {
+                        m.insert(key, p.clone());
+                    }
+                }
+                p
+            }
+        };
+        let sep = cat(vec![ws.clone(), lit(","), ws.clone()]);
+        let colon = cat(vec![ws.clone(), lit(":"), ws.clone()]);
+        Ok(Self { any, ws, sep, colon, strict: opts.strict_properties, _opts: opts })
     }
 
     /// The regex for the values `n` admits; `None` when it admits none.
-    pub fn emit(&mut self, n: &Node) -> Result<Option<String>> {
+    pub fn emit(&mut self, n: &Node) -> Result<Option<R>> {
         let out = match n {
             Node::Any => self.any.clone(),
             Node::Never => return Ok(None),
-            Node::Null => "null".into(),
-            Node::Bool => "(?:true|false)".into(),
-            Node::Int { lo, hi } => crate::numeric::integer_regex(*lo, *hi),
-            Node::Num { lo, hi, decimals } => number(*lo, *hi, *decimals)?,
-            Node::Str(s) => {
-                let c = string_contents(s.min, s.max, s.pattern.as_deref(), s.format.as_deref())?;
-                format!("\"{c}\"")
-            }
-            Node::Consts(vs) => alternation(vs.iter().map(|v| self.constant(v)).collect()),
+            Node::Null => lit("null"),
+            Node::Bool => alt(vec![lit("true"), lit("false")]),
+            Node::Int { lo, hi } => parsed(&crate::numeric::integer_regex(*lo, *hi))?,
+            Node::Num { lo, hi, decimals } => match number(*lo, *hi, *decimals)? {
+                Some(re) => parsed(&re)?,
+                None => return Ok(None),
+            },
+            Node::Str(s) => match string_contents(s.min, s.max, s.pattern.as_deref(), s.format.as_deref())? {
+                Some(c) => cat(vec![lit("\""), of(c), lit("\"")]),
+                None => return Ok(None),
+            },
+            Node::Consts(vs) => alt(vs.iter().map(|v| self.constant(v)).collect()),
             Node::AnyOf(xs) => {
                 let mut alts = Vec::new();
                 for x in xs {
@@ -51,20 +143,32 @@ impl<'a> Emitter<'a> {
                 if alts.is_empty() {
                     return Ok(None);
                 }
-                alternation(alts)
+                alt(alts)
             }
             Node::OneOf(xs) => {
                 // An output must match exactly one alternative: whatever one alternative writes must fail all
                 // the others. When it would not, writing its objects without undeclared keys may be enough.
+                // Failing that, an object alternative can leave out a key each other alternative requires.
                 let mut alts = Vec::new();
                 for (i, a) in xs.iter().enumerate() {
                     let outer = self.strict;
+                    let mut a = a.clone();
                     let mut ok = self.excludes_all(i, xs)?;
+                    if !ok {
+                        if let Some(r) = without_others_keys(&a, i, xs) {
+                            let mut ys = xs.clone();
+                            ys[i] = r.clone();
+                            if self.excludes_all(i, &ys)? {
+                                ok = true;
+                                a = r;
+                            }
+                        }
+                    }
                     if !ok && !outer {
                         self.strict = true;
                         ok = self.excludes_all(i, xs)?;
                     }
-                    let r = if ok { self.emit(a) } else { Ok(None) };
+                    let r = if ok { self.emit(&a) } else { Ok(None) };
                     self.strict = outer;
                     if !ok {
                         return Err(unsupported("oneOf", "with alternatives that can match the same value"));
@@ -76,7 +180,7 @@ impl<'a> Emitter<'a> {
                 if alts.is_empty() {
                     return Ok(None);
                 }
-                alternation(alts)
+                alt(alts)
             }
             Node::Array(a) => match self.array(a)? {
                 Some(r) => r,
@@ -87,39 +191,49 @@ impl<'a> Emitter<'a> {
                 None => return Ok(None),
             },
         };
-        if out.len() > MAX_REGEX {
+        if out.size > MAX_REGEX {
             return Err(Error::too_large(format!("json schema: regex past {MAX_REGEX} bytes")));
         }
         Ok(Some(out))
     }
 
-    fn constant(&self, v: &Value) -> String {
-        let ws = &self.opts.whitespace;
+    fn constant(&self, v: &Value) -> R {
         match v {
             Value::Number(n) => match n.as_f64() {
                 // 1 and 1.0 are the same JSON Schema value.
                 Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => {
-                    format!(r"{}(?:\.0+)?", regex_syntax::escape(&format!("{}", f as i64)))
+                    cat(vec![lit(&format!("{}", f as i64)), opt(cat(vec![lit("."), rep(lit("0"), 1, None)]))])
                 }
-                _ => regex_syntax::escape(&n.to_string()),
+                _ => lit(&n.to_string()),
             },
             Value::Array(a) => {
-                let items: Vec<String> = a.iter().map(|x| self.constant(x)).collect();
-                format!(r"\[{ws}{}{ws}\]", items.join(&format!("{ws},{ws}")))
+                let mut parts = vec![lit("["), self.ws.clone()];
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        parts.push(self.sep.clone());
+                    }
+                    parts.push(self.constant(x));
+                }
+                parts.extend([self.ws.clone(), lit("]")]);
+                cat(parts)
             }
             Value::Object(o) => {
-                let members: Vec<String> =
-                    o.iter().map(|(k, x)| format!("{}{ws}:{ws}{}", key_literal(k), self.constant(x))).collect();
-                format!(r"\{{{ws}{}{ws}\}}", members.join(&format!("{ws},{ws}")))
+                let mut parts = vec![lit("{"), self.ws.clone()];
+                for (i, (k, x)) in o.iter().enumerate() {
+                    if i > 0 {
+                        parts.push(self.sep.clone());
+                    }
+                    parts.extend([key_literal(k), self.colon.clone(), self.constant(x)]);
+                }
+                parts.extend([self.ws.clone(), lit("}")]);
+                cat(parts)
             }
-            other => regex_syntax::escape(&other.to_string()),
+            other => lit(&other.to_string()),
         }
     }
 
-    fn array(&mut self, a: &Array) -> Result<Option<String>> {
-        let ws = self.opts.whitespace.clone();
-        let sep = format!("{ws},{ws}");
-        let prefix: Vec<Option<String>> = a.prefix.iter().map(|p| self.emit(p)).collect::<Result<_>>()?;
+    fn array(&mut self, a: &Array) -> Result<Option<R>> {
+        let prefix: Vec<Option<R>> = a.prefix.iter().map(|p| self.emit(p)).collect::<Result<_>>()?;
         let rest = self.emit(&a.items)?;
         // Elements that can exist: the prefix up to its first impossible element, then `rest` if any.
         let possible = prefix.iter().position(Option::is_none).unwrap_or(prefix.len());
@@ -133,44 +247,43 @@ impl<'a> Emitter<'a> {
         if a.unique && max.is_none_or(|m| m > 1) {
             return Err(unsupported("uniqueItems", "on arrays that may hold more than one item"));
         }
-        let elem = |i: usize| -> String {
+        let elem = |i: usize| -> R {
             match prefix.get(i) {
-                Some(p) => p.clone().unwrap_or_default(),
-                None => rest.clone().unwrap_or_default(),
+                Some(p) => p.clone(),
+                None => rest.clone(),
             }
+            .unwrap_or_else(|| lit(""))
         };
         // tail(i): elements i.. once element i-1 is written; k is the first index past the prefix (at least 1).
         let n = prefix.len() as u64;
         let k = n.max(1);
         let mut tail = match (&rest, max) {
-            (_, Some(m)) if m <= k => String::new(),
-            (Some(r), _) => repeat(&format!("(?:{sep}{r})"), a.min.saturating_sub(k), max.map(|m| m - k)),
-            (None, _) => String::new(),
+            (_, Some(m)) if m <= k => lit(""),
+            (Some(r), _) => rep(cat(vec![self.sep.clone(), r.clone()]), a.min.saturating_sub(k), max.map(|m| m - k)),
+            (None, _) => lit(""),
         };
         for i in (1..k).rev() {
             if max.is_some_and(|m| i >= m) {
-                tail = String::new();
+                tail = lit("");
                 continue;
             }
-            let e = elem(i as usize);
-            tail = if i < a.min { format!("{sep}{e}{tail}") } else { format!("(?:{sep}{e}{tail})?") };
+            let item = cat(vec![self.sep.clone(), elem(i as usize), tail]);
+            tail = if i < a.min { item } else { opt(item) };
         }
         let body = if max == Some(0) {
-            String::new()
+            lit("")
         } else {
-            let first = format!("{}{tail}", elem(0));
+            let first = cat(vec![elem(0), tail]);
             if a.min == 0 {
-                format!("(?:{first})?")
+                opt(first)
             } else {
                 first
             }
         };
-        Ok(Some(format!(r"\[{ws}{body}{ws}\]")))
+        Ok(Some(cat(vec![lit("["), self.ws.clone(), body, self.ws.clone(), lit("]")])))
     }
 
-    fn object(&mut self, o: &Object) -> Result<Option<String>> {
-        let ws = self.opts.whitespace.clone();
-        let sep = format!("{ws},{ws}");
+    fn object(&mut self, o: &Object) -> Result<Option<R>> {
         // Declared properties (and required names the schema only reaches through patterns or
         // additionalProperties), each with every pattern it matches applied.
         let mut props: Vec<(String, Node)> = Vec::new();
@@ -182,7 +295,7 @@ impl<'a> Emitter<'a> {
                 props.push((r.clone(), o.schema_for(r)?));
             }
         }
-        let mut members: Vec<(String, bool)> = Vec::new();
+        let mut members: Vec<(R, bool)> = Vec::new();
         for (k, n) in &props {
             let required = o.required.contains(k);
             let name_ok = match &o.names {
@@ -191,13 +304,13 @@ impl<'a> Emitter<'a> {
             };
             let value = if name_ok { self.emit(n)? } else { None };
             match value {
-                Some(v) => members.push((format!("{}{ws}:{ws}{v}", key_literal(k)), required)),
+                Some(v) => members.push((cat(vec![key_literal(k), self.colon.clone(), v]), required)),
                 None if required => return Ok(None),
                 None => {}
             }
         }
         // Undeclared keys.
-        let mut extras: Vec<String> = Vec::new();
+        let mut extras: Vec<R> = Vec::new();
         let additional: Option<Node> = match &o.additional {
             Some(n) if **n == Node::Never => None,
             Some(n) => Some((**n).clone()),
@@ -222,22 +335,21 @@ impl<'a> Emitter<'a> {
                         return Err(unsupported("patternProperties", &format!("matching the declared {k:?}")));
                     }
                 }
-                if let Some(v) = self.emit(n)? {
-                    let key = format!("\"{}\"", StringPattern::new(p)?.contents(0, None)?);
-                    extras.push(format!("{key}{ws}:{ws}{v}"));
+                if let (Some(v), Some(key)) = (self.emit(n)?, StringPattern::new(p)?.contents(0, None)?) {
+                    extras.push(cat(vec![lit("\""), of(key), lit("\""), self.colon.clone(), v]));
                 }
             }
         } else if let Some(add) = &additional {
             let key = match &o.names {
-                None => format!("\"{}\"", key_except(props.iter().map(|(k, _)| k.as_str()))),
-                Some(names) if props.is_empty() => self.emit(names)?.unwrap_or_default(),
+                None => Some(parsed(&format!("\"{}\"", key_except(props.iter().map(|(k, _)| k.as_str()))))?),
+                Some(names) if props.is_empty() => self.emit(names)?,
                 Some(_) => return Err(unsupported("propertyNames", "beside properties and additionalProperties")),
             };
-            if let (false, Some(v)) = (key.is_empty(), self.emit(add)?) {
-                extras.push(format!("{key}{ws}:{ws}{v}"));
+            if let (Some(key), Some(v)) = (key, self.emit(add)?) {
+                extras.push(cat(vec![key, self.colon.clone(), v]));
             }
         }
-        let extra = if extras.is_empty() { None } else { Some(alternation(extras)) };
+        let extra = if extras.is_empty() { None } else { Some(alt(extras)) };
         // Property counts.
         let n_required = members.iter().filter(|m| m.1).count() as u64;
         let most = if extra.is_some() { None } else { Some(members.len() as u64) };
@@ -255,26 +367,29 @@ impl<'a> Emitter<'a> {
                 return Err(unsupported("minProperties/maxProperties", "beside declared properties"));
             }
         }
+        let sep = self.sep.clone();
+        let braces = |body: R, ws: &R| cat(vec![lit("{"), ws.clone(), body, ws.clone(), lit("}")]);
         // Lenient objects with nothing required: members in any order, so the regex grows linearly (a fixed order
         // needs an alternation over which optional member comes first, quadratic in their number). A key may
         // then be written twice; both values satisfy its schema, and a parsed object keeps one of them.
         if !self.strict && counted.is_none() && !members.is_empty() && members.iter().all(|m| !m.1) {
-            let any = alternation(members.iter().map(|m| m.0.clone()).chain(extra.clone()).collect());
-            let body = format!("{any}(?:{sep}{any})*");
-            let body = if nonempty { body } else { format!("(?:{body})?") };
-            return Ok(Some(format!(r"\{{{ws}{body}{ws}\}}")));
+            let any = alt(members.iter().map(|m| m.0.clone()).chain(extra.clone()).collect());
+            let body = cat(vec![any.clone(), rep(cat(vec![sep, any]), 0, None)]);
+            let body = if nonempty { body } else { opt(body) };
+            return Ok(Some(braces(body, &self.ws)));
         }
         // s: members i.. once something is written; f: members i.. when nothing is yet (None: must write).
         let (mut s, mut f, mut empty_ok) = match (&extra, counted) {
             (Some(x), Some((lo, hi))) => {
-                let more = repeat(&format!("(?:{sep}{x})"), lo.saturating_sub(1), hi.map(|h| h.saturating_sub(1)));
-                (String::new(), Some(format!("{x}{more}")), lo == 0)
+                let more =
+                    rep(cat(vec![sep.clone(), x.clone()]), lo.saturating_sub(1), hi.map(|h| h.saturating_sub(1)));
+                (lit(""), Some(cat(vec![x.clone(), more])), lo == 0)
             }
             (Some(x), None) => {
-                let more = format!("(?:{sep}{x})*");
-                (more.clone(), Some(format!("{x}{more}")), true)
+                let more = rep(cat(vec![sep.clone(), x.clone()]), 0, None);
+                (more.clone(), Some(cat(vec![x.clone(), more])), true)
             }
-            (None, _) => (String::new(), None, true),
+            (None, _) => (lit(""), None, true),
         };
         // Once a required member follows, an optional one is simply `(?:m sep)?` (something comes after it), so
         // only objects with no required member pay for the alternation over which member comes first.
@@ -282,29 +397,29 @@ impl<'a> Emitter<'a> {
         for (m, required) in members.iter().rev() {
             let next = s;
             if *required {
-                f = Some(format!("{m}{next}"));
+                f = Some(cat(vec![m.clone(), next.clone()]));
                 empty_ok = false;
                 required_after = true;
-                s = format!("{sep}{m}{next}");
+                s = cat(vec![sep.clone(), m.clone(), next]);
             } else {
                 f = Some(match f {
-                    Some(f) if required_after => format!("(?:{m}{sep})?{f}"),
-                    Some(f) => format!("(?:{m}{next}|{f})"),
-                    None => format!("{m}{next}"),
+                    Some(f) if required_after => cat(vec![opt(cat(vec![m.clone(), sep.clone()])), f]),
+                    Some(f) => alt(vec![cat(vec![m.clone(), next.clone()]), f]),
+                    None => cat(vec![m.clone(), next.clone()]),
                 });
-                s = format!("(?:{sep}{m})?{next}");
+                s = cat(vec![opt(cat(vec![sep.clone(), m.clone()])), next]);
             }
-            if f.as_ref().is_some_and(|f| f.len() > MAX_REGEX) {
+            if f.as_ref().is_some_and(|f| f.size > MAX_REGEX) {
                 return Err(Error::too_large(format!("json schema: object regex past {MAX_REGEX} bytes")));
             }
         }
         let body = match (f, empty_ok && !nonempty) {
-            (Some(f), true) => format!("(?:{f})?"),
+            (Some(f), true) => opt(f),
             (Some(f), false) => f,
-            (None, true) => String::new(),
+            (None, true) => lit(""),
             (None, false) => return Ok(None),
         };
-        Ok(Some(format!(r"\{{{ws}{body}{ws}\}}")))
+        Ok(Some(braces(body, &self.ws)))
     }
 
     /// A declared property's schema with the schemas of the patterns its name matches.
@@ -320,8 +435,8 @@ impl<'a> Emitter<'a> {
 
     /// Whether `o` can write key `k` at all.
     fn can_write(&self, o: &Object, k: &str) -> Result<bool> {
-        if o.props.iter().any(|(p, n)| p == k && *n != Node::Never) {
-            return Ok(true);
+        if let Some((_, n)) = o.props.iter().find(|(p, _)| p == k) {
+            return Ok(*n != Node::Never);
         }
         for (p, n) in &o.patterns {
             if *n != Node::Never && StringPattern::new(p)?.is_match(k) {
@@ -420,6 +535,25 @@ impl<'a> Emitter<'a> {
     }
 }
 
+/// Object alternative `i` of a `oneOf` with, for each other alternative, one key that one requires and `i` does
+/// not, forbidden: then whatever `i` writes lacks it and fails the other. `None` when that is not possible.
+fn without_others_keys(x: &Node, i: usize, xs: &[Node]) -> Option<Node> {
+    let Node::Object(o) = x else { return None };
+    let mut o = o.clone();
+    for (j, y) in xs.iter().enumerate() {
+        if j == i {
+            continue;
+        }
+        let Node::Object(yo) = y else { return None };
+        let k = yo.required.iter().find(|k| !o.required.contains(*k))?;
+        match o.props.iter_mut().find(|(p, _)| p == k) {
+            Some((_, n)) => *n = Node::Never,
+            None => o.props.push((k.clone(), Node::Never)),
+        }
+    }
+    Some(Node::Object(o))
+}
+
 /// Whether an object declares keys (forbidden ones, `Never`, do not count): strict mode then takes no others.
 fn declares(o: &Object) -> bool {
     !o.patterns.is_empty() || o.props.iter().any(|(_, n)| *n != Node::Never)
@@ -459,7 +593,8 @@ fn interval(n: &Node) -> (f64, f64) {
     }
 }
 
-fn number(lo: Option<(f64, bool)>, hi: Option<(f64, bool)>, decimals: Option<u32>) -> Result<String> {
+/// The regex for a bounded number; `None` when no number lies within the bounds.
+fn number(lo: Option<(f64, bool)>, hi: Option<(f64, bool)>, decimals: Option<u32>) -> Result<Option<String>> {
     let whole = |b: Option<(f64, bool)>, name: &str| -> Result<Option<(i128, bool)>> {
         match b {
             None => Ok(None),
@@ -470,25 +605,18 @@ fn number(lo: Option<(f64, bool)>, hi: Option<(f64, bool)>, decimals: Option<u32
     let (lo, hi) = (whole(lo, "minimum")?, whole(hi, "maximum")?);
     if let (Some((a, ai)), Some((b, bi))) = (lo, hi) {
         if a > b || (a == b && !(ai && bi)) {
-            return Ok(crate::json_schema::pattern::NOTHING.into());
+            return Ok(None);
         }
     }
     if lo.is_none() && hi.is_none() && decimals.is_none() {
-        return Ok(crate::constraint::JSON_NUMBER.to_string());
+        return Ok(Some(crate::constraint::JSON_NUMBER.to_string()));
     }
-    Ok(crate::numeric::number_regex(lo, hi, decimals))
-}
-
-fn alternation(alts: Vec<String>) -> String {
-    if alts.len() == 1 {
-        return alts.into_iter().next().unwrap_or_default();
-    }
-    format!("(?:{})", alts.join("|"))
+    Ok(Some(crate::numeric::number_regex(lo, hi, decimals)))
 }
 
 /// A declared key, as JSON writes it.
-fn key_literal(k: &str) -> String {
-    regex_syntax::escape(&Value::String(k.to_string()).to_string())
+fn key_literal(k: &str) -> R {
+    lit(&Value::String(k.to_string()).to_string())
 }
 
 /// Contents of any key except the given names (keys in the one spelling `KEY_UNIT` allows).

@@ -54,8 +54,14 @@ pub fn schema_to_regex(schema: &Value, whitespace: &str) -> Result<String> {
 
 /// The regex for `schema`.
 pub fn schema_to_regex_with(schema: &Value, opts: &Options) -> Result<String> {
+    Ok(schema_to_hir(schema, opts)?.to_string())
+}
+
+/// The regex for `schema`, parsed (what a [`crate::Grammar`] compiles; no regex text written and read again).
+pub fn schema_to_hir(schema: &Value, opts: &Options) -> Result<regex_syntax::hir::Hir> {
     let node = ir::Builder::new(schema, opts).node(schema)?;
-    emit::Emitter::new(opts).emit(&node)?.ok_or_else(|| Error::syntax("json schema: no value satisfies the schema"))
+    let r = emit::Emitter::new(opts)?.emit(&node)?;
+    r.map(|r| r.hir).ok_or_else(|| Error::syntax("json schema: no value satisfies the schema"))
 }
 
 pub(crate) fn unsupported(keyword: &str, why: &str) -> Error {

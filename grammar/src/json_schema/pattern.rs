@@ -15,9 +15,6 @@ use crate::error::{Error, Result};
 /// `\u` escape of a non-surrogate (a surrogate pair would count as two characters where the string has one).
 pub(crate) const JSON_CHAR: &str = r#"(?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u(?:[0-9a-cA-C][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}|[eEfF][0-9a-fA-F]{3}))"#;
 
-/// A regex that matches nothing (an empty class).
-pub(crate) const NOTHING: &str = "[a&&b]";
-
 /// Characters a pattern or format may produce raw: no `"`, `\`, controls, or ECMA line terminators.
 fn safe_class() -> ClassUnicode {
     ClassUnicode::new([
@@ -178,9 +175,9 @@ impl StringPattern {
         self.matcher.is_match(text)
     }
 
-    /// The JSON-text regex for string contents matching the pattern, with `min..=max` characters in all;
-    /// an error when the length cannot be combined with this pattern exactly.
-    pub fn contents(&self, min: u64, max: Option<u64>) -> Result<String> {
+    /// String contents (JSON text between the quotes) matching the pattern, with `min..=max` characters in
+    /// all; `None` when no string fits, an error when the length cannot be combined with this pattern.
+    pub fn contents(&self, min: u64, max: Option<u64>) -> Result<Option<Hir>> {
         let mut alts = Vec::new();
         for (start, body, end) in &self.branches {
             let mut pieces: Vec<Piece> = Vec::new();
@@ -195,15 +192,11 @@ impl StringPattern {
             if !end {
                 pieces.push(Piece::Pad { min: 0, max: None });
             }
-            match fit_length(pieces, min, max)? {
-                Some(pieces) => alts.push(pieces.iter().map(Piece::regex).collect::<String>()),
-                None => continue, // this alternative has no string of an allowed length
+            if let Some(pieces) = fit_length(pieces, min, max)? {
+                alts.push(Hir::concat(pieces.iter().map(Piece::hir).collect()));
             }
         }
-        if alts.is_empty() {
-            return Ok(NOTHING.into());
-        }
-        Ok(format!("(?:{})", alts.join("|")))
+        Ok((!alts.is_empty()).then(|| Hir::alternation(alts)))
     }
 }
 
@@ -228,31 +221,24 @@ impl Piece {
             Piece::Pad { min, max } => (*min, *max),
         }
     }
-    fn regex(&self) -> String {
+    fn hir(&self) -> Hir {
         match self {
-            Piece::Hir(h) => format!("(?:{h})"),
-            Piece::Pad { min, max } => repeat(JSON_CHAR, *min, *max),
+            Piece::Hir(h) => h.clone(),
+            Piece::Pad { min, max } => repeat(json_char(), *min, *max),
         }
     }
 }
 
-pub(crate) fn repeat(x: &str, min: u64, max: Option<u64>) -> String {
-    match (min, max) {
-        (0, None) => format!("{x}*"),
-        (1, None) => format!("{x}+"),
-        (m, None) => format!("{x}{{{m},}}"),
-        (0, Some(1)) => format!("{x}?"),
-        (m, Some(n)) if m == n => {
-            if m == 1 {
-                x.to_string()
-            } else if m == 0 {
-                String::new()
-            } else {
-                format!("{x}{{{m}}}")
-            }
-        }
-        (m, Some(n)) => format!("{x}{{{m},{n}}}"),
-    }
+/// [`JSON_CHAR`], parsed once.
+pub(crate) fn json_char() -> Hir {
+    static CHAR: std::sync::OnceLock<Hir> = std::sync::OnceLock::new();
+    CHAR.get_or_init(|| regex_syntax::Parser::new().parse(JSON_CHAR).expect("JSON_CHAR parses")).clone()
+}
+
+/// `x` repeated `min..=max` times.
+pub(crate) fn repeat(x: Hir, min: u64, max: Option<u64>) -> Hir {
+    let clamp = |n: u64| n.min(u32::MAX as u64) as u32;
+    Hir::repetition(Repetition { min: clamp(min), max: max.map(clamp), greedy: true, sub: Box::new(x) })
 }
 
 /// Makes the pieces' total character count lie in `min..=max`: already true, or true after bounding the pieces
@@ -551,30 +537,39 @@ pub(crate) fn format_matches(f: &str, text: &str) -> Result<bool> {
     Ok(m.is_match(text))
 }
 
-/// The JSON-text regex for the contents of a string with these keywords (the quotes not included).
+/// The contents of a string with these keywords (JSON text between the quotes); `None` when no string fits.
 pub(crate) fn string_contents(
     min: u64,
     max: Option<u64>,
     pattern: Option<&str>,
     format: Option<&str>,
-) -> Result<String> {
+) -> Result<Option<Hir>> {
     match (pattern, format) {
         (Some(_), Some(_)) => Err(unsupported("pattern", "beside a checked format")),
         (Some(p), None) => StringPattern::new(p)?.contents(min, max),
         (None, Some(f)) => {
-            let re = format_regex(f).ok_or_else(|| unsupported("format", &format!("{f:?}")))?;
-            let hir = regex_syntax::Parser::new()
-                .parse(&re)
-                .map_err(|e| Error::syntax(format!("format {f:?} regex: {e}")))?;
+            let hir = format_hir(f)?;
             let pieces = match hir.kind() {
                 HirKind::Concat(hs) => hs.iter().cloned().map(Piece::Hir).collect(),
                 _ => vec![Piece::Hir(hir)],
             };
-            match fit_length(pieces, min, max)? {
-                Some(p) => Ok(p.iter().map(Piece::regex).collect()),
-                None => Ok(NOTHING.into()),
-            }
+            Ok(fit_length(pieces, min, max)?.map(|p| Hir::concat(p.iter().map(Piece::hir).collect())))
         }
-        (None, None) => Ok(repeat(JSON_CHAR, min, max)),
+        (None, None) => Ok(Some(repeat(json_char(), min, max))),
     }
+}
+
+thread_local! {
+    static FORMAT_HIRS: RefCell<HashMap<String, Hir>> = RefCell::new(HashMap::new());
+}
+
+/// A format's regex, parsed once per thread.
+fn format_hir(f: &str) -> Result<Hir> {
+    if let Some(h) = FORMAT_HIRS.with(|m| m.borrow().get(f).cloned()) {
+        return Ok(h);
+    }
+    let re = format_regex(f).ok_or_else(|| unsupported("format", &format!("{f:?}")))?;
+    let hir = regex_syntax::Parser::new().parse(&re).map_err(|e| Error::syntax(format!("format {f:?} regex: {e}")))?;
+    FORMAT_HIRS.with(|m| m.borrow_mut().insert(f.to_string(), hir.clone()));
+    Ok(hir)
 }

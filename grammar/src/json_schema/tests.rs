@@ -316,4 +316,11 @@ fn lenient_objects_and_one_of() {
     ]}));
     assert!(re.is_match(r#"{"a": 1}"#) && re.is_match(r#"{"b": 1}"#));
     assert!(!re.is_match(r#"{"a": 1, "b": 2}"#), "valid against both alternatives, so invalid for oneOf");
+    // oneOf of required sets beside properties: each alternative leaves out the others' keys.
+    let re = compile(
+        &json!({"type": "object", "properties": {"r": {"type": "number"}, "w": {"type": "number"}, "h": {"type": "number"}},
+        "oneOf": [{"required": ["r"]}, {"required": ["w", "h"]}]}),
+    );
+    assert!(re.is_match(r#"{"r": 1}"#) && re.is_match(r#"{"w": 1, "h": 2}"#));
+    assert!(!re.is_match(r#"{"r": 1, "w": 1, "h": 2}"#) && !re.is_match(r#"{"w": 1}"#));
 }
