@@ -245,7 +245,17 @@ impl<'a> Emitter<'a> {
             return Ok(None);
         }
         if a.unique && max.is_none_or(|m| m > 1) {
-            return Err(unsupported("uniqueItems", "on arrays that may hold more than one item"));
+            // Items from a finite set: written in the set's order, each at most once (stricter than the spec,
+            // which takes any order).
+            return match (&*a.items, a.prefix.is_empty()) {
+                (Node::Consts(vs), true)
+                    if vs.len() <= 32 && a.min <= 1 && max.is_none_or(|m| m >= vs.len() as u64) =>
+                {
+                    let items: Vec<R> = vs.iter().map(|v| self.constant(v)).collect();
+                    Ok(Some(self.subsequence(items, a.min == 1)))
+                }
+                _ => Err(unsupported("uniqueItems", "unless the items are one of at most 32 values")),
+            };
         }
         let elem = |i: usize| -> R {
             match prefix.get(i) {
@@ -281,6 +291,28 @@ impl<'a> Emitter<'a> {
             }
         };
         Ok(Some(cat(vec![lit("["), self.ws.clone(), body, self.ws.clone(), lit("]")])))
+    }
+
+    /// An array of some of `items`, in their order, each at most once.
+    fn subsequence(&self, items: Vec<R>, nonempty: bool) -> R {
+        let sep = self.sep.clone();
+        // s: items i.. once one is written; f: items i.. when none is yet.
+        let mut s = lit("");
+        let mut f: Option<R> = None;
+        for m in items.into_iter().rev() {
+            let next = s;
+            f = Some(match f {
+                Some(f) => alt(vec![cat(vec![m.clone(), next.clone()]), f]),
+                None => cat(vec![m.clone(), next.clone()]),
+            });
+            s = cat(vec![opt(cat(vec![sep.clone(), m])), next]);
+        }
+        let body = match f {
+            Some(f) if nonempty => f,
+            Some(f) => opt(f),
+            None => lit(""),
+        };
+        cat(vec![lit("["), self.ws.clone(), body, self.ws.clone(), lit("]")])
     }
 
     fn object(&mut self, o: &Object) -> Result<Option<R>> {
@@ -377,6 +409,31 @@ impl<'a> Emitter<'a> {
             let body = cat(vec![any.clone(), rep(cat(vec![sep, any]), 0, None)]);
             let body = if nonempty { body } else { opt(body) };
             return Ok(Some(braces(body, &self.ws)));
+        }
+        // Lenient objects with a few required members: those in any order (each exactly once), optional members
+        // and undeclared keys any number of times around them.
+        let required: Vec<&R> = members.iter().filter(|m| m.1).map(|m| &m.0).collect();
+        if !self.strict && counted.is_none() && (1..=MAX_FREE_ORDER).contains(&required.len()) {
+            let optional: Vec<R> = members.iter().filter(|m| !m.1).map(|m| m.0.clone()).chain(extra.clone()).collect();
+            let others = (!optional.is_empty()).then(|| alt(optional));
+            let before = others.as_ref().map(|o| rep(cat(vec![o.clone(), sep.clone()]), 0, None));
+            let after = others.as_ref().map(|o| rep(cat(vec![sep.clone(), o.clone()]), 0, None));
+            let mut orders = Vec::new();
+            for order in permutations(required.len()) {
+                let mut parts: Vec<R> = before.iter().cloned().collect();
+                for (n, &i) in order.iter().enumerate() {
+                    if n > 0 {
+                        parts.push(sep.clone());
+                    }
+                    parts.push(required[i].clone());
+                    parts.extend(after.iter().cloned());
+                }
+                orders.push(cat(parts));
+            }
+            let body = alt(orders);
+            if body.size <= MAX_REGEX / 4 {
+                return Ok(Some(braces(body, &self.ws)));
+            }
         }
         // s: members i.. once something is written; f: members i.. when nothing is yet (None: must write).
         let (mut s, mut f, mut empty_ok) = match (&extra, counted) {
@@ -554,6 +611,25 @@ fn without_others_keys(x: &Node, i: usize, xs: &[Node]) -> Option<Node> {
     Some(Node::Object(o))
 }
 
+/// Most required members a lenient object takes in any order (their orders are written out: 4! = 24).
+const MAX_FREE_ORDER: usize = 4;
+
+/// Every order of `0..n`.
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![Vec::new()];
+    }
+    let mut out = Vec::new();
+    for p in permutations(n - 1) {
+        for at in 0..=p.len() {
+            let mut q = p.clone();
+            q.insert(at, n - 1);
+            out.push(q);
+        }
+    }
+    out
+}
+
 /// Whether an object declares keys (forbidden ones, `Never`, do not count): strict mode then takes no others.
 fn declares(o: &Object) -> bool {
     !o.patterns.is_empty() || o.props.iter().any(|(_, n)| *n != Node::Never)
@@ -595,23 +671,28 @@ fn interval(n: &Node) -> (f64, f64) {
 
 /// The regex for a bounded number; `None` when no number lies within the bounds.
 fn number(lo: Option<(f64, bool)>, hi: Option<(f64, bool)>, decimals: Option<u32>) -> Result<Option<String>> {
-    let whole = |b: Option<(f64, bool)>, name: &str| -> Result<Option<(i128, bool)>> {
-        match b {
-            None => Ok(None),
-            Some((v, incl)) if v.fract() == 0.0 && v.abs() <= 1e18 => Ok(Some((v as i128, incl))),
-            Some((v, _)) => Err(unsupported(name, &format!("with a fractional or huge bound ({v}) on a number"))),
-        }
-    };
-    let (lo, hi) = (whole(lo, "minimum")?, whole(hi, "maximum")?);
+    let huge = |b: &Option<(f64, bool)>| b.is_some_and(|(v, _)| !v.is_finite() || v.abs() > 1e18);
+    if huge(&lo) || huge(&hi) {
+        return Err(unsupported("minimum/maximum", "beyond 1e18 on a number"));
+    }
     if let (Some((a, ai)), Some((b, bi))) = (lo, hi) {
         if a > b || (a == b && !(ai && bi)) {
             return Ok(None);
         }
     }
+    let whole = |b: Option<(f64, bool)>| b.is_none_or(|(v, _)| v.fract() == 0.0);
     if lo.is_none() && hi.is_none() && decimals.is_none() {
         return Ok(Some(crate::constraint::JSON_NUMBER.to_string()));
     }
-    Ok(Some(crate::numeric::number_regex(lo, hi, decimals)))
+    if whole(lo) && whole(hi) {
+        let int = |b: Option<(f64, bool)>| b.map(|(v, incl)| (v as i128, incl));
+        return Ok(Some(crate::numeric::number_regex(int(lo), int(hi), decimals)));
+    }
+    if decimals.is_some() {
+        return Err(unsupported("multipleOf", "beside a fractional minimum or maximum"));
+    }
+    let dec = |b: Option<(f64, bool)>| b.and_then(|(v, incl)| crate::numeric::Dec::new(v, incl));
+    Ok(crate::numeric::decimal_regex(dec(lo), dec(hi)))
 }
 
 /// A declared key, as JSON writes it.

@@ -54,7 +54,35 @@ pub fn schema_to_regex(schema: &Value, whitespace: &str) -> Result<String> {
 
 /// The regex for `schema`.
 pub fn schema_to_regex_with(schema: &Value, opts: &Options) -> Result<String> {
-    Ok(schema_to_hir(schema, opts)?.to_string())
+    Ok(printable(schema_to_hir(schema, opts)?).to_string())
+}
+
+/// `h` with every repetition of a repetition grouped: regex-syntax prints `(?:0+)?` as `0+?`, which reads back
+/// as a lazy `0+`.
+fn printable(h: regex_syntax::hir::Hir) -> regex_syntax::hir::Hir {
+    use regex_syntax::hir::{Capture, Hir, HirKind, Repetition};
+    fn go(h: Hir, next: &mut u32) -> Hir {
+        if matches!(h.kind(), HirKind::Empty | HirKind::Literal(_) | HirKind::Class(_) | HirKind::Look(_)) {
+            return h;
+        }
+        match h.into_kind() {
+            HirKind::Repetition(r) => {
+                let sub = go(*r.sub, next);
+                let sub = if matches!(sub.kind(), HirKind::Repetition(_)) {
+                    *next += 1;
+                    Hir::capture(Capture { index: *next, name: None, sub: Box::new(sub) })
+                } else {
+                    sub
+                };
+                Hir::repetition(Repetition { sub: Box::new(sub), ..r })
+            }
+            HirKind::Capture(c) => go(*c.sub, next),
+            HirKind::Concat(hs) => Hir::concat(hs.into_iter().map(|x| go(x, next)).collect()),
+            HirKind::Alternation(hs) => Hir::alternation(hs.into_iter().map(|x| go(x, next)).collect()),
+            _ => Hir::empty(), // leaves returned above
+        }
+    }
+    go(h, &mut 0)
 }
 
 /// The regex for `schema`, parsed (what a [`crate::Grammar`] compiles; no regex text written and read again).

@@ -29,8 +29,9 @@ fn check(schema: Value, ok: &[&str], bad: &[&str]) {
 #[test]
 fn keywords_we_cannot_enforce_are_named() {
     assert!(err(json!({"type": "integer", "multipleOf": 3})).contains("\"multipleOf\""));
-    assert!(err(json!({"type": "number", "minimum": 0.5})).contains("minimum"));
     assert!(err(json!({"type": "array", "items": {"type": "string"}, "uniqueItems": true})).contains("uniqueItems"));
+    assert!(err(json!({"type": "array", "items": {"enum": [1, 2]}, "uniqueItems": true, "minItems": 2}))
+        .contains("uniqueItems"));
     assert!(err(json!({"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]})).contains("oneOf"));
     assert!(err(json!({"not": {"type": "string", "minLength": 3}})).contains("\"not\""));
     assert!(err(json!({"type": "string", "pattern": "(?=a)b"})).contains("pattern"));
@@ -59,6 +60,11 @@ fn numbers() {
         ],
     );
     check(json!({"type": "number", "multipleOf": 1}), &["3", "-12"], &["3.5"]);
+    check(
+        json!({"type": "number", "exclusiveMinimum": 0.5, "maximum": 99.99}),
+        &["0.51", "99.99", "7"],
+        &["0.5", "100", "99.991", "-1"],
+    );
     check(json!({"type": ["integer", "null"], "exclusiveMinimum": 0}), &["1", "null"], &["0", "-3", "\"x\""]);
 }
 
@@ -198,6 +204,11 @@ fn arrays() {
         &["[null]", "[true, true]"],
     );
     check(json!({"type": "array", "uniqueItems": true, "maxItems": 1}), &["[]", "[3]"], &["[1, 2]"]);
+    check(
+        json!({"type": "array", "uniqueItems": true, "items": {"enum": ["a", "b", "c"]}}),
+        &["[]", r#"["a", "c"]"#, r#"["a", "b", "c"]"#],
+        &[r#"["a", "a"]"#, r#"["d"]"#],
+    );
 }
 
 #[test]
@@ -309,6 +320,17 @@ fn lenient_objects_and_one_of() {
     let re = compile(&json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}}));
     assert!(re.is_match(r#"{"b": "x", "a": 1}"#) && re.is_match(r#"{"z": null, "a": 1}"#) && re.is_match("{}"));
     assert!(!re.is_match(r#"{"b": 1}"#) && !re.is_match(r#"{"a": 1,}"#));
+    // A few required members: any order, each exactly once.
+    let re = compile(
+        &json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}, "c": {"type": "null"}}, "required": ["a", "b"]}),
+    );
+    for ok in [r#"{"b": "x", "a": 1}"#, r#"{"c": null, "a": 1, "z": 0, "b": "y"}"#, r#"{"a": 1, "b": "x", "c": null}"#]
+    {
+        assert!(re.is_match(ok), "{ok}");
+    }
+    for bad in [r#"{"a": 1}"#, r#"{"a": 1, "c": null}"#, r#"{"b": "x", "a": "1"}"#, r#"{"a": 1 "b": "x"}"#] {
+        assert!(!re.is_match(bad), "{bad}");
+    }
     // Alternatives told apart by their required keys are written without undeclared keys.
     let re = compile(&json!({"oneOf": [
         {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
