@@ -81,6 +81,8 @@ pub(crate) struct Emitter<'a> {
     colon: R,
     /// Strict properties (see [`Options::strict_properties`]) for the subtree being written.
     strict: bool,
+    /// Whether lenient objects may take their few required members in any order (larger regexes).
+    pub free_order: bool,
     _opts: &'a Options,
 }
 
@@ -113,7 +115,7 @@ impl<'a> Emitter<'a> {
         };
         let sep = cat(vec![ws.clone(), lit(","), ws.clone()]);
         let colon = cat(vec![ws.clone(), lit(":"), ws.clone()]);
-        Ok(Self { any, ws, sep, colon, strict: opts.strict_properties, _opts: opts })
+        Ok(Self { any, ws, sep, colon, strict: opts.strict_properties, free_order: true, _opts: opts })
     }
 
     /// The regex for the values `n` admits; `None` when it admits none.
@@ -133,6 +135,7 @@ impl<'a> Emitter<'a> {
                 None => return Ok(None),
             },
             Node::Consts(vs) => alt(vs.iter().map(|v| self.constant(v)).collect()),
+            Node::Except(_) => return Err(unsupported("not", "of values where any other value could follow")),
             Node::AnyOf(xs) => {
                 let mut alts = Vec::new();
                 for x in xs {
@@ -413,7 +416,19 @@ impl<'a> Emitter<'a> {
         // Lenient objects with a few required members: those in any order (each exactly once), optional members
         // and undeclared keys any number of times around them.
         let required: Vec<&R> = members.iter().filter(|m| m.1).map(|m| &m.0).collect();
-        if !self.strict && counted.is_none() && (1..=MAX_FREE_ORDER).contains(&required.len()) {
+        let orders_weight = |r: usize| -> usize {
+            // r! orders, each with r + 1 copies of the optional members and one of each required one.
+            let optional: usize =
+                members.iter().filter(|m| !m.1).map(|m| m.0.size).sum::<usize>() + extra.as_ref().map_or(0, |x| x.size);
+            let required: usize = members.iter().filter(|m| m.1).map(|m| m.0.size).sum();
+            (1..=r).product::<usize>().saturating_mul((r + 1).saturating_mul(optional).saturating_add(required))
+        };
+        if !self.strict
+            && self.free_order
+            && counted.is_none()
+            && (1..=MAX_FREE_ORDER).contains(&required.len())
+            && orders_weight(required.len()) <= MAX_FREE_ORDER_WEIGHT
+        {
             let optional: Vec<R> = members.iter().filter(|m| !m.1).map(|m| m.0.clone()).chain(extra.clone()).collect();
             let others = (!optional.is_empty()).then(|| alt(optional));
             let before = others.as_ref().map(|o| rep(cat(vec![o.clone(), sep.clone()]), 0, None));
@@ -430,10 +445,7 @@ impl<'a> Emitter<'a> {
                 }
                 orders.push(cat(parts));
             }
-            let body = alt(orders);
-            if body.size <= MAX_REGEX / 4 {
-                return Ok(Some(braces(body, &self.ws)));
-            }
+            return Ok(Some(braces(alt(orders), &self.ws)));
         }
         // s: members i.. once something is written; f: members i.. when nothing is yet (None: must write).
         let (mut s, mut f, mut empty_ok) = match (&extra, counted) {
@@ -614,6 +626,10 @@ fn without_others_keys(x: &Node, i: usize, xs: &[Node]) -> Option<Node> {
 /// Most required members a lenient object takes in any order (their orders are written out: 4! = 24).
 const MAX_FREE_ORDER: usize = 4;
 
+/// Largest regex weight written out for those orders; bigger objects keep the schema's order (nested objects
+/// multiply the cost, and one big object in free order can push a whole schema past [`MAX_REGEX`]).
+const MAX_FREE_ORDER_WEIGHT: usize = 64 << 10;
+
 /// Every order of `0..n`.
 fn permutations(n: usize) -> Vec<Vec<usize>> {
     if n == 0 {
@@ -657,6 +673,7 @@ fn kinds(n: &Node) -> u8 {
             }
         }),
         Node::AnyOf(xs) | Node::OneOf(xs) => xs.iter().fold(0, |k, x| k | kinds(x)),
+        Node::Except(_) => 0x3F,
     }
 }
 

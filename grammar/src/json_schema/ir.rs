@@ -109,6 +109,9 @@ pub(crate) enum Node {
     AnyOf(Vec<Node>),
     /// Exactly one alternative matches (the emitter requires the alternatives to be disjoint).
     OneOf(Vec<Node>),
+    /// Any value but these (from `not` and `if`); written only once intersected down to a finite set or a type
+    /// that holds none of them.
+    Except(Vec<Value>),
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -213,7 +216,7 @@ impl<'a> Builder<'a> {
             Value::Object(o) => o,
             other => return Err(Error::syntax(format!("json schema: a schema must be an object, got {other}"))),
         };
-        for k in ["if", "contains", "$dynamicRef", "$recursiveRef", "unevaluatedItems"] {
+        for k in ["contains", "$dynamicRef", "$recursiveRef", "unevaluatedItems"] {
             if o.contains_key(k) {
                 return Err(unsupported(k, "(it cannot be written as a regular language here)"));
             }
@@ -262,6 +265,21 @@ impl<'a> Builder<'a> {
         if let Some(e) = o.get("enum") {
             let values = e.as_array().ok_or_else(|| Error::syntax("json schema: enum must be an array"))?;
             node = intersect(Node::Consts(values.clone()), node)?;
+        }
+        // if/then/else: (if and then) or (not if and else).
+        if let Some(cond) = o.get("if") {
+            let yes = self.node(cond)?;
+            let no = self.negate(cond).map_err(|_| unsupported("if", "whose condition we cannot negate"))?;
+            let then = match o.get("then") {
+                Some(t) => self.node(t)?,
+                None => Node::Any,
+            };
+            let other = match o.get("else") {
+                Some(e) => self.node(e)?,
+                None => Node::Any,
+            };
+            let branches = vec![intersect(yes, then)?, intersect(no, other)?];
+            node = intersect(node, any_of(branches.into_iter().filter(|b| *b != Node::Never).collect()))?;
         }
         Ok(node)
     }
@@ -318,6 +336,38 @@ impl<'a> Builder<'a> {
                 }
                 if !named.contains(&"number") && !named.contains(&"integer") {
                     alts.push(Node::Num { lo: None, hi: None, decimals: None });
+                }
+                Ok(any_of(alts))
+            }
+            ["const"] => Ok(Node::Except(vec![o["const"].clone()])),
+            ["enum"] => Ok(Node::Except(array_of(&o["enum"], "enum")?.clone())),
+            keys if keys.contains(&"properties")
+                && keys.iter().all(|k| matches!(*k, "properties" | "required" | "type"))
+                && o.get("type").is_none_or(|t| t == "object") =>
+            {
+                // Not (an object whose listed properties, where present, satisfy their schemas, with the required
+                // ones present): anything else, or an object with one of them present and failing its schema, or
+                // one required missing.
+                let mut alts = vec![
+                    Node::Null,
+                    Node::Bool,
+                    Node::Num { lo: None, hi: None, decimals: None },
+                    Node::Str(Str::default()),
+                    Node::Array(Array::any()),
+                ];
+                let props = o["properties"].as_object().ok_or_else(|| Error::syntax("properties must be an object"))?;
+                for (k, sub) in props {
+                    let bad = self.negate(sub)?;
+                    let mut required = BTreeSet::new();
+                    required.insert(k.clone());
+                    alts.push(Node::Object(Object { props: vec![(k.clone(), bad)], required, ..Object::any() }));
+                }
+                let names: Vec<&str> = o
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).collect());
+                for name in names {
+                    alts.push(Node::Object(Object { props: vec![(name.to_string(), Node::Never)], ..Object::any() }));
                 }
                 Ok(any_of(alts))
             }
@@ -701,6 +751,55 @@ pub(crate) fn intersect(a: Node, b: Node) -> Result<Node> {
     Ok(match (a, b) {
         (Any, x) | (x, Any) => x,
         (Never, _) | (_, Never) => Never,
+        (Except(xs), Except(ys)) => Except(xs.into_iter().chain(ys).collect()),
+        (Except(xs), Consts(vs)) | (Consts(vs), Except(xs)) => {
+            let kept: Vec<Value> = vs.into_iter().filter(|v| !xs.iter().any(|x| json_equal(x, v))).collect();
+            if kept.is_empty() {
+                Never
+            } else {
+                Consts(kept)
+            }
+        }
+        (Except(xs), Bool) | (Bool, Except(xs)) => {
+            let kept: Vec<Value> = [true, false].into_iter().map(Value::Bool).filter(|v| !xs.contains(v)).collect();
+            if kept.is_empty() {
+                Never
+            } else {
+                Consts(kept)
+            }
+        }
+        (Except(xs), Null) | (Null, Except(xs)) => {
+            if xs.contains(&Value::Null) {
+                Never
+            } else {
+                Null
+            }
+        }
+        (Except(xs), x) | (x, Except(xs)) if matches!(x, AnyOf(_) | OneOf(_)) => {
+            // Distributes below (the arms for AnyOf/OneOf).
+            match x {
+                AnyOf(ys) => {
+                    AnyOf(ys.into_iter().map(|y| intersect(Except(xs.clone()), y)).collect::<Result<Vec<_>>>()?)
+                }
+                OneOf(ys) => {
+                    OneOf(ys.into_iter().map(|y| intersect(Except(xs.clone()), y)).collect::<Result<Vec<_>>>()?)
+                }
+                _ => Never,
+            }
+        }
+        (Except(xs), x) | (x, Except(xs)) => {
+            // A typed node whose values include none of the excluded ones is unchanged.
+            let mut hit = false;
+            for v in &xs {
+                if admits(&x, v)? {
+                    hit = true;
+                }
+            }
+            if hit {
+                return Err(unsupported("not", "of a value inside a type we cannot subtract it from"));
+            }
+            x
+        }
         (Consts(vs), x) | (x, Consts(vs)) => {
             let mut kept = Vec::new();
             for v in vs {
@@ -922,6 +1021,7 @@ pub(crate) fn admits(node: &Node, v: &Value) -> Result<bool> {
             None => false,
         },
         Node::Consts(vs) => vs.iter().any(|c| json_equal(c, v)),
+        Node::Except(xs) => !xs.iter().any(|c| json_equal(c, v)),
         Node::AnyOf(xs) => {
             for x in xs {
                 if admits(x, v)? {

@@ -88,7 +88,15 @@ fn printable(h: regex_syntax::hir::Hir) -> regex_syntax::hir::Hir {
 /// The regex for `schema`, parsed (what a [`crate::Grammar`] compiles; no regex text written and read again).
 pub fn schema_to_hir(schema: &Value, opts: &Options) -> Result<regex_syntax::hir::Hir> {
     let node = ir::Builder::new(schema, opts).node(schema)?;
-    let r = emit::Emitter::new(opts)?.emit(&node)?;
+    let mut emitter = emit::Emitter::new(opts)?;
+    let r = match emitter.emit(&node) {
+        // Free member order costs size; a schema too large with it may fit in the schema's own order.
+        Err(e) if e.is_too_large() && !opts.strict_properties => {
+            emitter.free_order = false;
+            emitter.emit(&node)?
+        }
+        r => r?,
+    };
     r.map(|r| r.hir).ok_or_else(|| Error::syntax("json schema: no value satisfies the schema"))
 }
 

@@ -346,3 +346,23 @@ fn lenient_objects_and_one_of() {
     assert!(re.is_match(r#"{"r": 1}"#) && re.is_match(r#"{"w": 1, "h": 2}"#));
     assert!(!re.is_match(r#"{"r": 1, "w": 1, "h": 2}"#) && !re.is_match(r#"{"w": 1}"#));
 }
+
+#[test]
+fn if_then_else_on_a_discriminator() {
+    let schema = json!({
+        "type": "object",
+        "properties": {"kind": {"enum": ["a", "b", "c"]}, "x": {"type": "integer"}, "y": {"type": "string"}},
+        "required": ["kind"],
+        "if": {"properties": {"kind": {"const": "a"}}},
+        "then": {"required": ["x"]},
+        "else": {"required": ["y"]}
+    });
+    check(
+        schema,
+        &[r#"{"kind": "a", "x": 1}"#, r#"{"kind": "b", "y": "s"}"#, r#"{"kind": "c", "x": 2, "y": "s"}"#],
+        &[r#"{"kind": "a", "y": "s"}"#, r#"{"kind": "b", "x": 1}"#, r#"{"kind": "d", "y": "s"}"#],
+    );
+    // A condition on a free string cannot be negated into a regex.
+    assert!(err(json!({"properties": {"s": {"type": "string"}}, "if": {"properties": {"s": {"const": "a"}}}, "then": {"required": ["s"]}}))
+        .contains("\"not\""));
+}
