@@ -347,28 +347,20 @@ impl Grammar {
             out
         };
         let any = reps(0x80, 0xBF);
-        // (lead, range of the byte after it, bytes after that)
-        let mut shapes: Vec<(u8, Vec<u8>, usize)> = Vec::new();
-        for lead in 0xC2..=0xDFu8 {
-            shapes.push((lead, any.clone(), 0));
-        }
-        for lead in 0xE0..=0xEFu8 {
+        for lead in 0xC2..=0xF4u8 {
+            // The valid range of the byte after the lead, and how many continuation bytes follow that one.
             let second = match lead {
                 0xE0 => reps(0xA0, 0xBF),
                 0xED => reps(0x80, 0x9F),
-                _ => any.clone(),
-            };
-            shapes.push((lead, second, 1));
-        }
-        for lead in 0xF0..=0xF4u8 {
-            let second = match lead {
                 0xF0 => reps(0x90, 0xBF),
                 0xF4 => reps(0x80, 0x8F),
                 _ => any.clone(),
             };
-            shapes.push((lead, second, 2));
-        }
-        for (lead, second, more) in shapes {
+            let more = match lead {
+                0xC2..=0xDF => 0,
+                0xE0..=0xEF => 1,
+                _ => 2,
+            };
             let Some(a) = self.step(cache, s, lead) else { return false };
             for &b in &second {
                 let Some(t) = self.step(cache, a, b) else { return false };

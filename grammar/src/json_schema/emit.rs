@@ -72,7 +72,7 @@ fn weight(h: &Hir) -> usize {
     }
 }
 
-pub(crate) struct Emitter<'a> {
+pub(crate) struct Emitter {
     any: R,
     ws: R,
     /// `ws , ws`
@@ -83,15 +83,14 @@ pub(crate) struct Emitter<'a> {
     strict: bool,
     /// Whether lenient objects may take their few required members in any order (larger regexes).
     pub free_order: bool,
-    _opts: &'a Options,
 }
 
 /// One character of an object key written the single way we allow for undeclared keys (no `\/`, no `\u`), so a
 /// key has exactly one spelling and can be told apart from the declared ones.
 const KEY_UNIT: &str = r#"(?:[^"\\\x00-\x1F]|\\["\\bfnrt])"#;
 
-impl<'a> Emitter<'a> {
-    pub fn new(opts: &'a Options) -> Result<Self> {
+impl Emitter {
+    pub fn new(opts: &Options) -> Result<Self> {
         // Parsed once per (depth, whitespace): the free JSON value is kilobytes of regex.
         type Parsed = std::collections::HashMap<(u32, String), (R, R)>;
         static PARSED: std::sync::Mutex<Option<Parsed>> = std::sync::Mutex::new(None);
@@ -115,7 +114,7 @@ impl<'a> Emitter<'a> {
         };
         let sep = cat(vec![ws.clone(), lit(","), ws.clone()]);
         let colon = cat(vec![ws.clone(), lit(":"), ws.clone()]);
-        Ok(Self { any, ws, sep, colon, strict: opts.strict_properties, free_order: true, _opts: opts })
+        Ok(Self { any, ws, sep, colon, strict: opts.strict_properties, free_order: true })
     }
 
     /// The regex for the values `n` admits; `None` when it admits none.

@@ -775,18 +775,8 @@ pub(crate) fn intersect(a: Node, b: Node) -> Result<Node> {
                 Null
             }
         }
-        (Except(xs), x) | (x, Except(xs)) if matches!(x, AnyOf(_) | OneOf(_)) => {
-            // Distributes below (the arms for AnyOf/OneOf).
-            match x {
-                AnyOf(ys) => {
-                    AnyOf(ys.into_iter().map(|y| intersect(Except(xs.clone()), y)).collect::<Result<Vec<_>>>()?)
-                }
-                OneOf(ys) => {
-                    OneOf(ys.into_iter().map(|y| intersect(Except(xs.clone()), y)).collect::<Result<Vec<_>>>()?)
-                }
-                _ => Never,
-            }
-        }
+        (Except(xs), AnyOf(ys)) | (AnyOf(ys), Except(xs)) => distribute(ys, &Except(xs), false)?,
+        (Except(xs), OneOf(ys)) | (OneOf(ys), Except(xs)) => distribute(ys, &Except(xs), true)?,
         (Except(xs), x) | (x, Except(xs)) => {
             // A typed node whose values include none of the excluded ones is unchanged.
             let mut hit = false;
@@ -813,34 +803,8 @@ pub(crate) fn intersect(a: Node, b: Node) -> Result<Node> {
                 Consts(kept)
             }
         }
-        (AnyOf(xs), y) | (y, AnyOf(xs)) => {
-            let mut out = Vec::new();
-            for x in xs {
-                match intersect(x, y.clone())? {
-                    Never => {}
-                    n => out.push(n),
-                }
-            }
-            match out.len() {
-                0 => Never,
-                1 => out.pop().unwrap_or(Never),
-                _ => AnyOf(out),
-            }
-        }
-        (OneOf(xs), y) | (y, OneOf(xs)) => {
-            let mut out = Vec::new();
-            for x in xs {
-                match intersect(x, y.clone())? {
-                    Never => {}
-                    n => out.push(n),
-                }
-            }
-            match out.len() {
-                0 => Never,
-                1 => out.pop().unwrap_or(Never),
-                _ => OneOf(out),
-            }
-        }
+        (AnyOf(xs), y) | (y, AnyOf(xs)) => distribute(xs, &y, false)?,
+        (OneOf(xs), y) | (y, OneOf(xs)) => distribute(xs, &y, true)?,
         (Null, Null) => Null,
         (Bool, Bool) => Bool,
         (Int { lo: a, hi: b }, Int { lo: c, hi: d }) => int(max_opt(a, c), min_opt(b, d)),
@@ -882,6 +846,24 @@ pub(crate) fn intersect(a: Node, b: Node) -> Result<Node> {
         }
         (Object(a), Object(b)) => merge_objects(a, b)?,
         _ => Never,
+    })
+}
+
+/// `xs` (alternatives of an `anyOf`, or of a `oneOf` when `one_of`) each intersected with `y`, the empty ones
+/// dropped.
+fn distribute(xs: Vec<Node>, y: &Node, one_of: bool) -> Result<Node> {
+    let mut out = Vec::new();
+    for x in xs {
+        match intersect(x, y.clone())? {
+            Node::Never => {}
+            n => out.push(n),
+        }
+    }
+    Ok(match out.len() {
+        0 => Node::Never,
+        1 => out.pop().unwrap_or(Node::Never),
+        _ if one_of => Node::OneOf(out),
+        _ => Node::AnyOf(out),
     })
 }
 
