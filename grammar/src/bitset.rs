@@ -21,6 +21,9 @@ impl TokenBitset {
     pub fn set(&mut self, i: u32) {
         self.words[i as usize / 64] |= 1 << (i % 64);
     }
+    pub fn unset(&mut self, i: u32) {
+        self.words[i as usize / 64] &= !(1 << (i % 64));
+    }
     pub fn contains(&self, i: u32) -> bool {
         (i as usize) < self.len && self.words[i as usize / 64] & (1 << (i % 64)) != 0
     }

@@ -14,7 +14,8 @@ use dashmap::DashMap;
 
 use crate::constraint::Constraint;
 use crate::error::Result;
-use crate::grammar::{Grammar, Limits, TokenSpace};
+use crate::grammar::{Grammar, Limits};
+use crate::space::TokenSpace;
 
 type Slot = Arc<OnceLock<Result<Arc<Grammar>>>>;
 

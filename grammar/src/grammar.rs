@@ -1,5 +1,6 @@
 //! A compiled constraint: a lazily built byte-level DFA plus the vocabulary, with token masks cached per DFA state.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -13,8 +14,7 @@ use regex_syntax::hir::{Hir, HirKind, Look};
 
 use crate::bitset::TokenBitset;
 use crate::error::{Error, Result};
-use crate::trie::TokenTrie;
-use crate::vocab::Vocabulary;
+use crate::space::{char_offset, each_position, is_plain, loop_run, KindTokens, Loop, TokenSpace, UPTO};
 
 /// Limits on compiling one constraint.
 #[derive(Debug, Clone, Copy)]
@@ -31,51 +31,12 @@ impl Default for Limits {
     }
 }
 
-/// A vocabulary and its trie, built once per tokenizer and shared by every grammar over it.
-#[derive(Debug)]
-pub struct TokenSpace {
-    pub vocab: Vocabulary,
-    pub trie: TokenTrie,
-    /// Tokens made only of [`is_plain`] bytes (three quarters of Llama 3's vocabulary) and the trie of the others.
-    plain: TokenBitset,
-    rest_of_plain: TokenTrie,
-    /// Tokens that are whole UTF-8 text without `"`, `\` or controls (all but 5% of Llama 3's), and the trie of the
-    /// others.
-    text: TokenBitset,
-    rest_of_text: TokenTrie,
-}
-
-/// Printable ASCII but `"` and `\`: what free text inside a JSON string is mostly made of.
-fn is_plain(b: u8) -> bool {
-    (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\'
-}
-
-fn is_text(bytes: &[u8]) -> bool {
-    std::str::from_utf8(bytes).is_ok_and(|t| t.chars().all(|c| c as u32 >= 0x80 || is_plain(c as u8)))
-}
-
-impl TokenSpace {
-    pub fn new(vocab: Vocabulary) -> Arc<Self> {
-        let trie = TokenTrie::new(&vocab);
-        let mut plain = TokenBitset::new(vocab.len());
-        let mut text = TokenBitset::new(vocab.len());
-        for (id, bytes) in vocab.iter() {
-            if bytes.iter().all(|&b| is_plain(b)) {
-                plain.set(id);
-            }
-            if is_text(bytes) {
-                text.set(id);
-            }
-        }
-        let rest_of_plain = TokenTrie::from_tokens(vocab.iter().filter(|(id, _)| !plain.contains(*id)));
-        let rest_of_text = TokenTrie::from_tokens(vocab.iter().filter(|(id, _)| !text.contains(*id)));
-        Arc::new(Self { vocab, trie, plain, rest_of_plain, text, rest_of_text })
-    }
-}
-
 /// Ends every output in the compiled language, so a match is only reported after it: a byte that is not valid
 /// UTF-8 anywhere, never produced by the constraints (which are all over text).
 const END: u8 = 0xFF;
+
+/// Subtrees with fewer tokens than this are walked even from a looping state (not worth the state's check).
+const BULK_MIN: usize = 16;
 
 /// A DFA state (stable for the grammar's life: the lazy DFA's cache is never cleared, see [`Grammar::step`]).
 pub(crate) type State = LazyStateID;
@@ -125,13 +86,32 @@ fn whole_output(h: Hir) -> Result<Hir> {
     Ok(h)
 }
 
+/// What [`Grammar`] keeps behind its lock: the lazy DFA's cache and, per state met in a mask's walk, how it loops.
+struct Lazy {
+    cache: Cache,
+    uniform: HashMap<State, Uniform>,
+}
+
+/// Where every character of a kind leads a state, when they all lead to the same one.
+#[derive(Debug, Clone, Copy)]
+struct Uniform {
+    plain: Option<State>,
+    text: Option<State>,
+    /// The plain bytes that do not lead back to the state when every other character of text does (a few:
+    /// the `.` of `.*\.json`); empty otherwise.
+    text_loop_but: u128,
+}
+
+/// The most bytes [`Uniform::text_loop_but`] holds.
+const LOOP_BUT_MAX: u32 = 8;
+
 /// A regular language over output bytes, ready to mask tokens. Cheap to share (`Arc`) across requests.
 ///
 /// The DFA is built lazily (regex-automata's hybrid DFA): compiling is just the NFA, and states are made the
 /// first time an output or a mask reaches them, so a schema with a huge DFA costs only the part requests visit.
 pub struct Grammar {
     dfa: DFA,
-    cache: Mutex<Cache>,
+    cache: Mutex<Lazy>,
     start: State,
     /// Set when the DFA's cache filled up: its state ids are then no longer valid, so nothing more is admitted.
     exhausted: AtomicBool,
@@ -209,7 +189,7 @@ impl Grammar {
             .map_err(|e| Error::syntax(format!("regex start state: {e}")))?;
         Ok(Self {
             dfa,
-            cache: Mutex::new(cache),
+            cache: Mutex::new(Lazy { cache, uniform: HashMap::new() }),
             start,
             exhausted: AtomicBool::new(false),
             space,
@@ -224,12 +204,25 @@ impl Grammar {
         self.start
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lazy> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// One byte on from `s`, with the cache held; `None` when the output leaves the language.
+    #[inline]
     fn step(&self, cache: &mut Cache, s: State, b: u8) -> Option<State> {
+        // A transition already built between two ordinary states (neither dead, unknown nor a match): a table
+        // lookup. Anything else goes the long way. The flag is read first because ids go stale once it is set.
+        if !s.is_tagged() && !self.exhausted.load(Ordering::Relaxed) {
+            let next = self.dfa.next_state_untagged(cache, s, b);
+            if !next.is_tagged() {
+                return Some(next);
+            }
+        }
+        self.step_slow(cache, s, b)
+    }
+
+    fn step_slow(&self, cache: &mut Cache, s: State, b: u8) -> Option<State> {
         if b == END || self.exhausted.load(Ordering::Relaxed) {
             return None;
         }
@@ -244,12 +237,13 @@ impl Grammar {
 
     /// Whether the output may end in state `s`.
     pub(crate) fn accepts(&self, s: State) -> bool {
-        let mut cache = self.lock();
+        let mut lazy = self.lock();
+        let cache = &mut lazy.cache;
         if self.exhausted.load(Ordering::Relaxed) {
             return false;
         }
-        let Ok(end) = self.dfa.next_state(&mut cache, s, END) else { return false };
-        let ok = self.dfa.next_eoi_state(&mut cache, end).is_ok_and(|e| e.is_match());
+        let Ok(end) = self.dfa.next_state(cache, s, END) else { return false };
+        let ok = self.dfa.next_eoi_state(cache, end).is_ok_and(|e| e.is_match());
         if cache.clear_count() > 0 {
             self.exhausted.store(true, Ordering::Relaxed);
             return false;
@@ -259,19 +253,19 @@ impl Grammar {
 
     /// Walks `bytes` from `s`; `None` if the output leaves the language.
     pub(crate) fn walk(&self, mut s: State, bytes: &[u8]) -> Option<State> {
-        let mut cache = self.lock();
+        let cache = &mut self.lock().cache;
         for &b in bytes {
-            s = self.step(&mut cache, s, b)?;
+            s = self.step(cache, s, b)?;
         }
         Some(s)
     }
 
     /// The single byte that may follow in `s`, if exactly one may (`None` when several or none).
     pub(crate) fn only_next(&self, s: State) -> Option<(u8, State)> {
-        let mut cache = self.lock();
+        let cache = &mut self.lock().cache;
         let mut only = None;
         for b in 0..=255u8 {
-            if let Some(t) = self.step(&mut cache, s, b) {
+            if let Some(t) = self.step(cache, s, b) {
                 if only.is_some() {
                     return None;
                 }
@@ -293,34 +287,85 @@ impl Grammar {
         m
     }
 
-    /// Depth-first walk of the token trie alongside the DFA, pruning at dead states.
+    /// Depth-first walk of the token trie alongside the DFA, pruning at dead states, with shortcuts for the
+    /// states where output spends most of its tokens (a walk of Llama 3's whole trie takes milliseconds):
     ///
-    /// In a state that every character of text leads back to (free text in a JSON string), every text token is
-    /// allowed and leaves the state unchanged: those come from a precomputed set and only the trie of the other
-    /// tokens (5% of Llama 3's) is walked. Likewise for states that only plain ASCII leads back to.
+    /// - a state that every character of text leads back to (free text in a JSON string): every text token is
+    ///   allowed from a precomputed set and only the trie of the other tokens (5% of Llama 3's) is walked;
+    ///   likewise for states that only plain ASCII leads back to;
+    /// - a state from which every character leads to one same state, and so on (a string with a length bound
+    ///   counting its characters down): [`Grammar::chain_mask`];
+    /// - a state that every character but a few ASCII ones leads back to (`[^.]*` before `\.json`): every text
+    ///   token but those holding one of these, which are walked, and the trie of the others;
+    /// - a state from which most first characters lead to free text (the start of a key in an object that
+    ///   takes any key, next to the declared ones): [`Grammar::split_root`];
+    /// - below the root, a node whose state loops on text: [`Grammar::bulk`].
+    ///
+    /// A state that loops on text is never in the middle of a character (it takes ASCII next), and the
+    /// language is UTF-8, so "the bytes from here on are whole text" is exactly what leads it back to itself.
     fn compute_mask(&self, s: State) -> TokenBitset {
-        let mut cache = self.lock();
+        let mut lazy = self.lock();
         let space = &self.space;
-        let loops_plain = (0x20..0x7Fu8).filter(|&b| is_plain(b)).all(|b| self.step(&mut cache, s, b) == Some(s));
-        let (trie, mut mask) = if loops_plain && self.loops_on_text(&mut cache, s) {
-            (&space.rest_of_text, space.text.clone())
-        } else if loops_plain {
-            (&space.rest_of_plain, space.plain.clone())
-        } else {
-            (&space.trie, TokenBitset::new(space.vocab.len()))
+        let (trie, mut mask, ranges) = match self.loop_kind(&mut lazy, s) {
+            kind @ (Loop::Text | Loop::Plain) => {
+                let k = space.kind(kind);
+                (&k.rest, k.set.clone(), vec![(1, k.rest.node_count(), s)])
+            }
+            Loop::No => {
+                let u = self.uniform(&mut lazy, s);
+                if u.text.is_some() {
+                    return self.chain_mask(&mut lazy, s, Loop::Text);
+                }
+                if u.plain.is_some() {
+                    return self.chain_mask(&mut lazy, s, Loop::Plain);
+                }
+                if u.text_loop_but != 0 {
+                    let mut mask = space.text.set.clone();
+                    let but = (0..128).filter(|&b| u.text_loop_but & (1 << b) != 0);
+                    for b in but.clone() {
+                        space.containing[b].iter().for_each(|&t| mask.unset(t));
+                    }
+                    for b in but {
+                        for &t in &space.containing[b] {
+                            if self.live_from(&mut lazy.cache, s, space.vocab.bytes(t).unwrap_or_default()) {
+                                mask.set(t);
+                            }
+                        }
+                    }
+                    (&space.text.rest, mask, vec![(1, space.text.rest.node_count(), s)])
+                } else {
+                    let (mask, ranges) = self.split_root(&mut lazy, s);
+                    (&space.trie, mask, ranges)
+                }
+            }
         };
-        let mut stack: Vec<(u32, State)> = vec![(0, s)];
-        while let Some((node, state)) = stack.pop() {
-            let n = trie.nodes[node as usize];
-            for &(byte, child) in &trie.children[n.first_child as usize..(n.first_child + n.n_children) as usize] {
-                let Some(next) = self.step(&mut cache, state, byte) else { continue };
-                let c = trie.nodes[child as usize];
-                for &t in &trie.token_ids[c.first_token as usize..(c.first_token + c.n_tokens) as usize] {
+        let full = std::ptr::eq(trie, &space.trie);
+        // The state at each depth along the current path: a node's parent is the last node one level up.
+        let mut states = vec![s; trie.max_depth + 1];
+        for (start, end, before) in ranges.into_iter().filter(|r| r.0 < r.1) {
+            states[trie.nodes[start].depth as usize - 1] = before;
+            let mut i = start;
+            while i < end {
+                let node = trie.nodes[i];
+                let depth = node.depth as usize;
+                let Some(next) = self.step(&mut lazy.cache, states[depth - 1], node.byte) else {
+                    i = node.end as usize;
+                    continue;
+                };
+                for &t in trie.tokens_at(i) {
                     mask.set(t);
                 }
-                if c.n_children > 0 {
-                    stack.push((child, next));
+                let below = trie.below(i);
+                if full && below.len() >= BULK_MIN {
+                    let kind = self.loop_kind(&mut lazy, next);
+                    if kind != Loop::No {
+                        self.bulk(&mut lazy.cache, next, depth, below, kind, &mut mask);
+                        i = node.end as usize;
+                        continue;
+                    }
                 }
+                states[depth] = next;
+                i += 1;
             }
         }
         if self.exhausted.load(Ordering::Relaxed) {
@@ -329,15 +374,244 @@ impl Grammar {
         mask
     }
 
-    /// Whether every multi-byte UTF-8 character leads `s` back to `s`. Bytes of one DFA byte class act alike in
+    /// The mask of `s`, a state from which every character of `kind` leads to one same state, and from there
+    /// on for a while: inside a string with a length bound, counting its characters. Tokens all of that kind
+    /// are allowed by their number of characters alone, from precomputed sets; the others (a closing quote after
+    /// some text, say) are read from the state their leading run leads to.
+    fn chain_mask(&self, lazy: &mut Lazy, s: State, kind: Loop) -> TokenBitset {
+        let k = self.space.kind(kind);
+        let ids = &self.space.trie.token_ids;
+        // chain[j]: the state after j characters of the kind, as long as each leads on uniformly; a chain that
+        // ends in a loop goes on for ever.
+        let mut chain = vec![s];
+        let mut endless = false;
+        while chain.len() <= k.max_chars.min(254) {
+            let last = chain[chain.len() - 1];
+            let u = self.uniform(lazy, last);
+            match if kind == Loop::Text { u.text } else { u.plain } {
+                Some(to) if to == last => {
+                    endless = true;
+                    break;
+                }
+                Some(to) => chain.push(to),
+                None => break,
+            }
+        }
+        let most = if endless { usize::MAX } else { chain.len() - 1 };
+        let at = |j: usize| chain[j.min(chain.len() - 1)];
+        let mut mask = k.upto[most.min(UPTO)].clone();
+        let cache = &mut lazy.cache;
+        let vocab = &self.space.vocab;
+        // The bytes of token `q` past `n` characters of its run.
+        let past = |q: usize, n: usize| {
+            let bytes = vocab.bytes(ids[q]).unwrap_or_default();
+            &bytes[char_offset(bytes, n)..]
+        };
+        for &q in &k.long {
+            let q = q as usize;
+            if k.run_chars[q] as usize <= most || self.live_from(cache, at(most), past(q, most)) {
+                mask.set(ids[q]);
+            }
+        }
+        each_position(&k.whole, 0..ids.len(), false, |q| {
+            let run = k.run_chars[q] as usize;
+            let live = if run <= most {
+                self.live_from(cache, at(run), &k.tail_bytes[k.tails[q] as usize..k.tails[q + 1] as usize])
+            } else {
+                self.live_from(cache, at(most), past(q, most))
+            };
+            if live {
+                mask.set(ids[q]);
+            }
+        });
+        if self.exhausted.load(Ordering::Relaxed) {
+            mask.clear();
+        }
+        mask
+    }
+
+    /// Whether `bytes` read from `s` stay in the language.
+    fn live_from(&self, cache: &mut Cache, mut s: State, bytes: &[u8]) -> bool {
+        bytes.iter().all(|&b| match self.step(cache, s, b) {
+            Some(x) => {
+                s = x;
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// The first character of a walk from `s`, a state that loops on nothing, over the full trie: the starting
+    /// mask and the subtrees left to walk, as (first node, end, the state before the first node).
+    ///
+    /// When the first character of most tokens leads to states that loop on one kind of text (the start of a key
+    /// in an object that takes any key, next to the declared ones), the mask starts as every token of that kind
+    /// and the subtrees that do not are taken out of it and walked: a few thousand token updates instead of one
+    /// per token of the vocabulary.
+    fn split_root(&self, lazy: &mut Lazy, s: State) -> (TokenBitset, Vec<(usize, usize, State)>) {
+        let space = &self.space;
+        let trie = &space.trie;
+        let last = trie.node_count();
+        let whole_walk = || (TokenBitset::new(space.vocab.len()), vec![(1, last, s)]);
+        // The nodes one whole character down (one byte for ASCII and bytes that start no character): (node,
+        // the state before it, its state, how that loops). Nodes part way through a character come as
+        // (node, state before, its state, Loop::No) too, with their own tokens only (`partial`).
+        let mut kids: Vec<(usize, State, Option<State>, Loop)> = Vec::new();
+        let mut partial: Vec<(usize, Option<State>)> = Vec::new();
+        let mut stack: Vec<(usize, State, usize)> = Vec::new();
+        let mut c = 1;
+        while c < last {
+            let len = match trie.nodes[c].byte {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF4 => 4,
+                _ => 1,
+            };
+            stack.push((c, s, len));
+            c = trie.nodes[c].end as usize;
+        }
+        while let Some((c, before, len)) = stack.pop() {
+            let node = trie.nodes[c];
+            let next = self.step(&mut lazy.cache, before, node.byte);
+            if node.depth as usize == len || next.is_none() {
+                let kind = next.map_or(Loop::No, |x| self.loop_kind(lazy, x));
+                kids.push((c, before, next, kind));
+                continue;
+            }
+            partial.push((c, next));
+            let mut k = c + 1;
+            while k < node.end as usize {
+                stack.push((k, next.expect("live"), len));
+                k = trie.nodes[k].end as usize;
+            }
+        }
+        let cover =
+            |k: Loop| -> usize { kids.iter().filter(|x| x.3 == k).map(|&(c, ..)| trie.subtree_tokens(c).len()).sum() };
+        let kind = if cover(Loop::Text) >= cover(Loop::Plain) { Loop::Text } else { Loop::Plain };
+        if 2 * cover(kind) < trie.token_ids.len() {
+            return whole_walk();
+        }
+        let k = space.kind(kind);
+        let mut mask = k.set.clone();
+        let ids = &trie.token_ids;
+        // Tokens that end part way through a first character: none is of either kind.
+        for (c, next) in partial {
+            if next.is_some() {
+                for &t in trie.tokens_at(c) {
+                    mask.set(t);
+                }
+            }
+        }
+        let mut ranges = Vec::new();
+        for (c, before, next, loops) in kids {
+            let tokens = trie.subtree_tokens(c);
+            let depth = trie.nodes[c].depth as usize;
+            match next {
+                Some(next) if loops == kind => each_position(&k.whole, tokens, false, |q| {
+                    if self.rest_live(&mut lazy.cache, next, k, q, depth) {
+                        mask.set(ids[q]);
+                    }
+                }),
+                _ => {
+                    each_position(&k.whole, tokens, true, |q| mask.unset(ids[q]));
+                    if next.is_some() {
+                        ranges.push((c, trie.nodes[c].end as usize, before));
+                    }
+                }
+            }
+        }
+        (mask, ranges)
+    }
+
+    /// The tokens below a node of the full trie (positions `below` in its `token_ids`), reached at `depth` in
+    /// state `s` that loops on `kind`: those whose bytes from `depth` on are all of that kind are allowed as they
+    /// are; the others are walked.
+    fn bulk(
+        &self,
+        cache: &mut Cache,
+        s: State,
+        depth: usize,
+        below: std::ops::Range<usize>,
+        kind: Loop,
+        mask: &mut TokenBitset,
+    ) {
+        let space = &self.space;
+        let ids = &space.trie.token_ids;
+        let k = space.kind(kind);
+        each_position(&k.whole, below.clone(), true, |q| mask.set(ids[q]));
+        each_position(&k.whole, below, false, |q| {
+            if self.rest_live(cache, s, k, q, depth) {
+                mask.set(ids[q]);
+            }
+        });
+    }
+
+    /// Whether the token at position `q` of the full trie, reached at `depth` in state `s` that loops on
+    /// `k.kind`, stays live to its end. The run of that kind leads back to `s`, so the DFA only reads what
+    /// follows it (usually a closing quote and what comes after).
+    fn rest_live(&self, cache: &mut Cache, s: State, k: &KindTokens, q: usize, depth: usize) -> bool {
+        if k.from[q] as usize <= depth {
+            return true;
+        }
+        let rest = if k.run_end[q] as usize >= depth {
+            &k.tail_bytes[k.tails[q] as usize..k.tails[q + 1] as usize]
+        } else {
+            // The run ended above this node (the path holds a byte of another kind): from here on.
+            let bytes = self.space.vocab.bytes(self.space.trie.token_ids[q]).unwrap_or_default();
+            let rest = bytes.get(depth..).unwrap_or_default();
+            &rest[loop_run(rest, k.kind)..]
+        };
+        self.live_from(cache, s, rest)
+    }
+
+    /// How `s` loops.
+    fn loop_kind(&self, lazy: &mut Lazy, s: State) -> Loop {
+        let u = self.uniform(lazy, s);
+        if u.text == Some(s) {
+            Loop::Text
+        } else if u.plain == Some(s) {
+            Loop::Plain
+        } else {
+            Loop::No
+        }
+    }
+
+    /// Where every character of each kind leads `s`, when they all lead to one live state; worked out once per
+    /// state.
+    fn uniform(&self, lazy: &mut Lazy, s: State) -> Uniform {
+        if let Some(&u) = lazy.uniform.get(&s) {
+            return u;
+        }
+        let cache = &mut lazy.cache;
+        let first = self.step(cache, s, b' ');
+        let (mut same, mut back) = (true, 0u128);
+        for b in (0x20..0x7Fu8).filter(|&b| is_plain(b)) {
+            let to = self.step(cache, s, b);
+            same &= to == first;
+            if to != Some(s) {
+                back |= 1 << b;
+                if !same && back.count_ones() > LOOP_BUT_MAX {
+                    break;
+                }
+            }
+        }
+        let plain = first.filter(|_| same);
+        let text = plain.filter(|&to| self.text_leads_to(cache, s, to));
+        let loops_but = back != 0 && back.count_ones() <= LOOP_BUT_MAX && self.text_leads_to(cache, s, s);
+        let u = Uniform { plain, text, text_loop_but: if loops_but { back } else { 0 } };
+        lazy.uniform.insert(s, u);
+        u
+    }
+
+    /// Whether every multi-byte UTF-8 character leads `s` to `to`. Bytes of one DFA byte class act alike in
     /// every state, so one byte per class and position (within the valid range for that position) covers every
     /// character.
-    fn loops_on_text(&self, cache: &mut Cache, s: State) -> bool {
+    fn text_leads_to(&self, cache: &mut Cache, s: State, to: State) -> bool {
         let classes = self.dfa.byte_classes();
-        let reps = |lo: u8, hi: u8| -> Vec<u8> {
+        let reps = |lo: u8, hi: u8, skip: &[u8]| -> Vec<u8> {
             let mut seen = Vec::new();
             let mut out = Vec::new();
-            for b in lo..=hi {
+            for b in (lo..=hi).filter(|b| !skip.contains(b)) {
                 let c = classes.get(b);
                 if !seen.contains(&c) {
                     seen.push(c);
@@ -346,14 +620,19 @@ impl Grammar {
             }
             out
         };
-        let any = reps(0x80, 0xBF);
+        let any = reps(0x80, 0xBF, &[]);
+        // U+2028 and U+2029 (E2 80 A8/A9) are not text here (patterns leave out ECMA line terminators): their
+        // last bytes are skipped after E2 80 when 0x80 is a class of its own (otherwise they stand for other
+        // characters as well, and are checked).
+        let lone_80 = (0x80..=0xBFu8).filter(|&x| classes.get(x) == classes.get(0x80)).count() == 1;
+        let no_separators = reps(0x80, 0xBF, &[0xA8, 0xA9]);
         for lead in 0xC2..=0xF4u8 {
             // The valid range of the byte after the lead, and how many continuation bytes follow that one.
             let second = match lead {
-                0xE0 => reps(0xA0, 0xBF),
-                0xED => reps(0x80, 0x9F),
-                0xF0 => reps(0x90, 0xBF),
-                0xF4 => reps(0x80, 0x8F),
+                0xE0 => reps(0xA0, 0xBF, &[]),
+                0xED => reps(0x80, 0x9F, &[]),
+                0xF0 => reps(0x90, 0xBF, &[]),
+                0xF4 => reps(0x80, 0x8F, &[]),
                 _ => any.clone(),
             };
             let more = match lead {
@@ -364,11 +643,12 @@ impl Grammar {
             let Some(a) = self.step(cache, s, lead) else { return false };
             for &b in &second {
                 let Some(t) = self.step(cache, a, b) else { return false };
+                let third = if lead == 0xE2 && b == 0x80 && lone_80 { &no_separators } else { &any };
                 let mut frontier = vec![t];
-                for _ in 0..more {
+                for level in 0..more {
                     let mut next = Vec::new();
                     for &f in &frontier {
-                        for &c in &any {
+                        for &c in if level == 0 { third } else { &any } {
                             match self.step(cache, f, c) {
                                 Some(x) if !next.contains(&x) => next.push(x),
                                 Some(_) => {}
@@ -378,12 +658,17 @@ impl Grammar {
                     }
                     frontier = next;
                 }
-                if frontier.iter().any(|&f| f != s) {
+                if frontier.iter().any(|&f| f != to) {
                     return false;
                 }
             }
         }
         true
+    }
+
+    /// Forgets the cached masks (the DFA's states stay built): for measuring mask computation.
+    pub fn clear_masks(&self) {
+        self.masks.clear();
     }
 
     /// States whose masks are cached.

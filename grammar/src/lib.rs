@@ -39,6 +39,7 @@ mod grammar;
 pub mod json_schema;
 mod matcher;
 mod numeric;
+mod space;
 mod trie;
 mod vocab;
 
@@ -46,7 +47,8 @@ pub use bitset::TokenBitset;
 pub use cache::GrammarCache;
 pub use constraint::{Constraint, DEFAULT_WHITESPACE, JSON_NUMBER, JSON_STRING};
 pub use error::{Error, Result};
-pub use grammar::{Grammar, Limits, TokenSpace};
+pub use grammar::{Grammar, Limits};
 pub use matcher::{Matcher, Rejected};
+pub use space::TokenSpace;
 pub use trie::TokenTrie;
 pub use vocab::Vocabulary;

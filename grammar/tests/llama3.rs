@@ -70,3 +70,70 @@ fn json_object_constraint_on_real_tokenizations() {
         assert!(rejected, "{bad} accepted");
     }
 }
+
+/// Masks computed with the shortcuts (states looping on text, key positions whose first characters mostly lead
+/// to free text, strings counting their characters down) equal the set of tokens `advance` takes, token by
+/// token over the whole 128k vocabulary, at every byte of outputs that visit each kind of state, characters cut
+/// in the middle included.
+#[test]
+fn masks_equal_what_advance_accepts_on_a_real_vocabulary() {
+    let (_, space) = llama3();
+    let n = space.vocab.len() as u32;
+    let single: Vec<u32> = (0..=255u8)
+        .map(|b| (0..n).find(|&t| space.vocab.bytes(t) == Some(&[b][..])).expect("a token per byte"))
+        .collect();
+    let lenient = grammar::json_schema::Options { strict_properties: false, ..Default::default() };
+    let cases: [(&str, &str); 10] = [
+        (
+            r#"{"type": "object", "properties": {"country": {"type": "string"}, "id": {"type": "string"},
+                "locality": {"type": "string"}}}"#,
+            r#"{"country": "US", "idx": "é😀", "i": 1, "loc": "x"}"#,
+        ),
+        (
+            r#"{"type": "object", "properties": {"s": {"type": "string", "minLength": 3, "maxLength": 12}},
+                "required": ["s"]}"#,
+            r#"{"s": "café 日本語 🚀"}"#,
+        ),
+        (r#"{"type": "string", "maxLength": 40}"#, r#""The \"quoted\" one\n and the rest""#),
+        (r#"{"type": "string", "format": "email"}"#, r#""first.last@example.com""#),
+        (r#"{"type": "string", "format": "uri"}"#, r#""https://example.com/a/b?q=1#top""#),
+        (r#"{"type": "string", "pattern": "^[a-z]+\\d{2,4}$"}"#, r#""abc123""#),
+        (r#"{"type": "string", "pattern": "^(.*?)\\.alfred3?workflow$"}"#, r#""My.Flow é.alfredworkflow""#),
+        (r#"{"type": "string", "pattern": ".*,.*,.*"}"#, r#""a, b,c d""#),
+        (r#"{"type": "string", "pattern": "^[^.]*\\.json$"}"#, r#""my é file.json""#),
+        (r#"{"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 3}"#, r#"["ab", "", "xyzé"]"#),
+    ];
+    // A regex whose first character mostly leads to free text, but `a` to digits only (so the whole-text tokens
+    // starting with `a` are taken out of the mask) and controls nowhere.
+    let regex = r#"(a[0-9]+|[^a"\\\x00-\x1f][^"\\\x00-\x1f]*)""#;
+    let cases = cases.iter().map(|&(schema, text)| (Some(schema), text)).chain([(None, "a12\""), (None, "bé日 x\"")]);
+    for (schema, text) in cases {
+        let g = match schema {
+            Some(schema) => {
+                let schema: serde_json::Value = serde_json::from_str(schema).unwrap();
+                let hir = grammar::json_schema::schema_to_hir(&schema, &lenient).unwrap();
+                Grammar::from_hir(hir, space.clone(), Limits::default()).unwrap()
+            }
+            None => Grammar::from_regex(regex, space.clone(), Limits::default()).unwrap(),
+        };
+        let schema = schema.unwrap_or(regex);
+        let g = Arc::new(g);
+        let mut m = Matcher::new(g);
+        let mut mask = TokenBitset::new(n as usize);
+        for (i, &b) in text.as_bytes().iter().enumerate() {
+            m.mask_into(&mut mask);
+            for t in 0..n {
+                let takes = space.vocab.bytes(t).is_some() && m.clone().advance(t).is_ok();
+                assert_eq!(
+                    mask.contains(t),
+                    takes,
+                    "{schema}: token {t} {:?} after {:?}",
+                    space.vocab.bytes(t),
+                    &text[..i]
+                );
+            }
+            m.advance(single[b as usize]).unwrap_or_else(|_| panic!("{schema}: byte {i} of {text} refused"));
+        }
+        assert!(m.is_accepting(), "{schema}: {text} not accepted");
+    }
+}
