@@ -49,6 +49,10 @@ struct Args {
     /// unspecified `additionalProperties` allows any other key.
     #[arg(long)]
     strict_properties: bool,
+    /// Print every mask that takes longer than this (microseconds) with the output before it, to find slow
+    /// states (0: off).
+    #[arg(long, default_value_t = 0)]
+    trace_slow_us: u64,
     /// Per-schema results, one JSON object per line.
     #[arg(long, default_value = "bench-out/maskbench.jsonl")]
     json_out: PathBuf,
@@ -134,15 +138,24 @@ fn compile(
 }
 
 /// Feeds `tokens`; returns whether every token was allowed and EOS was allowed at the end. Pushes mask times.
-fn run_instance(c: &Compiled, tokens: &[u32], eos: u32, vocab_len: usize, tbm: &mut Vec<f64>) -> bool {
+fn run_instance(c: &Compiled, tokens: &[u32], eos: u32, space: &TokenSpace, tbm: &mut Vec<f64>, slow: f64) -> bool {
+    let vocab_len = space.vocab.len();
     let mut mask = TokenBitset::new(vocab_len);
     match c {
         Compiled::Ours(g) => {
             let mut m = Matcher::new(g.clone());
-            for &t in tokens.iter().chain(std::iter::once(&eos)) {
+            for (i, &t) in tokens.iter().chain(std::iter::once(&eos)).enumerate() {
                 let t0 = Instant::now();
                 m.mask_into(&mut mask);
-                tbm.push(t0.elapsed().as_secs_f64() * 1e6);
+                let us = t0.elapsed().as_secs_f64() * 1e6;
+                tbm.push(us);
+                if slow > 0.0 && us > slow {
+                    let before: Vec<u8> =
+                        tokens[..i].iter().flat_map(|&t| space.vocab.bytes(t).unwrap_or_default().to_vec()).collect();
+                    let before = String::from_utf8_lossy(&before);
+                    let tail: String = before.chars().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
+                    eprintln!("slow mask {us:.0} us after {tail:?}");
+                }
                 if !mask.contains(t) || m.advance(t).is_err() {
                     return false;
                 }
@@ -231,6 +244,9 @@ fn main() -> anyhow::Result<()> {
         for &engine in engines {
             let t0 = Instant::now();
             let compiled = compile(engine, schema, &opts, &space, &ovocab);
+            if args.trace_slow_us > 0 {
+                eprintln!("{}", path.display());
+            }
             let mut record = json!({"file": path.file_name().and_then(|f| f.to_str()), "engine": engine});
             let mut st = Stats { schemas: 1, ..Stats::default() };
             match compiled {
@@ -241,7 +257,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(c) => {
                     // TTFM: compile plus the first mask.
                     let mut first = Vec::new();
-                    run_instance(&c, &[], eos, vocab_len, &mut first);
+                    run_instance(&c, &[], eos, &space, &mut first, 0.0);
                     let ttfm = t0.elapsed().as_secs_f64() * 1e6;
                     st.ttfm_us.push(ttfm);
                     record["ttfm_us"] = json!(ttfm);
@@ -253,7 +269,7 @@ fn main() -> anyhow::Result<()> {
                             break;
                         }
                         st.tokens += ids.len();
-                        let accepted = run_instance(&c, ids, eos, vocab_len, &mut st.tbm_us);
+                        let accepted = run_instance(&c, ids, eos, &space, &mut st.tbm_us, args.trace_slow_us as f64);
                         match (valid, accepted) {
                             (true, false) => {
                                 st.validation_errors += 1;
