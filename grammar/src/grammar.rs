@@ -44,33 +44,61 @@ pub(crate) type State = LazyStateID;
 /// `h` without the parts that can never match (empty classes), or `None` when nothing matches at all. With none
 /// left, every state of the Thompson NFA lies on a path to the match, so every DFA state but the dead one can
 /// still end in a match: "not dead" is "still a prefix of the language", which is what a mask needs.
-fn prune_fail(h: &Hir) -> Option<Hir> {
-    match h.kind() {
-        HirKind::Class(c) => match c {
-            regex_syntax::hir::Class::Unicode(u) if u.ranges().is_empty() => None,
-            regex_syntax::hir::Class::Bytes(b) if b.ranges().is_empty() => None,
-            _ => Some(h.clone()),
-        },
-        HirKind::Empty | HirKind::Literal(_) | HirKind::Look(_) => Some(h.clone()),
-        HirKind::Capture(c) => prune_fail(&c.sub),
-        HirKind::Repetition(r) => match prune_fail(&r.sub) {
-            Some(sub) => Some(Hir::repetition(regex_syntax::hir::Repetition { sub: Box::new(sub), ..r.clone() })),
-            None if r.min == 0 => Some(Hir::empty()),
-            None => None,
-        },
-        HirKind::Concat(hs) => hs.iter().map(prune_fail).collect::<Option<Vec<_>>>().map(Hir::concat),
-        HirKind::Alternation(hs) => {
-            let kept: Vec<Hir> = hs.iter().filter_map(prune_fail).collect();
-            (!kept.is_empty()).then(|| Hir::alternation(kept))
+fn prune_fail(h: Hir) -> Option<Hir> {
+    fn has_empty_class(h: &Hir) -> bool {
+        match h.kind() {
+            HirKind::Class(regex_syntax::hir::Class::Unicode(u)) => u.ranges().is_empty(),
+            HirKind::Class(regex_syntax::hir::Class::Bytes(b)) => b.ranges().is_empty(),
+            HirKind::Empty | HirKind::Literal(_) | HirKind::Look(_) => false,
+            HirKind::Capture(c) => has_empty_class(&c.sub),
+            HirKind::Repetition(r) => has_empty_class(&r.sub),
+            HirKind::Concat(hs) | HirKind::Alternation(hs) => hs.iter().any(has_empty_class),
         }
+    }
+    fn prune(h: Hir) -> Option<Hir> {
+        if let HirKind::Class(regex_syntax::hir::Class::Unicode(u)) = h.kind() {
+            return (!u.ranges().is_empty()).then_some(h);
+        }
+        if let HirKind::Class(regex_syntax::hir::Class::Bytes(b)) = h.kind() {
+            return (!b.ranges().is_empty()).then_some(h);
+        }
+        match h.into_kind() {
+            HirKind::Capture(c) => prune(*c.sub),
+            HirKind::Repetition(r) => match prune(*r.sub) {
+                Some(sub) => Some(Hir::repetition(regex_syntax::hir::Repetition { sub: Box::new(sub), ..r })),
+                None if r.min == 0 => Some(Hir::empty()),
+                None => None,
+            },
+            HirKind::Concat(hs) => hs.into_iter().map(prune).collect::<Option<Vec<_>>>().map(Hir::concat),
+            HirKind::Alternation(hs) => {
+                let kept: Vec<Hir> = hs.into_iter().filter_map(prune).collect();
+                (!kept.is_empty()).then(|| Hir::alternation(kept))
+            }
+            HirKind::Empty => Some(Hir::empty()),
+            HirKind::Literal(l) => Some(Hir::literal(l.0)),
+            HirKind::Look(l) => Some(Hir::look(l)),
+            HirKind::Class(c) => Some(Hir::class(c)),
+        }
+    }
+    // Most constraints have nothing to prune: a look first saves rebuilding (and reallocating) the whole tree.
+    if has_empty_class(&h) {
+        prune(h)
+    } else {
+        Some(h)
     }
 }
 
 /// The regex as a whole-output pattern: a leading `^` and trailing `$` are implied and dropped; anchors or
 /// look-arounds anywhere else are refused (they would make states that are not dead but can never match).
 fn whole_output(h: Hir) -> Result<Hir> {
+    if h.properties().look_set().is_empty() {
+        return Ok(h);
+    }
     let mut items = match h.kind() {
-        HirKind::Concat(hs) => hs.clone(),
+        HirKind::Concat(_) => match h.into_kind() {
+            HirKind::Concat(hs) => hs,
+            _ => unreachable!("checked just above"),
+        },
         _ => vec![h],
     };
     while items.first().is_some_and(|x| matches!(x.kind(), HirKind::Look(Look::Start))) {
@@ -162,7 +190,7 @@ impl Grammar {
     pub fn from_hir(hir: Hir, space: Arc<TokenSpace>, limits: Limits) -> Result<Self> {
         let regex = "the constraint";
         let hir =
-            prune_fail(&whole_output(hir)?).ok_or_else(|| Error::syntax("the constraint matches no output at all"))?;
+            prune_fail(whole_output(hir)?).ok_or_else(|| Error::syntax("the constraint matches no output at all"))?;
         let hir = Hir::concat(vec![hir, Hir::literal([END])]);
         let nfa = thompson::Compiler::new()
             .configure(

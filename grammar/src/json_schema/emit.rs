@@ -459,8 +459,27 @@ impl Emitter {
             }
             (None, _) => (lit(""), None, true),
         };
-        // Once a required member follows, an optional one is simply `(?:m sep)?` (something comes after it), so
-        // only objects with no required member pay for the alternation over which member comes first.
+        // With a required member, the first one (r) is always written: members before it are `(?:m sep)?`
+        // (something comes after them), members after it `sep m` or `(?:sep m)?`, and undeclared keys after all:
+        // linear, each member written once.
+        if let Some(r) = members.iter().position(|m| m.1) {
+            let mut parts = Vec::with_capacity(members.len() + 3);
+            for (i, (m, required)) in members.into_iter().enumerate() {
+                parts.push(match i.cmp(&r) {
+                    std::cmp::Ordering::Less => opt(cat(vec![m, sep.clone()])),
+                    std::cmp::Ordering::Equal => m,
+                    std::cmp::Ordering::Greater if required => cat(vec![sep.clone(), m]),
+                    std::cmp::Ordering::Greater => opt(cat(vec![sep.clone(), m])),
+                });
+            }
+            parts.push(s);
+            let body = cat(parts);
+            if body.size > MAX_REGEX {
+                return Err(Error::too_large(format!("json schema: object regex past {MAX_REGEX} bytes")));
+            }
+            return Ok(Some(braces(body, &self.ws)));
+        }
+        // With none, an alternation over which member comes first.
         let mut required_after = false;
         for (m, required) in members.iter().rev() {
             let next = s;
