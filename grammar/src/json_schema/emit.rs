@@ -41,13 +41,31 @@ fn opt(x: R) -> R {
     rep(x, 0, Some(1))
 }
 
+/// `re` parsed; the last few hundred are kept per thread, since schemas repeat the same number and integer
+/// regexes (and parsing costs more than copying the tree).
 fn parsed(re: &str) -> Result<R> {
+    thread_local! {
+        static PARSED: std::cell::RefCell<std::collections::HashMap<String, R>> = Default::default();
+    }
+    if let Some(r) = PARSED.with(|m| m.borrow().get(re).cloned()) {
+        return Ok(r);
+    }
     let hir = regex_syntax::ParserBuilder::new()
         .nest_limit(1000)
         .build()
         .parse(re)
         .map_err(|e| Error::syntax(format!("internal regex {re:?}: {e}")))?;
-    Ok(R { hir, size: re.len() })
+    let r = R { hir, size: re.len() };
+    if re.len() <= 4096 {
+        PARSED.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.len() >= 512 {
+                m.clear();
+            }
+            m.insert(re.to_string(), r.clone());
+        });
+    }
+    Ok(r)
 }
 
 fn of(hir: Hir) -> R {
