@@ -87,17 +87,19 @@ fn printable(h: regex_syntax::hir::Hir) -> regex_syntax::hir::Hir {
 
 /// The regex for `schema`, parsed (what a [`crate::Grammar`] compiles; no regex text written and read again).
 pub fn schema_to_hir(schema: &Value, opts: &Options) -> Result<regex_syntax::hir::Hir> {
-    let node = ir::Builder::new(schema, opts).node(schema)?;
-    let mut emitter = emit::Emitter::new(opts)?;
-    let r = match emitter.emit(&node) {
-        // Free member order costs size; a schema too large with it may fit in the schema's own order.
-        Err(e) if e.is_too_large() && !opts.strict_properties => {
-            emitter.free_order = false;
-            emitter.emit(&node)?
+    // Past the size limit, narrower readings are tried in turn, each a subset of the last (never accepting
+    // more): the schema's own member order instead of any order, then recursion cut one level sooner each time.
+    let mut opts = opts.clone();
+    let mut free_order = true;
+    loop {
+        let mut emitter = emit::Emitter::new(&opts)?;
+        emitter.free_order = free_order;
+        match ir::Builder::new(schema, &opts).node(schema).and_then(|node| emitter.emit(&node)) {
+            Err(e) if e.is_too_large() && !opts.strict_properties && free_order => free_order = false,
+            Err(e) if e.is_too_large() && opts.max_ref_depth > 1 => opts.max_ref_depth -= 1,
+            r => return r?.map(|r| r.hir).ok_or_else(|| Error::syntax("json schema: no value satisfies the schema")),
         }
-        r => r?,
-    };
-    r.map(|r| r.hir).ok_or_else(|| Error::syntax("json schema: no value satisfies the schema"))
+    }
 }
 
 pub(crate) fn unsupported(keyword: &str, why: &str) -> Error {

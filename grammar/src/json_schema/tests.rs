@@ -366,3 +366,29 @@ fn if_then_else_on_a_discriminator() {
     assert!(err(json!({"properties": {"s": {"type": "string"}}, "if": {"properties": {"s": {"const": "a"}}}, "then": {"required": ["s"]}}))
         .contains("\"not\""));
 }
+
+/// A recursive schema too large with recursion three levels deep is cut one level sooner instead of refused:
+/// shallow instances still pass, and the cut never lets through more than the schema allows.
+#[test]
+fn recursion_is_cut_sooner_when_the_regex_grows_too_large() {
+    let props: serde_json::Map<String, Value> =
+        (0..24).map(|i| (format!("child_number_{i}"), json!({"$ref": "#"}))).collect();
+    let schema = json!({"type": "object", "properties": props, "additionalProperties": false});
+    let deep = Options { max_ref_depth: 3, ..Options::default() };
+    let mut emitter = emit::Emitter::new(&deep).unwrap();
+    let three = ir::Builder::new(&schema, &deep).node(&schema).and_then(|node| emitter.emit(&node));
+    assert!(three.is_err_and(|e| e.is_too_large()), "too large three levels deep");
+    let re = schema_to_regex(&schema, r"[ ]?").unwrap();
+    let re = regex_automata::meta::Builder::new()
+        .configure(regex_automata::meta::Config::new().nfa_size_limit(Some(1 << 30)))
+        .build(&format!("^(?:{re})$"))
+        .unwrap();
+    for ok in
+        [r#"{}"#, r#"{"child_number_0": {}}"#, r#"{"child_number_3": {"child_number_23": {}}, "child_number_5": {}}"#]
+    {
+        assert!(re.is_match(ok), "{ok}");
+    }
+    for bad in [r#"{"child_number_0": 1}"#, r#"{"other": {}}"#, r#"{"child_number_0": {"x": {}}}"#] {
+        assert!(!re.is_match(bad), "{bad}");
+    }
+}
