@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
-use grammar::{Constraint, Grammar, DEFAULT_WHITESPACE};
+use grammar::{Constraint, Grammar};
 use rand::Rng;
 use runtime::{Event, FinishReason, Finished, Request, RequestStream, TokenInfo};
 use serde_json::{json, Value};
@@ -34,18 +34,21 @@ fn check_model(ready: &Ready, model: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-/// Compiles (or fetches) a grammar off the async threads, within the time limit.
-pub(crate) async fn compile(ready: &Ready, c: Constraint) -> Result<Arc<Grammar>, ApiError> {
+/// Compiles (or fetches) a grammar off the async threads, within the time limit; errors name `param`, the
+/// request field the constraint came from.
+pub(crate) async fn compile(ready: &Ready, c: Constraint, param: &str) -> Result<Arc<Grammar>, ApiError> {
     let cache = ready.grammars.clone();
     let job = tokio::task::spawn_blocking(move || cache.get_or_compile(&c));
-    match tokio::time::timeout(ready.grammar_timeout, job).await {
-        Err(_) => Err(ApiError::bad_request(format!(
+    let e = match tokio::time::timeout(ready.grammar_timeout, job).await {
+        Err(_) => ApiError::bad_request(format!(
             "the constraint did not compile within {} s; simplify the schema",
             ready.grammar_timeout.as_secs()
-        ))),
-        Ok(Err(e)) => Err(ApiError::internal(format!("grammar compilation failed: {e}"))),
-        Ok(Ok(r)) => Ok(r?),
-    }
+        )),
+        Ok(Err(e)) => return Err(ApiError::internal(format!("grammar compilation failed: {e}"))),
+        Ok(Ok(Ok(g))) => return Ok(g),
+        Ok(Ok(Err(e))) => ApiError::from(e),
+    };
+    Err(ApiError { param: Some(param.into()), ..e })
 }
 
 /// A JSON Schema given as an object or as a string holding one.
@@ -58,21 +61,19 @@ fn schema_text(v: &Value, param: &str) -> Result<String, ApiError> {
     if !(schema.is_object() || schema.is_boolean()) {
         return Err(ApiError::invalid(param, format!("{param} must be a JSON Schema object")));
     }
-    // Refuse unsupported keywords now, naming them, rather than at compile time.
-    grammar::json_schema::schema_to_regex(&schema, DEFAULT_WHITESPACE)
-        .map_err(|e| ApiError::invalid(param, format!("{param}: {e}")))?;
+    // Unsupported keywords are refused when it compiles (off the async threads: a large schema takes seconds).
     Ok(schema.to_string())
 }
 
 /// The extra constraint fields harnesses send (`regex`, `json_schema`).
-fn extra_constraints(c: &CommonParams) -> Result<Vec<Constraint>, ApiError> {
+fn extra_constraints(c: &CommonParams) -> Result<Vec<(Constraint, &'static str)>, ApiError> {
     let mut out = Vec::new();
     if let Some(r) = &c.regex {
         Constraint::Regex(r.clone()).to_regex().map_err(|e| ApiError::invalid("regex", e.to_string()))?;
-        out.push(Constraint::Regex(r.clone()));
+        out.push((Constraint::Regex(r.clone()), "regex"));
     }
     if let Some(s) = &c.json_schema {
-        out.push(Constraint::JsonSchema(schema_text(s, "json_schema")?));
+        out.push((Constraint::JsonSchema(schema_text(s, "json_schema")?), "json_schema"));
     }
     Ok(out)
 }
@@ -442,12 +443,13 @@ pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> 
     if let Some(rf) = &req.response_format {
         match rf.kind.as_str() {
             "text" => {}
-            "json_object" => constraints.push(Constraint::JsonObject { max_depth: 4 }),
+            "json_object" => constraints.push((Constraint::JsonObject { max_depth: 4 }, "response_format")),
             "json_schema" => {
                 let schema = rf.json_schema.as_ref().and_then(|j| j.schema.as_ref()).ok_or_else(|| {
                     ApiError::invalid("response_format.json_schema.schema", "json_schema needs a `schema`")
                 })?;
-                constraints.push(Constraint::JsonSchema(schema_text(schema, "response_format.json_schema.schema")?));
+                let param = "response_format.json_schema.schema";
+                constraints.push((Constraint::JsonSchema(schema_text(schema, param)?), param));
             }
             other => {
                 return Err(ApiError::invalid(
@@ -477,7 +479,7 @@ pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> 
                 .map_err(|e| ApiError::invalid("tools", format!("a function's parameters: {e}")))?;
             let calls = ready.tool_format.calls_regex(&call, parallel);
             let regex = if mode == ToolMode::Auto { ready.tool_format.auto_regex(&calls) } else { calls };
-            constraints.push(Constraint::Regex(regex));
+            constraints.push((Constraint::Regex(regex), "tools"));
         }
     }
     if constraints.len() > 1 {
@@ -489,7 +491,7 @@ pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> 
         return Err(ApiError::bad_request("the prompt is empty"));
     }
     let grammar = match constraints.pop() {
-        Some(c) => Some(compile(&ready, c).await?),
+        Some((c, param)) => Some(compile(&ready, c, param).await?),
         None => None,
     };
     let streams = submit(&ready, prompt.clone(), &params, logprobs, grammar)?;
@@ -734,7 +736,7 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
         return Err(ApiError::bad_request("give at most one of regex and json_schema"));
     }
     let grammar = match constraints.pop() {
-        Some(c) => Some(compile(&ready, c).await?),
+        Some((c, param)) => Some(compile(&ready, c, param).await?),
         None => None,
     };
     let mut streams = Vec::new();

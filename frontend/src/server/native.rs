@@ -150,7 +150,10 @@ pub async fn generate(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiErr
         _ => return Err(ApiError::bad_request("give at most one of regex and json_schema")),
     };
     let grammar = match constraint {
-        Some(c) => Some(compile(&ready, c).await?),
+        Some(c) => {
+            let param = if sp.regex.is_some() { "sampling_params.regex" } else { "sampling_params.json_schema" };
+            Some(compile(&ready, c, param).await?)
+        }
         None => None,
     };
     let logprobs = if req.return_logprob.unwrap_or(false) {
