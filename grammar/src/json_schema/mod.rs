@@ -85,18 +85,25 @@ fn printable(h: regex_syntax::hir::Hir) -> regex_syntax::hir::Hir {
     go(h, &mut 0)
 }
 
+/// How long [`schema_to_hir`] keeps trying narrower readings of a schema past the size limit.
+const RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The regex for `schema`, parsed (what a [`crate::Grammar`] compiles; no regex text written and read again).
 pub fn schema_to_hir(schema: &Value, opts: &Options) -> Result<regex_syntax::hir::Hir> {
     // Past the size limit, narrower readings are tried in turn, each a subset of the last (never accepting
-    // more): the schema's own member order instead of any order, then recursion cut one level sooner each time.
+    // more): the schema's own member order instead of any order, then recursion cut one level sooner each time
+    // while the attempts stay quick (a schema that takes seconds to outgrow the limit takes gigabytes).
     let mut opts = opts.clone();
     let mut free_order = true;
+    let started = std::time::Instant::now();
     loop {
         let mut emitter = emit::Emitter::new(&opts)?;
         emitter.free_order = free_order;
         match ir::Builder::new(schema, &opts).node(schema).and_then(|node| emitter.emit(&node)) {
             Err(e) if e.is_too_large() && !opts.strict_properties && free_order => free_order = false,
-            Err(e) if e.is_too_large() && opts.max_ref_depth > 1 => opts.max_ref_depth -= 1,
+            Err(e) if e.is_too_large() && opts.max_ref_depth > 1 && started.elapsed() < RETRY_BUDGET => {
+                opts.max_ref_depth -= 1
+            }
             r => return r?.map(|r| r.hir).ok_or_else(|| Error::syntax("json schema: no value satisfies the schema")),
         }
     }
