@@ -578,7 +578,7 @@ impl Grammar {
     /// `k.kind`, stays live to its end. The run of that kind leads back to `s`, so the DFA only reads what
     /// follows it (usually a closing quote and what comes after).
     fn rest_live(&self, cache: &mut Cache, s: State, k: &KindTokens, q: usize, depth: usize) -> bool {
-        if k.from[q] as usize <= depth {
+        if k.from[q] != u8::MAX && k.from[q] as usize <= depth {
             return true;
         }
         let rest = if k.run_end[q] as usize >= depth {

@@ -29,7 +29,7 @@ pub(crate) struct KindTokens {
     /// The trie of the others.
     pub(crate) rest: TokenTrie,
     /// Per position in the full trie's `token_ids` (depth-first order): the first offset from which the token's
-    /// bytes are all of this kind (`u8::MAX` when past 254).
+    /// bytes are all of this kind (`u8::MAX` when past 254: unknown, the token is walked).
     pub(crate) from: Vec<u8>,
     /// The positions where `from` is 0 (the whole token), as a bitset.
     pub(crate) whole: Vec<u64>,
