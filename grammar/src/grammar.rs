@@ -126,7 +126,7 @@ struct Uniform {
     plain: Option<State>,
     text: Option<State>,
     /// The plain bytes that do not lead back to the state when every other character of text does (a few:
-    /// the `.` of `.*\.json`); empty otherwise.
+    /// the `.` of `[^.]*\.json`); empty otherwise.
     text_loop_but: u128,
 }
 
