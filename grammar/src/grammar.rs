@@ -280,8 +280,12 @@ impl Grammar {
     }
 
     /// Walks `bytes` from `s`; `None` if the output leaves the language.
-    pub(crate) fn walk(&self, mut s: State, bytes: &[u8]) -> Option<State> {
-        let cache = &mut self.lock().cache;
+    pub(crate) fn walk(&self, s: State, bytes: &[u8]) -> Option<State> {
+        self.walk_in(&mut self.lock().cache, s, bytes)
+    }
+
+    /// [`Grammar::walk`] with the cache held.
+    fn walk_in(&self, cache: &mut Cache, mut s: State, bytes: &[u8]) -> Option<State> {
         for &b in bytes {
             s = self.step(cache, s, b)?;
         }
@@ -355,7 +359,7 @@ impl Grammar {
                     }
                     for b in but {
                         for &t in &space.containing[b] {
-                            if self.live_from(&mut lazy.cache, s, space.vocab.bytes(t).unwrap_or_default()) {
+                            if self.walk_in(&mut lazy.cache, s, space.vocab.bytes(t).unwrap_or_default()).is_some() {
                                 mask.set(t);
                             }
                         }
@@ -437,16 +441,16 @@ impl Grammar {
         };
         for &q in &k.long {
             let q = q as usize;
-            if k.run_chars[q] as usize <= most || self.live_from(cache, at(most), past(q, most)) {
+            if k.run_chars[q] as usize <= most || self.walk_in(cache, at(most), past(q, most)).is_some() {
                 mask.set(ids[q]);
             }
         }
         each_position(&k.whole, 0..ids.len(), false, |q| {
             let run = k.run_chars[q] as usize;
             let live = if run <= most {
-                self.live_from(cache, at(run), &k.tail_bytes[k.tails[q] as usize..k.tails[q + 1] as usize])
+                self.walk_in(cache, at(run), &k.tail_bytes[k.tails[q] as usize..k.tails[q + 1] as usize]).is_some()
             } else {
-                self.live_from(cache, at(most), past(q, most))
+                self.walk_in(cache, at(most), past(q, most)).is_some()
             };
             if live {
                 mask.set(ids[q]);
@@ -456,17 +460,6 @@ impl Grammar {
             mask.clear();
         }
         mask
-    }
-
-    /// Whether `bytes` read from `s` stay in the language.
-    fn live_from(&self, cache: &mut Cache, mut s: State, bytes: &[u8]) -> bool {
-        bytes.iter().all(|&b| match self.step(cache, s, b) {
-            Some(x) => {
-                s = x;
-                true
-            }
-            None => false,
-        })
     }
 
     /// The first character of a walk from `s`, a state that loops on nothing, over the full trie: the starting
@@ -482,10 +475,10 @@ impl Grammar {
         let last = trie.node_count();
         let whole_walk = || (TokenBitset::new(space.vocab.len()), vec![(1, last, s)]);
         // The nodes one whole character down (one byte for ASCII and bytes that start no character): (node,
-        // the state before it, its state, how that loops). Nodes part way through a character come as
-        // (node, state before, its state, Loop::No) too, with their own tokens only (`partial`).
+        // the state before it, its state, how that loops); live nodes part way through a character are `partial`,
+        // for their own tokens.
         let mut kids: Vec<(usize, State, Option<State>, Loop)> = Vec::new();
-        let mut partial: Vec<(usize, Option<State>)> = Vec::new();
+        let mut partial: Vec<usize> = Vec::new();
         let mut stack: Vec<(usize, State, usize)> = Vec::new();
         let mut c = 1;
         while c < last {
@@ -500,17 +493,19 @@ impl Grammar {
         }
         while let Some((c, before, len)) = stack.pop() {
             let node = trie.nodes[c];
-            let next = self.step(&mut lazy.cache, before, node.byte);
-            if node.depth as usize == len || next.is_none() {
-                let kind = next.map_or(Loop::No, |x| self.loop_kind(lazy, x));
-                kids.push((c, before, next, kind));
-                continue;
-            }
-            partial.push((c, next));
-            let mut k = c + 1;
-            while k < node.end as usize {
-                stack.push((k, next.expect("live"), len));
-                k = trie.nodes[k].end as usize;
+            match self.step(&mut lazy.cache, before, node.byte) {
+                Some(next) if (node.depth as usize) < len => {
+                    partial.push(c);
+                    let mut k = c + 1;
+                    while k < node.end as usize {
+                        stack.push((k, next, len));
+                        k = trie.nodes[k].end as usize;
+                    }
+                }
+                next => {
+                    let kind = next.map_or(Loop::No, |x| self.loop_kind(lazy, x));
+                    kids.push((c, before, next, kind));
+                }
             }
         }
         let cover =
@@ -522,12 +517,10 @@ impl Grammar {
         let k = space.kind(kind);
         let mut mask = k.set.clone();
         let ids = &trie.token_ids;
-        // Tokens that end part way through a first character: none is of either kind.
-        for (c, next) in partial {
-            if next.is_some() {
-                for &t in trie.tokens_at(c) {
-                    mask.set(t);
-                }
+        // Tokens that end part way through a live first character: none is of either kind.
+        for c in partial {
+            for &t in trie.tokens_at(c) {
+                mask.set(t);
             }
         }
         let mut ranges = Vec::new();
@@ -589,7 +582,7 @@ impl Grammar {
             let rest = bytes.get(depth..).unwrap_or_default();
             &rest[loop_run(rest, k.kind)..]
         };
-        self.live_from(cache, s, rest)
+        self.walk_in(cache, s, rest).is_some()
     }
 
     /// How `s` loops.

@@ -465,7 +465,7 @@ impl Emitter {
             return Ok(Some(braces(alt(orders), &self.ws)));
         }
         // s: members i.. once something is written; f: members i.. when nothing is yet (None: must write).
-        let (mut s, mut f, mut empty_ok) = match (&extra, counted) {
+        let (mut s, mut f, empty_ok) = match (&extra, counted) {
             (Some(x), Some((lo, hi))) => {
                 let more =
                     rep(cat(vec![sep.clone(), x.clone()]), lo.saturating_sub(1), hi.map(|h| h.saturating_sub(1)));
@@ -498,22 +498,14 @@ impl Emitter {
             return Ok(Some(braces(body, &self.ws)));
         }
         // With none, an alternation over which member comes first.
-        let mut required_after = false;
-        for (m, required) in members.iter().rev() {
+        for (m, _) in members.into_iter().rev() {
             let next = s;
-            if *required {
-                f = Some(cat(vec![m.clone(), next.clone()]));
-                empty_ok = false;
-                required_after = true;
-                s = cat(vec![sep.clone(), m.clone(), next]);
-            } else {
-                f = Some(match f {
-                    Some(f) if required_after => cat(vec![opt(cat(vec![m.clone(), sep.clone()])), f]),
-                    Some(f) => alt(vec![cat(vec![m.clone(), next.clone()]), f]),
-                    None => cat(vec![m.clone(), next.clone()]),
-                });
-                s = cat(vec![opt(cat(vec![sep.clone(), m.clone()])), next]);
-            }
+            let first = cat(vec![m.clone(), next.clone()]);
+            f = Some(match f {
+                Some(f) => alt(vec![first, f]),
+                None => first,
+            });
+            s = cat(vec![opt(cat(vec![sep.clone(), m])), next]);
             if f.as_ref().is_some_and(|f| f.size > MAX_REGEX) {
                 return Err(Error::too_large(format!("json schema: object regex past {MAX_REGEX} bytes")));
             }
