@@ -17,8 +17,8 @@ fn main() {
         println!("== {path}");
         // As `maskbench` scores it: the spec's reading of an unspecified additionalProperties.
         let opts = grammar::json_schema::Options { strict_properties: false, ..Default::default() };
-        let compiled = grammar::json_schema::schema_to_hir(&doc["schema"], &opts)
-            .and_then(|hir| Grammar::from_hir(hir, space.clone(), Limits::default()));
+        let compiled = grammar::json_schema::schema_to_rx(&doc["schema"], &opts)
+            .and_then(|rx| Grammar::from_rx(&rx, space.clone(), Limits::default()));
         let g = match compiled {
             Ok(g) => Arc::new(g),
             Err(e) => {

@@ -1,4 +1,4 @@
-//! Splits time to first mask into its parts over a folder of MaskBench files: schema to regex (Hir), regex to
+//! Splits time to first mask into its parts over a folder of MaskBench files: schema to regex tree, regex to
 //! automaton, first mask. Prints the medians and the slowest schemas.
 //!
 //! `cargo run --release -p bench --example ttfm_probe -- <folder> models/llama3/tokenizer.json`
@@ -24,14 +24,14 @@ fn main() {
         let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         // REPEAT=n: compile n times first (for profiling).
         for _ in 0..std::env::var("REPEAT").ok().and_then(|r| r.parse().ok()).unwrap_or(0) {
-            if let Ok(hir) = grammar::json_schema::schema_to_hir(&doc["schema"], &opts) {
-                let _ = Grammar::from_hir(hir, space.clone(), Limits::default());
+            if let Ok(rx) = grammar::json_schema::schema_to_rx(&doc["schema"], &opts) {
+                let _ = Grammar::from_rx(&rx, space.clone(), Limits::default());
             }
         }
         let t0 = Instant::now();
-        let Ok(hir) = grammar::json_schema::schema_to_hir(&doc["schema"], &opts) else { continue };
+        let Ok(rx) = grammar::json_schema::schema_to_rx(&doc["schema"], &opts) else { continue };
         let t1 = Instant::now();
-        let Ok(g) = Grammar::from_hir(hir, space.clone(), Limits::default()) else { continue };
+        let Ok(g) = Grammar::from_rx(&rx, space.clone(), Limits::default()) else { continue };
         let t2 = Instant::now();
         let mut mask = TokenBitset::new(space.vocab.len());
         Matcher::new(Arc::new(g)).mask_into(&mut mask);
@@ -52,14 +52,14 @@ fn main() {
         v[n / 2]
     };
     println!(
-        "{n} schemas; medians (us): total {:.0}, hir {:.0}, automaton {:.0}, first mask {:.0}",
+        "{n} schemas; medians (us): total {:.0}, tree {:.0}, automaton {:.0}, first mask {:.0}",
         med(0),
         med(1),
         med(2),
         med(3)
     );
     let sum = |i: usize| rows.iter().map(|r| [r.0, r.1, r.2, r.3][i]).sum::<f64>() / 1e3;
-    println!("sums (ms): total {:.0}, hir {:.0}, automaton {:.0}, first mask {:.0}", sum(0), sum(1), sum(2), sum(3));
+    println!("sums (ms): total {:.0}, tree {:.0}, automaton {:.0}, first mask {:.0}", sum(0), sum(1), sum(2), sum(3));
     rows.sort_by(|a, b| a.0.total_cmp(&b.0));
     for r in rows.iter().skip(n / 2 - 5).take(10) {
         println!("{:>9.0} {:>9.0} {:>9.0} {:>9.0}  {}", r.0, r.1, r.2, r.3, r.4);

@@ -14,7 +14,7 @@ fn main() {
     let space = TokenSpace::new(Vocabulary::from_tokenizer(&tok, &[]).expect("vocabulary"));
     println!("trie nodes {}", space.trie.node_count());
     let schema: serde_json::Value = serde_json::from_str(&args[2]).expect("schema JSON");
-    let hir = grammar::json_schema::schema_to_hir(
+    let rx = grammar::json_schema::schema_to_rx(
         &schema,
         &grammar::json_schema::Options {
             strict_properties: std::env::var_os("STRICT").is_some(),
@@ -23,7 +23,7 @@ fn main() {
     )
     .expect("schema compiles");
     let ids = tok.encode(args[3].as_str(), false).expect("encodes").get_ids().to_vec();
-    let g = Arc::new(Grammar::from_hir(hir, space.clone(), Limits::default()).expect("grammar"));
+    let g = Arc::new(Grammar::from_rx(&rx, space.clone(), Limits::default()).expect("grammar"));
     let mut mask = TokenBitset::new(space.vocab.len());
     let passes: usize = std::env::var("PASSES").ok().and_then(|p| p.parse().ok()).unwrap_or(2);
     for pass in 0..passes {

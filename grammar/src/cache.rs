@@ -70,7 +70,7 @@ impl GrammarCache {
         };
         slot.get_or_init(|| {
             self.compiles.fetch_add(1, Ordering::Relaxed);
-            Ok(Arc::new(Grammar::from_hir(c.to_hir()?, self.space.clone(), self.limits)?))
+            Ok(Arc::new(Grammar::from_rx(&c.to_rx()?, self.space.clone(), self.limits)?))
         })
         .clone()
     }

@@ -20,18 +20,20 @@ pub enum Constraint {
 
 impl Constraint {
     /// The regex the output must match, parsed (JSON Schemas are built as a parsed regex directly).
-    pub fn to_hir(&self) -> Result<regex_syntax::hir::Hir> {
+    pub fn to_rx(&self) -> Result<crate::Rx> {
         match self {
             Constraint::JsonSchema(text) => {
                 let schema: serde_json::Value =
                     serde_json::from_str(text).map_err(|e| Error::syntax(format!("json schema is not JSON: {e}")))?;
-                crate::json_schema::schema_to_hir(&schema, &crate::json_schema::Options::default())
+                crate::json_schema::schema_to_rx(&schema, &crate::json_schema::Options::default())
             }
             other => regex_syntax::ParserBuilder::new()
                 .nest_limit(1000)
                 .build()
                 .parse(&other.to_regex()?)
-                .map_err(|e| Error::syntax(format!("regex: {e}"))),
+                .map_err(|e| Error::syntax(format!("regex: {e}")))
+                .and_then(crate::grammar::whole_output)
+                .map(crate::Rx::hir),
         }
     }
 

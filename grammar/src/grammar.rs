@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::hybrid::LazyStateID;
-use regex_automata::nfa::thompson;
 use regex_automata::util::start;
 use regex_automata::{Anchored, MatchKind};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
 use crate::bitset::TokenBitset;
 use crate::error::{Error, Result};
+use crate::rx::Rx;
 use crate::space::{char_offset, each_position, is_plain, loop_run, KindTokens, Loop, TokenSpace, UPTO};
 
 /// Limits on compiling one constraint.
@@ -41,56 +41,9 @@ const BULK_MIN: usize = 16;
 /// A DFA state (stable for the grammar's life: the lazy DFA's cache is never cleared, see [`Grammar::step`]).
 pub(crate) type State = LazyStateID;
 
-/// `h` without the parts that can never match (empty classes), or `None` when nothing matches at all. With none
-/// left, every state of the Thompson NFA lies on a path to the match, so every DFA state but the dead one can
-/// still end in a match: "not dead" is "still a prefix of the language", which is what a mask needs.
-fn prune_fail(h: Hir) -> Option<Hir> {
-    fn has_empty_class(h: &Hir) -> bool {
-        match h.kind() {
-            HirKind::Class(regex_syntax::hir::Class::Unicode(u)) => u.ranges().is_empty(),
-            HirKind::Class(regex_syntax::hir::Class::Bytes(b)) => b.ranges().is_empty(),
-            HirKind::Empty | HirKind::Literal(_) | HirKind::Look(_) => false,
-            HirKind::Capture(c) => has_empty_class(&c.sub),
-            HirKind::Repetition(r) => has_empty_class(&r.sub),
-            HirKind::Concat(hs) | HirKind::Alternation(hs) => hs.iter().any(has_empty_class),
-        }
-    }
-    fn prune(h: Hir) -> Option<Hir> {
-        if let HirKind::Class(regex_syntax::hir::Class::Unicode(u)) = h.kind() {
-            return (!u.ranges().is_empty()).then_some(h);
-        }
-        if let HirKind::Class(regex_syntax::hir::Class::Bytes(b)) = h.kind() {
-            return (!b.ranges().is_empty()).then_some(h);
-        }
-        match h.into_kind() {
-            HirKind::Capture(c) => prune(*c.sub),
-            HirKind::Repetition(r) => match prune(*r.sub) {
-                Some(sub) => Some(Hir::repetition(regex_syntax::hir::Repetition { sub: Box::new(sub), ..r })),
-                None if r.min == 0 => Some(Hir::empty()),
-                None => None,
-            },
-            HirKind::Concat(hs) => hs.into_iter().map(prune).collect::<Option<Vec<_>>>().map(Hir::concat),
-            HirKind::Alternation(hs) => {
-                let kept: Vec<Hir> = hs.into_iter().filter_map(prune).collect();
-                (!kept.is_empty()).then(|| Hir::alternation(kept))
-            }
-            HirKind::Empty => Some(Hir::empty()),
-            HirKind::Literal(l) => Some(Hir::literal(l.0)),
-            HirKind::Look(l) => Some(Hir::look(l)),
-            HirKind::Class(c) => Some(Hir::class(c)),
-        }
-    }
-    // Most constraints have nothing to prune: a look first saves rebuilding (and reallocating) the whole tree.
-    if has_empty_class(&h) {
-        prune(h)
-    } else {
-        Some(h)
-    }
-}
-
 /// The regex as a whole-output pattern: a leading `^` and trailing `$` are implied and dropped; anchors or
 /// look-arounds anywhere else are refused (they would make states that are not dead but can never match).
-fn whole_output(h: Hir) -> Result<Hir> {
+pub(crate) fn whole_output(h: Hir) -> Result<Hir> {
     if h.properties().look_set().is_empty() {
         return Ok(h);
     }
@@ -186,21 +139,21 @@ impl Grammar {
         Self::from_hir(hir, space, limits)
     }
 
-    /// Compiles a parsed regex (the whole output must match it) over `space`.
+    /// Compiles a parsed regex (the whole output must match it; a leading `^` and trailing `$` are implied)
+    /// over `space`.
     pub fn from_hir(hir: Hir, space: Arc<TokenSpace>, limits: Limits) -> Result<Self> {
+        Self::from_rx(&Rx::hir(whole_output(hir)?), space, limits)
+    }
+
+    /// Compiles a regex tree (the whole output must match it) over `space`.
+    pub fn from_rx(rx: &Rx, space: Arc<TokenSpace>, limits: Limits) -> Result<Self> {
         let regex = "the constraint";
-        let hir =
-            prune_fail(whole_output(hir)?).ok_or_else(|| Error::syntax("the constraint matches no output at all"))?;
-        let hir = Hir::concat(vec![hir, Hir::literal([END])]);
-        let nfa = thompson::Compiler::new()
-            .configure(
-                thompson::Config::new()
-                    .nfa_size_limit(Some(limits.determinize_bytes))
-                    .shrink(false)
-                    .which_captures(thompson::WhichCaptures::None),
-            )
-            .build_from_hir(&hir)
-            .map_err(|e| too_large_or_syntax(regex, &e))?;
+        // The END byte closes every member; parts that never match are left out of the NFA, so every state but
+        // the dead one is still a prefix of some member.
+        let whole = Rx::concat(vec![rx.clone(), Rx::literal(&[END])]);
+        let nfa = whole
+            .to_nfa(limits.determinize_bytes)?
+            .ok_or_else(|| Error::syntax("the constraint matches no output at all"))?;
         let dfa = DFA::builder()
             .configure(
                 DFA::config()

@@ -111,8 +111,8 @@ fn masks_equal_what_advance_accepts_on_a_real_vocabulary() {
         let g = match schema {
             Some(schema) => {
                 let schema: serde_json::Value = serde_json::from_str(schema).unwrap();
-                let hir = grammar::json_schema::schema_to_hir(&schema, &lenient).unwrap();
-                Grammar::from_hir(hir, space.clone(), Limits::default()).unwrap()
+                let rx = grammar::json_schema::schema_to_rx(&schema, &lenient).unwrap();
+                Grammar::from_rx(&rx, space.clone(), Limits::default()).unwrap()
             }
             None => Grammar::from_regex(regex, space.clone(), Limits::default()).unwrap(),
         };

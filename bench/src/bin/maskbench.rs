@@ -125,9 +125,9 @@ fn compile(
 ) -> Result<Compiled, String> {
     match engine {
         "ours" => {
-            let hir = grammar::json_schema::schema_to_hir(schema, opts).map_err(|e| e.to_string())?;
+            let rx = grammar::json_schema::schema_to_rx(schema, opts).map_err(|e| e.to_string())?;
             Ok(Compiled::Ours(Arc::new(
-                Grammar::from_hir(hir, space.clone(), Limits::default()).map_err(|e| e.to_string())?,
+                Grammar::from_rx(&rx, space.clone(), Limits::default()).map_err(|e| e.to_string())?,
             )))
         }
         _ => {

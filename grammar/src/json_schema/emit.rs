@@ -4,9 +4,10 @@ use regex_syntax::hir::Hir;
 use serde_json::Value;
 
 use super::ir::{admits, intersect, Array, Node, Object};
-use super::pattern::{repeat, string_contents, StringPattern};
+use super::pattern::{string_contents, StringPattern};
 use super::{unsupported, Options};
 use crate::error::{Error, Result};
+use crate::rx::Rx;
 
 /// Most a schema's regex may weigh (about its length as regex text) before the DFA is even tried.
 const MAX_REGEX: usize = 4 << 20;
@@ -14,31 +15,54 @@ const MAX_REGEX: usize = 4 << 20;
 /// A piece of the regex and its weight (about its length as regex text, counted repetitions expanded).
 #[derive(Clone)]
 pub(crate) struct R {
-    pub hir: Hir,
+    pub rx: Rx,
     pub size: usize,
 }
 
 fn lit(s: &str) -> R {
-    R { hir: Hir::literal(s.as_bytes()), size: s.len() }
+    R { rx: Rx::literal(s.as_bytes()), size: s.len() }
 }
 
 fn cat(parts: Vec<R>) -> R {
     let size = parts.iter().map(|p| p.size).sum();
-    R { hir: Hir::concat(parts.into_iter().map(|p| p.hir).collect()), size }
+    R { rx: Rx::concat(parts.into_iter().map(|p| p.rx).collect()), size }
 }
 
 fn alt(parts: Vec<R>) -> R {
     let size = parts.iter().map(|p| p.size + 1).sum();
-    R { hir: Hir::alternation(parts.into_iter().map(|p| p.hir).collect()), size }
+    R { rx: Rx::alternation(parts.into_iter().map(|p| p.rx).collect()), size }
 }
 
 fn rep(x: R, min: u64, max: Option<u64>) -> R {
     let copies = max.unwrap_or(min + 1).clamp(1, 1 << 20) as usize;
-    R { size: x.size.saturating_mul(copies), hir: repeat(x.hir, min, max) }
+    let clamp = |n: u64| n.min(u32::MAX as u64) as u32;
+    R { size: x.size.saturating_mul(copies), rx: Rx::repeat(x.rx, clamp(min), max.map(clamp)) }
 }
 
 fn opt(x: R) -> R {
     rep(x, 0, Some(1))
+}
+
+/// `item (sep item)*` (one copy of `item` in the NFA).
+fn list(item: R, sep: R) -> R {
+    R { size: item.size + sep.size, rx: Rx::list(item.rx, sep.rx) }
+}
+
+/// Any JSON value nested at most `depth` levels: the language of [`crate::constraint::json_value_regex`], with
+/// each level written once.
+fn any_value(depth: u32, ws: &R) -> Result<R> {
+    let string = parsed(crate::JSON_STRING)?;
+    let mut value = alt(vec![string.clone(), parsed(crate::JSON_NUMBER)?, parsed("true|false|null")?]);
+    let sep = cat(vec![ws.clone(), lit(","), ws.clone()]);
+    let colon = cat(vec![ws.clone(), lit(":"), ws.clone()]);
+    let scalars = value.clone();
+    for _ in 0..depth {
+        let member = cat(vec![string.clone(), colon.clone(), value.clone()]);
+        let object = cat(vec![lit("{"), ws.clone(), opt(list(member, sep.clone())), ws.clone(), lit("}")]);
+        let array = cat(vec![lit("["), ws.clone(), opt(list(value, sep.clone())), ws.clone(), lit("]")]);
+        value = alt(vec![scalars.clone(), object, array]);
+    }
+    Ok(value)
 }
 
 /// `re` parsed; the last few hundred are kept per thread, since schemas repeat the same number and integer
@@ -55,7 +79,7 @@ fn parsed(re: &str) -> Result<R> {
         .build()
         .parse(re)
         .map_err(|e| Error::syntax(format!("internal regex {re:?}: {e}")))?;
-    let r = R { hir, size: re.len() };
+    let r = R { rx: Rx::hir(hir), size: re.len() };
     if re.len() <= 4096 {
         PARSED.with(|m| {
             let mut m = m.borrow_mut();
@@ -69,7 +93,7 @@ fn parsed(re: &str) -> Result<R> {
 }
 
 fn of(hir: Hir) -> R {
-    R { size: weight(&hir), hir }
+    R { size: weight(&hir), rx: Rx::hir(hir) }
 }
 
 /// About the length of `h` as regex text, counted repetitions expanded.
@@ -117,10 +141,8 @@ impl Emitter {
         let (any, ws) = match hit {
             Some(p) => p,
             None => {
-                let p = (
-                    parsed(&crate::constraint::json_value_regex(opts.any_depth, &opts.whitespace))?,
-                    parsed(&opts.whitespace)?,
-                );
+                let ws = parsed(&opts.whitespace)?;
+                let p = (any_value(opts.any_depth, &ws)?, ws);
                 if let Ok(mut m) = PARSED.lock() {
                     let m = m.get_or_insert_with(Default::default);
                     if m.len() < 64 {
@@ -302,6 +324,14 @@ impl Emitter {
         }
         let body = if max == Some(0) {
             lit("")
+        } else if let (true, None, Some(r), 0..=1) = (prefix.is_empty(), max, &rest, a.min) {
+            // The common array: one loop over the items.
+            let items = list(r.clone(), self.sep.clone());
+            if a.min == 0 {
+                opt(items)
+            } else {
+                items
+            }
         } else {
             let first = cat(vec![elem(0), tail]);
             if a.min == 0 {
@@ -426,7 +456,7 @@ impl Emitter {
         // then be written twice; both values satisfy its schema, and a parsed object keeps one of them.
         if !self.strict && counted.is_none() && !members.is_empty() && members.iter().all(|m| !m.1) {
             let any = alt(members.iter().map(|m| m.0.clone()).chain(extra.clone()).collect());
-            let body = cat(vec![any.clone(), rep(cat(vec![sep, any]), 0, None)]);
+            let body = list(any, sep);
             let body = if nonempty { body } else { opt(body) };
             return Ok(Some(braces(body, &self.ws)));
         }
@@ -473,7 +503,7 @@ impl Emitter {
             }
             (Some(x), None) => {
                 let more = rep(cat(vec![sep.clone(), x.clone()]), 0, None);
-                (more.clone(), Some(cat(vec![x.clone(), more])), true)
+                (more, Some(list(x.clone(), sep.clone())), true)
             }
             (None, _) => (lit(""), None, true),
         };

@@ -88,8 +88,14 @@ fn printable(h: regex_syntax::hir::Hir) -> regex_syntax::hir::Hir {
 /// How long [`schema_to_hir`] keeps trying narrower readings of a schema past the size limit.
 const RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The regex for `schema`, parsed (what a [`crate::Grammar`] compiles; no regex text written and read again).
+/// The regex for `schema`, parsed, as one `Hir` tree.
 pub fn schema_to_hir(schema: &Value, opts: &Options) -> Result<regex_syntax::hir::Hir> {
+    Ok(schema_to_rx(schema, opts)?.to_hir())
+}
+
+/// The regex for `schema` with its shared pieces shared (what a [`crate::Grammar`] compiles; no regex text
+/// written and read again).
+pub fn schema_to_rx(schema: &Value, opts: &Options) -> Result<crate::Rx> {
     // Past the size limit, narrower readings are tried in turn, each a subset of the last (never accepting
     // more): the schema's own member order instead of any order, then recursion cut one level sooner each time
     // while the attempts stay quick (a schema that takes seconds to outgrow the limit takes gigabytes).
@@ -104,7 +110,7 @@ pub fn schema_to_hir(schema: &Value, opts: &Options) -> Result<regex_syntax::hir
             Err(e) if e.is_too_large() && opts.max_ref_depth > 1 && started.elapsed() < RETRY_BUDGET => {
                 opts.max_ref_depth -= 1
             }
-            r => return r?.map(|r| r.hir).ok_or_else(|| Error::syntax("json schema: no value satisfies the schema")),
+            r => return r?.map(|r| r.rx).ok_or_else(|| Error::syntax("json schema: no value satisfies the schema")),
         }
     }
 }

@@ -1,0 +1,567 @@
+//! A regex as a tree whose shared pieces stay shared, and its compiler to a Thompson NFA that copies a piece's
+//! compiled states at each further use instead of compiling it again.
+//!
+//! JSON Schema regexes repeat the same pieces many times: the free JSON value at every undeclared key, a
+//! definition at every `$ref`, a string's character class in every string. As `regex-syntax` `Hir` every use is a
+//! deep copy of the tree, and `regex-automata` compiles each copy from scratch (its Unicode classes through a
+//! UTF-8 compiler each time). Here a piece is an `Arc`, so a use costs a pointer, and [`Rx::to_nfa`] compiles a
+//! shared piece once and then copies its states (a relocation of indices) at every other use. The NFA is the
+//! same one `regex-automata` would build up to the order and naming of its states; it goes through
+//! [`thompson::Builder`], so the lazy DFA reads it as usual.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use regex_automata::nfa::thompson::{self, Transition};
+use regex_automata::util::primitives::StateID;
+use regex_syntax::hir::{Class, Hir, HirKind};
+
+use crate::error::{Error, Result};
+
+/// A regex over bytes: cheap to clone (pieces are shared), compiled with [`Rx::to_nfa`].
+#[derive(Clone)]
+pub struct Rx(Arc<Node>);
+
+enum Node {
+    Lit(Box<[u8]>),
+    Hir(Hir),
+    Cat(Vec<Rx>),
+    Alt(Vec<Rx>),
+    Rep(Rx, u32, Option<u32>),
+    /// `item (sep item)*`, compiled with one copy of `item` (the NFA loops back through `sep`).
+    List(Rx, Rx),
+}
+
+impl Rx {
+    pub fn literal(bytes: &[u8]) -> Self {
+        Self(Arc::new(Node::Lit(bytes.into())))
+    }
+    pub fn hir(h: Hir) -> Self {
+        Self(Arc::new(Node::Hir(h)))
+    }
+    pub fn concat(parts: Vec<Rx>) -> Self {
+        Self(Arc::new(Node::Cat(parts)))
+    }
+    pub fn alternation(parts: Vec<Rx>) -> Self {
+        Self(Arc::new(Node::Alt(parts)))
+    }
+    /// `x` repeated `min..=max` times (`max` `None`: no bound).
+    pub fn repeat(x: Rx, min: u32, max: Option<u32>) -> Self {
+        Self(Arc::new(Node::Rep(x, min, max)))
+    }
+
+    /// `item (sep item)*`: one or more items with `sep` between them. A regex must write `item` twice; the NFA
+    /// holds one copy and loops back to it through `sep`.
+    pub fn list(item: Rx, sep: Rx) -> Self {
+        Self(Arc::new(Node::List(item, sep)))
+    }
+
+    /// The same regex as one `Hir` tree (shared pieces copied at each use).
+    pub fn to_hir(&self) -> Hir {
+        match &*self.0 {
+            Node::Lit(b) => Hir::literal(b.clone()),
+            Node::Hir(h) => h.clone(),
+            Node::Cat(xs) => Hir::concat(xs.iter().map(Rx::to_hir).collect()),
+            Node::Alt(xs) => Hir::alternation(xs.iter().map(Rx::to_hir).collect()),
+            Node::Rep(x, min, max) => Hir::repetition(regex_syntax::hir::Repetition {
+                min: *min,
+                max: *max,
+                greedy: true,
+                sub: Box::new(x.to_hir()),
+            }),
+            Node::List(item, sep) => {
+                let item = item.to_hir();
+                let more = Hir::concat(vec![sep.to_hir(), item.clone()]);
+                let more = Hir::repetition(regex_syntax::hir::Repetition {
+                    min: 0,
+                    max: None,
+                    greedy: true,
+                    sub: Box::new(more),
+                });
+                Hir::concat(vec![item, more])
+            }
+        }
+    }
+
+    /// The anchored NFA of this regex, whole: its match state is reached only at the end of a member. Parts that
+    /// can never match (empty classes) are left out, so every state lies on a path to the match; `None` when
+    /// nothing matches at all. Anchors and look-arounds are refused. `size_limit` bounds the NFA's heap.
+    pub fn to_nfa(&self, size_limit: usize) -> Result<Option<thompson::NFA>> {
+        let mut c = Compiler { states: Vec::new(), shared: HashMap::new(), classes: HashMap::new(), limit: size_limit };
+        let Some(f) = c.rx(self)? else { return Ok(None) };
+        let m = c.push(S::Match)?;
+        c.patch(f.end, m);
+        c.build(f.start).map(Some)
+    }
+}
+
+impl std::fmt::Debug for Rx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0 {
+            Node::Lit(b) => write!(f, "{:?}", String::from_utf8_lossy(b)),
+            Node::Hir(h) => write!(f, "/{h}/"),
+            Node::Cat(xs) => f.debug_tuple("Cat").field(xs).finish(),
+            Node::Alt(xs) => f.debug_tuple("Alt").field(xs).finish(),
+            Node::Rep(x, min, max) => write!(f, "Rep({x:?}, {min}, {max:?})"),
+            Node::List(x, sep) => write!(f, "List({x:?}, {sep:?})"),
+        }
+    }
+}
+
+/// A state before it goes into the builder; ids are indices into [`Compiler::states`].
+#[derive(Clone)]
+enum S {
+    /// An epsilon move (`HOLE` until patched).
+    Empty(u32),
+    Range(Transition),
+    Sparse(Vec<Transition>),
+    Union(Vec<u32>),
+    Match,
+}
+
+const HOLE: u32 = u32::MAX;
+
+/// A compiled piece: enter at `start`; `end` is an `Empty` state still to be pointed at what follows.
+#[derive(Clone, Copy)]
+struct Frag {
+    start: u32,
+    end: u32,
+}
+
+/// Where a piece's states lie (`lo..hi`, contiguous: a piece's states are added together) and its ends, so the
+/// piece can be copied; `None`: the piece matches nothing.
+type Template = Option<(u32, u32, Frag)>;
+
+/// An id inside a piece's states, moved with the piece.
+fn relocate(id: u32, lo: u32, hi: u32, base: u32) -> u32 {
+    if (lo..hi).contains(&id) {
+        id - lo + base
+    } else {
+        // Only the piece's end points outside it (at what followed the original).
+        HOLE
+    }
+}
+
+/// A dense state's transitions as sorted ranges.
+fn dense(d: &thompson::DenseTransitions, at: impl Fn(StateID) -> u32) -> Vec<Transition> {
+    let mut out: Vec<Transition> = Vec::new();
+    for (b, &next) in d.transitions.iter().enumerate() {
+        if next == StateID::ZERO {
+            continue; // no transition on this byte
+        }
+        let next = sid(at(next));
+        match out.last_mut() {
+            Some(t) if t.next == next && t.end as usize + 1 == b => t.end = b as u8,
+            _ => out.push(Transition { start: b as u8, end: b as u8, next }),
+        }
+    }
+    out
+}
+
+fn sid(id: u32) -> StateID {
+    StateID::new(id as usize).expect("ids are checked against the state limit when added")
+}
+
+struct Compiler {
+    states: Vec<S>,
+    /// Pieces used more than once, by address: compiled once, copied after.
+    shared: HashMap<usize, Template>,
+    /// Unicode classes by ranges (the JSON string character appears in every string).
+    classes: HashMap<Vec<(char, char)>, Template>,
+    /// Most bytes the states may take.
+    limit: usize,
+}
+
+impl Compiler {
+    fn push(&mut self, s: S) -> Result<u32> {
+        // About what a state costs in the final NFA (a transition is 8 bytes, a state's header about 24).
+        if self.states.len().saturating_mul(24) > self.limit {
+            return Err(Error::too_large(format!("the NFA is past {} states", self.states.len())));
+        }
+        self.states.push(s);
+        Ok(self.states.len() as u32 - 1)
+    }
+
+    fn empty(&mut self) -> Result<Frag> {
+        let e = self.push(S::Empty(HOLE))?;
+        Ok(Frag { start: e, end: e })
+    }
+
+    fn patch(&mut self, from: u32, to: u32) {
+        match &mut self.states[from as usize] {
+            S::Empty(next) => *next = to,
+            _ => unreachable!("only a piece's end (an Empty state) is patched"),
+        }
+    }
+
+    /// Compiles a piece with `f`, or copies it when it was compiled before under `key`.
+    fn memo<K: std::hash::Hash + Eq>(
+        &mut self,
+        table: fn(&mut Self) -> &mut HashMap<K, Template>,
+        key: K,
+        f: impl FnOnce(&mut Self) -> Result<Option<Frag>>,
+    ) -> Result<Option<Frag>> {
+        if let Some(t) = table(self).get(&key).copied() {
+            return t.map(|t| self.copy(t)).transpose();
+        }
+        let lo = self.states.len() as u32;
+        let frag = f(self)?;
+        let hi = self.states.len() as u32;
+        table(self).insert(key, frag.map(|f| (lo, hi, f)));
+        Ok(frag)
+    }
+
+    /// A fresh copy of the states `lo..hi` (a piece compiled before), its end unpatched.
+    fn copy(&mut self, (lo, hi, f): (u32, u32, Frag)) -> Result<Frag> {
+        let base = self.states.len() as u32;
+        for i in lo..hi {
+            let s = match &self.states[i as usize] {
+                S::Empty(n) => S::Empty(relocate(*n, lo, hi, base)),
+                S::Range(t) => S::Range(Transition { next: sid(relocate(t.next.as_u32(), lo, hi, base)), ..*t }),
+                S::Sparse(ts) => S::Sparse(
+                    ts.iter()
+                        .map(|t| Transition { next: sid(relocate(t.next.as_u32(), lo, hi, base)), ..*t })
+                        .collect(),
+                ),
+                S::Union(alts) => S::Union(alts.iter().map(|&a| relocate(a, lo, hi, base)).collect()),
+                S::Match => S::Match,
+            };
+            self.push(s)?;
+        }
+        let end = f.end - lo + base;
+        self.states[end as usize] = S::Empty(HOLE);
+        Ok(Frag { start: f.start - lo + base, end })
+    }
+
+    fn rx(&mut self, x: &Rx) -> Result<Option<Frag>> {
+        if Arc::strong_count(&x.0) > 1 {
+            let key = Arc::as_ptr(&x.0) as usize;
+            return self.memo(|c| &mut c.shared, key, |c| c.node(&x.0));
+        }
+        self.node(&x.0)
+    }
+
+    fn node(&mut self, n: &Node) -> Result<Option<Frag>> {
+        match n {
+            Node::Lit(b) => self.literal(b).map(Some),
+            Node::Hir(h) => self.hir(h),
+            Node::Cat(xs) => self.concat(xs, Self::rx),
+            Node::Alt(xs) => self.alternation(xs, Self::rx),
+            Node::Rep(x, min, max) => self.repeat(*min, *max, |c| c.rx(x)),
+            Node::List(item, sep) => {
+                let Some(i) = self.rx(item)? else { return Ok(None) };
+                let exit = self.push(S::Empty(HOLE))?;
+                let next = match self.rx(sep)? {
+                    Some(s) => {
+                        self.patch(s.end, i.start);
+                        s.start
+                    }
+                    None => exit,
+                };
+                let u = self.push(S::Union(vec![next, exit]))?;
+                self.patch(i.end, u);
+                Ok(Some(Frag { start: i.start, end: exit }))
+            }
+        }
+    }
+
+    fn hir(&mut self, h: &Hir) -> Result<Option<Frag>> {
+        match h.kind() {
+            HirKind::Empty => self.empty().map(Some),
+            HirKind::Literal(l) => self.literal(&l.0).map(Some),
+            HirKind::Class(Class::Bytes(c)) => {
+                let ts = c.ranges().iter().map(|r| (r.start(), r.end()));
+                self.byte_class(ts.collect())
+            }
+            HirKind::Class(Class::Unicode(c)) => {
+                if c.ranges().iter().all(|r| r.end() <= '\x7F') {
+                    return self.byte_class(c.ranges().iter().map(|r| (r.start() as u8, r.end() as u8)).collect());
+                }
+                let key: Vec<(char, char)> = c.ranges().iter().map(|r| (r.start(), r.end())).collect();
+                self.memo(|c| &mut c.classes, key, |c| c.import(h))
+            }
+            HirKind::Look(_) => Err(Error::unsupported("regex: anchors or look-arounds inside the pattern")),
+            HirKind::Repetition(r) => self.repeat(r.min, r.max, |c| c.hir(&r.sub)),
+            HirKind::Capture(cap) => self.hir(&cap.sub),
+            HirKind::Concat(hs) => self.concat(hs, Self::hir),
+            HirKind::Alternation(hs) => self.alternation(hs, Self::hir),
+        }
+    }
+
+    fn literal(&mut self, bytes: &[u8]) -> Result<Frag> {
+        let end = self.push(S::Empty(HOLE))?;
+        let mut next = end;
+        // Written back to front, each byte pointing at the next: the states of a literal sit after its end.
+        for &b in bytes.iter().rev() {
+            next = self.push(S::Range(Transition { start: b, end: b, next: sid(next) }))?;
+        }
+        Ok(Frag { start: next, end })
+    }
+
+    fn byte_class(&mut self, ranges: Vec<(u8, u8)>) -> Result<Option<Frag>> {
+        if ranges.is_empty() {
+            return Ok(None);
+        }
+        let end = self.push(S::Empty(HOLE))?;
+        let ts = ranges.into_iter().map(|(start, e)| Transition { start, end: e, next: sid(end) }).collect();
+        let start = self.push(S::Sparse(ts))?;
+        Ok(Some(Frag { start, end }))
+    }
+
+    /// A Unicode class through `regex-automata`'s own compiler (its UTF-8 automata share suffixes), states moved
+    /// in here.
+    fn import(&mut self, h: &Hir) -> Result<Option<Frag>> {
+        use regex_automata::nfa::thompson::State as N;
+        if matches!(h.kind(), HirKind::Class(Class::Unicode(c)) if c.ranges().is_empty()) {
+            return Ok(None);
+        }
+        let nfa = thompson::Compiler::new()
+            .configure(thompson::Config::new().shrink(false).which_captures(thompson::WhichCaptures::None))
+            .build_from_hir(h)
+            .map_err(|e| Error::syntax(format!("regex class: {e}")))?;
+        let base = self.states.len() as u32;
+        let at = |id: StateID| base + id.as_u32();
+        let mut end = None;
+        for (i, s) in nfa.states().iter().enumerate() {
+            let moved = |t: &Transition| Transition { next: sid(at(t.next)), ..*t };
+            let s = match s {
+                N::ByteRange { trans } => S::Range(moved(trans)),
+                N::Sparse(st) => S::Sparse(st.transitions.iter().map(moved).collect()),
+                N::Dense(d) => S::Sparse(dense(d, at)),
+                N::Union { alternates } => S::Union(alternates.iter().map(|&a| at(a)).collect()),
+                N::BinaryUnion { alt1, alt2 } => S::Union(vec![at(*alt1), at(*alt2)]),
+                N::Capture { next, .. } => S::Empty(at(*next)),
+                N::Match { .. } => {
+                    end = Some(base + i as u32);
+                    S::Empty(HOLE)
+                }
+                // Never in a class: keep the numbering, match nothing.
+                N::Look { .. } | N::Fail => S::Sparse(Vec::new()),
+            };
+            self.push(s)?;
+        }
+        let end = end.ok_or_else(|| Error::syntax("regex class: no match state"))?;
+        Ok(Some(Frag { start: at(nfa.start_anchored()), end }))
+    }
+
+    fn concat<T>(&mut self, xs: &[T], f: fn(&mut Self, &T) -> Result<Option<Frag>>) -> Result<Option<Frag>> {
+        let mut out: Option<Frag> = None;
+        for x in xs {
+            let Some(g) = f(self, x)? else { return Ok(None) };
+            out = Some(match out {
+                None => g,
+                Some(o) => {
+                    self.patch(o.end, g.start);
+                    Frag { start: o.start, end: g.end }
+                }
+            });
+        }
+        match out {
+            Some(o) => Ok(Some(o)),
+            None => self.empty().map(Some),
+        }
+    }
+
+    fn alternation<T>(&mut self, xs: &[T], f: fn(&mut Self, &T) -> Result<Option<Frag>>) -> Result<Option<Frag>> {
+        let mut arms = Vec::with_capacity(xs.len());
+        for x in xs {
+            if let Some(g) = f(self, x)? {
+                arms.push(g);
+            }
+        }
+        match arms.len() {
+            0 => Ok(None),
+            1 => Ok(Some(arms[0])),
+            _ => {
+                let end = self.push(S::Empty(HOLE))?;
+                for a in &arms {
+                    self.patch(a.end, end);
+                }
+                let start = self.push(S::Union(arms.iter().map(|a| a.start).collect()))?;
+                Ok(Some(Frag { start, end }))
+            }
+        }
+    }
+
+    /// `min..=max` copies of the piece `f` compiles (compiled once, copied after).
+    fn repeat(
+        &mut self,
+        min: u32,
+        max: Option<u32>,
+        f: impl FnOnce(&mut Self) -> Result<Option<Frag>>,
+    ) -> Result<Option<Frag>> {
+        if max == Some(0) {
+            return self.empty().map(Some);
+        }
+        let lo = self.states.len() as u32;
+        // States of a piece that matches nothing stay behind, unreachable: pieces inside it may be templates.
+        let Some(first) = f(self)? else {
+            return if min == 0 { self.empty().map(Some) } else { Ok(None) };
+        };
+        let t = (lo, self.states.len() as u32, first);
+        let mut unused = Some(first);
+        let mut take = |c: &mut Self| match unused.take() {
+            Some(f) => Ok(f),
+            None => c.copy(t),
+        };
+        let mut parts = Vec::with_capacity(min as usize + 1);
+        for _ in 0..min {
+            parts.push(take(self)?);
+        }
+        match max {
+            None => {
+                // A loop: another copy (then back here) or on.
+                let body = take(self)?;
+                let exit = self.push(S::Empty(HOLE))?;
+                let u = self.push(S::Union(vec![body.start, exit]))?;
+                self.patch(body.end, u);
+                parts.push(Frag { start: u, end: exit });
+            }
+            Some(max) if max > min => {
+                // Optional copies, nested: each one taken (then the next offered) or all done.
+                let done = self.push(S::Empty(HOLE))?;
+                let mut entry = HOLE;
+                let mut prev_end = HOLE;
+                for _ in min..max {
+                    let body = take(self)?;
+                    let u = self.push(S::Union(vec![body.start, done]))?;
+                    if prev_end == HOLE {
+                        entry = u;
+                    } else {
+                        self.patch(prev_end, u);
+                    }
+                    prev_end = body.end;
+                }
+                self.patch(prev_end, done);
+                parts.push(Frag { start: entry, end: done });
+            }
+            Some(_) => {}
+        }
+        Ok(self.concat_frags(&parts))
+    }
+
+    fn concat_frags(&mut self, fs: &[Frag]) -> Option<Frag> {
+        let mut it = fs.iter().copied();
+        let first = it.next()?;
+        let mut end = first.end;
+        for g in it {
+            self.patch(end, g.start);
+            end = g.end;
+        }
+        Some(Frag { start: first.start, end })
+    }
+
+    fn build(mut self, start: u32) -> Result<thompson::NFA> {
+        let too_large = |e: thompson::BuildError| Error::too_large(format!("the NFA is past the limits: {e}"));
+        // Pieces left behind (the parts before something that matches nothing) may still end in a hole: point
+        // them at a state that matches nothing. They are unreachable from the start either way.
+        let nowhere = self.states.len() as u32;
+        self.states.push(S::Sparse(Vec::new()));
+        for s in &mut self.states {
+            match s {
+                S::Empty(next) if *next == HOLE => *next = nowhere,
+                S::Union(alts) => alts.iter_mut().filter(|a| **a == HOLE).for_each(|a| *a = nowhere),
+                _ => {}
+            }
+        }
+        let mut b = thompson::Builder::new();
+        b.set_size_limit(Some(self.limit)).map_err(too_large)?;
+        b.start_pattern().map_err(too_large)?;
+        for s in self.states {
+            match s {
+                S::Empty(next) => {
+                    let id = b.add_empty().map_err(too_large)?;
+                    b.patch(id, sid(next)).map_err(too_large)?;
+                }
+                S::Range(t) => {
+                    b.add_range(t).map_err(too_large)?;
+                }
+                S::Sparse(ts) => {
+                    b.add_sparse(ts).map_err(too_large)?;
+                }
+                S::Union(alts) => {
+                    b.add_union(alts.into_iter().map(sid).collect()).map_err(too_large)?;
+                }
+                S::Match => {
+                    b.add_match().map_err(too_large)?;
+                }
+            }
+        }
+        b.finish_pattern(sid(start)).map_err(too_large)?;
+        b.build(sid(start), sid(start)).map_err(too_large)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use regex_automata::nfa::thompson::pikevm::PikeVM;
+    use regex_automata::{Anchored, Input};
+
+    fn class(re: &str) -> Rx {
+        Rx::hir(regex_syntax::parse(re).unwrap())
+    }
+
+    /// Trees over `a`, `b`, `é` with shared pieces (the same `Rx` used twice), lists, bounded and unbounded
+    /// repetitions, and pieces that match nothing.
+    fn tree() -> impl Strategy<Value = Rx> {
+        let leaf = prop_oneof![
+            Just(Rx::literal(b"a")),
+            Just(Rx::literal(b"ab")),
+            Just(Rx::literal(b"")),
+            Just(class("[ab]")),
+            Just(class("[^a]")),
+            Just(class("é|b{1,2}")),
+            Just(Rx::hir(regex_syntax::hir::Hir::fail())),
+        ];
+        leaf.prop_recursive(4, 24, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Rx::concat),
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Rx::alternation),
+                (inner.clone(), 0u32..3, prop::option::of(0u32..3)).prop_map(|(x, min, extra)| Rx::repeat(
+                    x,
+                    min,
+                    extra.map(|e| min + e)
+                )),
+                (inner.clone(), inner.clone()).prop_map(|(x, sep)| Rx::list(x, sep)),
+                (inner.clone(), inner).prop_map(|(x, y)| Rx::concat(vec![x.clone(), y, x])),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        /// The NFA (shared pieces copied, lists looped) matches exactly what the same regex written out as one
+        /// `Hir` tree matches.
+        #[test]
+        fn nfa_matches_the_written_out_regex(x in tree(), inputs in prop::collection::vec("[abé]{0,7}", 16)) {
+            let hir = x.to_hir();
+            let anchored = regex_syntax::hir::Hir::concat(vec![
+                regex_syntax::hir::Hir::look(regex_syntax::hir::Look::Start),
+                hir,
+                regex_syntax::hir::Hir::look(regex_syntax::hir::Look::End),
+            ]);
+            let reference = regex_automata::meta::Regex::builder().build_from_hir(&anchored).unwrap();
+            // A closing '#' (not in the alphabet) makes any match a whole-input match.
+            let nfa = Rx::concat(vec![x, Rx::literal(b"#")]).to_nfa(1 << 24).unwrap();
+            for s in &inputs {
+                let want = reference.is_match(s.as_str());
+                let got = match &nfa {
+                    None => false,
+                    Some(nfa) => {
+                        let vm = PikeVM::new_from_nfa(nfa.clone()).unwrap();
+                        let hay = format!("{s}#");
+                        vm.is_match(&mut vm.create_cache(), Input::new(&hay).anchored(Anchored::Yes))
+                    }
+                };
+                prop_assert_eq!(got, want, "{} on {:?}", x_text(&reference), s);
+            }
+        }
+    }
+
+    fn x_text(r: &regex_automata::meta::Regex) -> String {
+        format!("{r:?}").chars().take(300).collect()
+    }
+}
