@@ -30,6 +30,13 @@ enum Node {
     Rep(Rx, u32, Option<u32>),
     /// `item (sep item)*`, compiled with one copy of `item` (the NFA loops back through `sep`).
     List(Rx, Rx),
+    /// Items separated by `sep`: each of `required` exactly once, in any order, and `others` any number of times
+    /// anywhere. Compiled over the sets of required items written so far (2^n loops), not the n! orders.
+    Unordered {
+        required: Vec<Rx>,
+        others: Option<Rx>,
+        sep: Rx,
+    },
 }
 
 impl Rx {
@@ -56,31 +63,66 @@ impl Rx {
         Self(Arc::new(Node::List(item, sep)))
     }
 
-    /// The same regex as one `Hir` tree (shared pieces copied at each use).
-    pub fn to_hir(&self) -> Hir {
-        match &*self.0 {
+    /// See [`Rx::unordered`]: at most this many required items (2^n sets of them).
+    pub const MAX_UNORDERED: usize = 12;
+
+    /// Items separated by `sep`: each of `required` exactly once in any order, `others` any number of times
+    /// anywhere (at least one item when `required` is empty). The NFA follows which required items are written
+    /// (2^n states), where a regex must write out every order (n!). At most [`Rx::MAX_UNORDERED`] required.
+    pub fn unordered(required: Vec<Rx>, others: Option<Rx>, sep: Rx) -> Self {
+        Self(Arc::new(Node::Unordered { required, others, sep }))
+    }
+
+    /// The same regex as one `Hir` tree (shared pieces copied at each use); an error when that tree would hold
+    /// more than 720 orders of an [`Rx::unordered`].
+    pub fn to_hir(&self) -> Result<Hir> {
+        let rep = |x: Hir, min: u32, max: Option<u32>| {
+            Hir::repetition(regex_syntax::hir::Repetition { min, max, greedy: true, sub: Box::new(x) })
+        };
+        Ok(match &*self.0 {
             Node::Lit(b) => Hir::literal(b.clone()),
             Node::Hir(h) => h.clone(),
-            Node::Cat(xs) => Hir::concat(xs.iter().map(Rx::to_hir).collect()),
-            Node::Alt(xs) => Hir::alternation(xs.iter().map(Rx::to_hir).collect()),
-            Node::Rep(x, min, max) => Hir::repetition(regex_syntax::hir::Repetition {
-                min: *min,
-                max: *max,
-                greedy: true,
-                sub: Box::new(x.to_hir()),
-            }),
+            Node::Cat(xs) => Hir::concat(xs.iter().map(Rx::to_hir).collect::<Result<_>>()?),
+            Node::Alt(xs) => Hir::alternation(xs.iter().map(Rx::to_hir).collect::<Result<_>>()?),
+            Node::Rep(x, min, max) => rep(x.to_hir()?, *min, *max),
             Node::List(item, sep) => {
-                let item = item.to_hir();
-                let more = Hir::concat(vec![sep.to_hir(), item.clone()]);
-                let more = Hir::repetition(regex_syntax::hir::Repetition {
-                    min: 0,
-                    max: None,
-                    greedy: true,
-                    sub: Box::new(more),
-                });
+                let item = item.to_hir()?;
+                let more = rep(Hir::concat(vec![sep.to_hir()?, item.clone()]), 0, None);
                 Hir::concat(vec![item, more])
             }
-        }
+            Node::Unordered { required, others, sep } => {
+                if required.len() > 6 {
+                    return Err(Error::too_large(format!(
+                        "{} members in any order: too many orders to write as one regex",
+                        required.len()
+                    )));
+                }
+                let sep = sep.to_hir()?;
+                let required = required.iter().map(Rx::to_hir).collect::<Result<Vec<_>>>()?;
+                let others = others.as_ref().map(Rx::to_hir).transpose()?;
+                if required.is_empty() {
+                    let o = others.unwrap_or_else(Hir::fail);
+                    return Ok(Hir::concat(vec![o.clone(), rep(Hir::concat(vec![sep, o]), 0, None)]));
+                }
+                // Every order: (o sep)* r1 (sep o)* sep r2 (sep o)* ...
+                let before = others.as_ref().map(|o| rep(Hir::concat(vec![o.clone(), sep.clone()]), 0, None));
+                let after = others.as_ref().map(|o| rep(Hir::concat(vec![sep.clone(), o.clone()]), 0, None));
+                let mut orders = Vec::new();
+                let mut order: Vec<usize> = (0..required.len()).collect();
+                permute(&mut order, 0, &mut |order| {
+                    let mut parts: Vec<Hir> = before.iter().cloned().collect();
+                    for (n, &i) in order.iter().enumerate() {
+                        if n > 0 {
+                            parts.push(sep.clone());
+                        }
+                        parts.push(required[i].clone());
+                        parts.extend(after.iter().cloned());
+                    }
+                    orders.push(Hir::concat(parts));
+                });
+                Hir::alternation(orders)
+            }
+        })
     }
 
     /// The anchored NFA of this regex, whole: its match state is reached only at the end of a member. Parts that
@@ -91,6 +133,9 @@ impl Rx {
         let Some(f) = c.rx(self)? else { return Ok(None) };
         let m = c.push(S::Match)?;
         c.patch(f.end, m);
+        if std::env::var("RX_DEBUG").is_ok() {
+            eprintln!("rx states {}", c.states.len());
+        }
         c.build(f.start).map(Some)
     }
 }
@@ -104,7 +149,22 @@ impl std::fmt::Debug for Rx {
             Node::Alt(xs) => f.debug_tuple("Alt").field(xs).finish(),
             Node::Rep(x, min, max) => write!(f, "Rep({x:?}, {min}, {max:?})"),
             Node::List(x, sep) => write!(f, "List({x:?}, {sep:?})"),
+            Node::Unordered { required, others, sep } => {
+                write!(f, "Unordered({required:?}, {others:?}, {sep:?})")
+            }
         }
+    }
+}
+
+/// Calls `f` with every order of `xs[k..]` after `xs[..k]`.
+fn permute(xs: &mut [usize], k: usize, f: &mut impl FnMut(&[usize])) {
+    if k == xs.len() {
+        return f(xs);
+    }
+    for i in k..xs.len() {
+        xs.swap(k, i);
+        permute(xs, k + 1, f);
+        xs.swap(k, i);
     }
 }
 
@@ -235,10 +295,15 @@ impl Compiler {
 
     fn rx(&mut self, x: &Rx) -> Result<Option<Frag>> {
         if Arc::strong_count(&x.0) > 1 {
-            let key = Arc::as_ptr(&x.0) as usize;
-            return self.memo(|c| &mut c.shared, key, |c| c.node(&x.0));
+            return self.again(x);
         }
         self.node(&x.0)
+    }
+
+    /// `x`, copied when it was compiled before (for pieces used more than once).
+    fn again(&mut self, x: &Rx) -> Result<Option<Frag>> {
+        let key = Arc::as_ptr(&x.0) as usize;
+        self.memo(|c| &mut c.shared, key, |c| c.node(&x.0))
     }
 
     fn node(&mut self, n: &Node) -> Result<Option<Frag>> {
@@ -262,7 +327,72 @@ impl Compiler {
                 self.patch(i.end, u);
                 Ok(Some(Frag { start: i.start, end: exit }))
             }
+            Node::Unordered { required, others, sep } => self.unordered(required, others.as_ref(), sep),
         }
+    }
+
+    /// See [`Rx::unordered`]. State `at[set]`: something is written, and of the required items those in `set`;
+    /// from there `sep` then another item, or out once all are written. The first item comes from `entry`.
+    fn unordered(&mut self, required: &[Rx], others: Option<&Rx>, sep: &Rx) -> Result<Option<Frag>> {
+        let n = required.len();
+        if n > Rx::MAX_UNORDERED {
+            return Err(Error::too_large(format!("{n} members in any order (at most {})", Rx::MAX_UNORDERED)));
+        }
+        if self.again(sep)?.is_none() {
+            // Nothing goes between items: one item at most.
+            return match (n, others) {
+                (0, Some(o)) => self.again(o),
+                (1, _) => self.again(&required[0]),
+                _ => Ok(None),
+            };
+        }
+        let full = (1usize << n) - 1;
+        let at: Vec<u32> = (0..=full).map(|_| self.push(S::Union(Vec::new()))).collect::<Result<_>>()?;
+        let exit = self.push(S::Empty(HOLE))?;
+        // The first item: an other (when any matches) or a required one (each must match something).
+        let mut entry = Vec::new();
+        let others = match others {
+            Some(o) => self.again(o)?.map(|f| {
+                self.patch(f.end, at[0]);
+                entry.push(f.start);
+                o
+            }),
+            None => None,
+        };
+        for (i, r) in required.iter().enumerate() {
+            let Some(f) = self.again(r)? else { return Ok(None) };
+            self.patch(f.end, at[1 << i]);
+            entry.push(f.start);
+        }
+        if entry.is_empty() {
+            return Ok(None);
+        }
+        for set in 0..=full {
+            let mut alts = Vec::new();
+            if set == full {
+                alts.push(exit);
+            }
+            let next: Vec<(usize, &Rx)> = others
+                .map(|o| (set, o))
+                .into_iter()
+                .chain((0..n).filter(|i| set & (1 << i) == 0).map(|i| (set | 1 << i, &required[i])))
+                .collect();
+            if !next.is_empty() {
+                let s = self.again(sep)?.ok_or_else(|| Error::syntax("regex: a separator stopped matching"))?;
+                let mut then = Vec::with_capacity(next.len());
+                for (to, item) in next {
+                    let f = self.again(item)?.ok_or_else(|| Error::syntax("regex: an item stopped matching"))?;
+                    self.patch(f.end, at[to]);
+                    then.push(f.start);
+                }
+                let then = self.push(S::Union(then))?;
+                self.patch(s.end, then);
+                alts.push(s.start);
+            }
+            self.states[at[set] as usize] = S::Union(alts);
+        }
+        let start = self.push(S::Union(entry))?;
+        Ok(Some(Frag { start, end: exit }))
     }
 
     fn hir(&mut self, h: &Hir) -> Result<Option<Frag>> {
@@ -525,7 +655,9 @@ mod tests {
                     extra.map(|e| min + e)
                 )),
                 (inner.clone(), inner.clone()).prop_map(|(x, sep)| Rx::list(x, sep)),
-                (inner.clone(), inner).prop_map(|(x, y)| Rx::concat(vec![x.clone(), y, x])),
+                (inner.clone(), inner.clone()).prop_map(|(x, y)| Rx::concat(vec![x.clone(), y, x])),
+                (prop::collection::vec(inner.clone(), 0..4), prop::option::of(inner.clone()), inner)
+                    .prop_map(|(req, others, sep)| Rx::unordered(req, others, sep)),
             ]
         })
     }
@@ -537,13 +669,16 @@ mod tests {
         /// `Hir` tree matches.
         #[test]
         fn nfa_matches_the_written_out_regex(x in tree(), inputs in prop::collection::vec("[abé]{0,7}", 16)) {
-            let hir = x.to_hir();
+            let hir = x.to_hir().unwrap();
             let anchored = regex_syntax::hir::Hir::concat(vec![
                 regex_syntax::hir::Hir::look(regex_syntax::hir::Look::Start),
                 hir,
                 regex_syntax::hir::Hir::look(regex_syntax::hir::Look::End),
             ]);
-            let reference = regex_automata::meta::Regex::builder().build_from_hir(&anchored).unwrap();
+            // Nested orders can outgrow the reference's size limit: those cases say nothing.
+            let reference = regex_automata::meta::Regex::builder().build_from_hir(&anchored);
+            prop_assume!(reference.is_ok());
+            let reference = reference.unwrap();
             // A closing '#' (not in the alphabet) makes any match a whole-input match.
             let nfa = Rx::concat(vec![x, Rx::literal(b"#")]).to_nfa(1 << 24).unwrap();
             for s in &inputs {

@@ -460,15 +460,17 @@ impl Emitter {
             let body = if nonempty { body } else { opt(body) };
             return Ok(Some(braces(body, &self.ws)));
         }
-        // Lenient objects with a few required members: those in any order (each exactly once), optional members
-        // and undeclared keys any number of times around them.
+        // Lenient objects with required members (up to MAX_FREE_ORDER): those in any order (each exactly once),
+        // optional members and undeclared keys any number of times around them.
         let required: Vec<&R> = members.iter().filter(|m| m.1).map(|m| &m.0).collect();
         let orders_weight = |r: usize| -> usize {
-            // r! orders, each with r + 1 copies of the optional members and one of each required one.
+            // 2^r sets of required members written, each with a copy of the separator and the optional members,
+            // and each required member leaving the 2^(r-1) sets without it.
             let optional: usize =
                 members.iter().filter(|m| !m.1).map(|m| m.0.size).sum::<usize>() + extra.as_ref().map_or(0, |x| x.size);
             let required: usize = members.iter().filter(|m| m.1).map(|m| m.0.size).sum();
-            (1..=r).product::<usize>().saturating_mul((r + 1).saturating_mul(optional).saturating_add(required))
+            let sets = 1usize.checked_shl(r as u32).unwrap_or(usize::MAX);
+            sets.saturating_mul(optional + sep.size).saturating_add((sets / 2).saturating_mul(required))
         };
         if !self.strict
             && self.free_order
@@ -478,21 +480,16 @@ impl Emitter {
         {
             let optional: Vec<R> = members.iter().filter(|m| !m.1).map(|m| m.0.clone()).chain(extra.clone()).collect();
             let others = (!optional.is_empty()).then(|| alt(optional));
-            let before = others.as_ref().map(|o| rep(cat(vec![o.clone(), sep.clone()]), 0, None));
-            let after = others.as_ref().map(|o| rep(cat(vec![sep.clone(), o.clone()]), 0, None));
-            let mut orders = Vec::new();
-            for order in permutations(required.len()) {
-                let mut parts: Vec<R> = before.iter().cloned().collect();
-                for (n, &i) in order.iter().enumerate() {
-                    if n > 0 {
-                        parts.push(sep.clone());
-                    }
-                    parts.push(required[i].clone());
-                    parts.extend(after.iter().cloned());
-                }
-                orders.push(cat(parts));
+            if let ([r], Some(o)) = (&required[..], &others) {
+                // One required member: `(o sep)* r (sep o)*` holds two copies of the others, the sets three.
+                let before = rep(cat(vec![o.clone(), sep.clone()]), 0, None);
+                let after = rep(cat(vec![sep.clone(), o.clone()]), 0, None);
+                return Ok(Some(braces(cat(vec![before, (*r).clone(), after]), &self.ws)));
             }
-            return Ok(Some(braces(alt(orders), &self.ws)));
+            let size = orders_weight(required.len());
+            let body =
+                Rx::unordered(required.iter().map(|r| r.rx.clone()).collect(), others.map(|o| o.rx), sep.rx.clone());
+            return Ok(Some(braces(R { rx: body, size }, &self.ws)));
         }
         // s: members i.. once something is written; f: members i.. when nothing is yet (None: must write).
         let (mut s, mut f, empty_ok) = match (&extra, counted) {
@@ -681,28 +678,12 @@ fn without_others_keys(x: &Node, i: usize, xs: &[Node]) -> Option<Node> {
     Some(Node::Object(o))
 }
 
-/// Most required members a lenient object takes in any order (their orders are written out: 4! = 24).
-const MAX_FREE_ORDER: usize = 4;
+/// Most required members a lenient object takes in any order (the NFA follows which are written: 2^n sets).
+const MAX_FREE_ORDER: usize = Rx::MAX_UNORDERED;
 
-/// Largest regex weight written out for those orders; bigger objects keep the schema's order (nested objects
-/// multiply the cost, and one big object in free order can push a whole schema past [`MAX_REGEX`]).
+/// Largest weight of those sets' copies; bigger objects keep the schema's order (nested objects multiply the
+/// cost, and one big object in free order can push a whole schema past [`MAX_REGEX`]).
 const MAX_FREE_ORDER_WEIGHT: usize = 64 << 10;
-
-/// Every order of `0..n`.
-fn permutations(n: usize) -> Vec<Vec<usize>> {
-    if n == 0 {
-        return vec![Vec::new()];
-    }
-    let mut out = Vec::new();
-    for p in permutations(n - 1) {
-        for at in 0..=p.len() {
-            let mut q = p.clone();
-            q.insert(at, n - 1);
-            out.push(q);
-        }
-    }
-    out
-}
 
 /// Whether an object declares keys (forbidden ones, `Never`, do not count): strict mode then takes no others.
 fn declares(o: &Object) -> bool {

@@ -90,7 +90,7 @@ const RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The regex for `schema`, parsed, as one `Hir` tree.
 pub fn schema_to_hir(schema: &Value, opts: &Options) -> Result<regex_syntax::hir::Hir> {
-    Ok(schema_to_rx(schema, opts)?.to_hir())
+    schema_to_rx(schema, opts)?.to_hir()
 }
 
 /// The regex for `schema` with its shared pieces shared (what a [`crate::Grammar`] compiles; no regex text

@@ -348,6 +348,37 @@ fn lenient_objects_and_one_of() {
 }
 
 #[test]
+fn lenient_objects_take_many_required_members_in_any_order() {
+    use regex_automata::nfa::thompson::pikevm::PikeVM;
+    use regex_automata::{Anchored, Input};
+    let lenient = Options { whitespace: "[ ]?".into(), strict_properties: false, ..Options::default() };
+    let keys = ["a", "b", "c", "d", "e", "f", "g"];
+    let mut props: serde_json::Map<String, Value> =
+        keys.iter().map(|k| (k.to_string(), json!({"type": "integer"}))).collect();
+    props.insert("z".into(), json!({"type": "integer"}));
+    let schema = json!({"type": "object", "properties": props, "required": keys, "additionalProperties": false});
+    // Seven required members: 5040 orders, followed as 128 sets of members written (too many to print).
+    let rx = schema_to_rx(&schema, &lenient).unwrap();
+    assert!(rx.to_hir().is_err());
+    let nfa = crate::Rx::concat(vec![rx, crate::Rx::literal(b"#")]).to_nfa(1 << 28).unwrap().unwrap();
+    let vm = PikeVM::new_from_nfa(nfa).unwrap();
+    let accepts = |t: &str| {
+        let hay = format!("{t}#");
+        vm.is_match(&mut vm.create_cache(), Input::new(&hay).anchored(Anchored::Yes))
+    };
+    let object = |order: &[&str]| {
+        let members: Vec<String> = order.iter().map(|k| format!("\"{k}\": 1")).collect();
+        format!("{{{}}}", members.join(", "))
+    };
+    assert!(accepts(&object(&keys)));
+    assert!(accepts(&object(&["g", "e", "c", "a", "f", "d", "b"])));
+    assert!(accepts(&object(&["d", "z", "a", "b", "c", "e", "f", "g"])), "optional members anywhere");
+    assert!(!accepts(&object(&["d", "y", "a", "b", "c", "e", "f", "g"])), "no undeclared keys");
+    assert!(!accepts(&object(&["g", "e", "c", "a", "f", "d"])), "a required member missing");
+    assert!(!accepts(&object(&["g", "e", "c", "a", "f", "d", "b", "a"])), "a required member twice");
+}
+
+#[test]
 fn if_then_else_on_a_discriminator() {
     let schema = json!({
         "type": "object",
