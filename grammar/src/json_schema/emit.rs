@@ -65,13 +65,14 @@ fn any_value(depth: u32, ws: &R) -> Result<R> {
     Ok(value)
 }
 
-/// `re` parsed; the last few hundred are kept per thread, since schemas repeat the same number and integer
-/// regexes (and parsing costs more than copying the tree).
+/// `re` parsed; recent ones are kept per thread (up to [`PARSED_BYTES`] of regex text), since schemas repeat the
+/// same number, integer and undeclared-key regexes (a `$ref`'d object is written at every use). A hit is the same
+/// shared piece, which the NFA compiler then copies instead of compiling again.
 fn parsed(re: &str) -> Result<R> {
     thread_local! {
-        static PARSED: std::cell::RefCell<std::collections::HashMap<String, R>> = Default::default();
+        static PARSED: std::cell::RefCell<(std::collections::HashMap<String, R>, usize)> = Default::default();
     }
-    if let Some(r) = PARSED.with(|m| m.borrow().get(re).cloned()) {
+    if let Some(r) = PARSED.with(|m| m.borrow().0.get(re).cloned()) {
         return Ok(r);
     }
     let hir = regex_syntax::ParserBuilder::new()
@@ -80,17 +81,22 @@ fn parsed(re: &str) -> Result<R> {
         .parse(re)
         .map_err(|e| Error::syntax(format!("internal regex {re:?}: {e}")))?;
     let r = R { rx: Rx::hir(hir), size: re.len() };
-    if re.len() <= 4096 {
+    if re.len() <= PARSED_BYTES / 64 {
         PARSED.with(|m| {
-            let mut m = m.borrow_mut();
-            if m.len() >= 512 {
+            let (m, bytes) = &mut *m.borrow_mut();
+            if m.len() >= 1024 || *bytes + re.len() > PARSED_BYTES {
                 m.clear();
+                *bytes = 0;
             }
+            *bytes += re.len();
             m.insert(re.to_string(), r.clone());
         });
     }
     Ok(r)
 }
+
+/// Regex text [`parsed`] keeps per thread.
+const PARSED_BYTES: usize = 8 << 20;
 
 fn of(hir: Hir) -> R {
     R { size: weight(&hir), rx: Rx::hir(hir) }
