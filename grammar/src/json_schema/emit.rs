@@ -65,14 +65,20 @@ fn any_value(depth: u32, ws: &R) -> Result<R> {
     Ok(value)
 }
 
-/// `re` parsed; recent ones are kept per thread (up to [`PARSED_BYTES`] of regex text), since schemas repeat the
-/// same number, integer and undeclared-key regexes (a `$ref`'d object is written at every use). A hit is the same
-/// shared piece, which the NFA compiler then copies instead of compiling again.
+thread_local! {
+    /// Parsed regexes of up to 4 KB, across schemas (the last 512).
+    static PARSED: std::cell::RefCell<std::collections::HashMap<String, R>> = Default::default();
+    /// Larger ones (undeclared-key regexes of big objects), for the schema being compiled only: see
+    /// [`forget_large`].
+    static PARSED_LARGE: std::cell::RefCell<std::collections::HashMap<String, R>> = Default::default();
+}
+
+/// `re` parsed; kept per thread, since schemas repeat the same number, integer and undeclared-key regexes (a
+/// `$ref`'d object is written at every use). A hit is the same shared piece, which the NFA compiler then copies
+/// instead of compiling again.
 fn parsed(re: &str) -> Result<R> {
-    thread_local! {
-        static PARSED: std::cell::RefCell<(std::collections::HashMap<String, R>, usize)> = Default::default();
-    }
-    if let Some(r) = PARSED.with(|m| m.borrow().0.get(re).cloned()) {
+    let cache = if re.len() <= 4096 { &PARSED } else { &PARSED_LARGE };
+    if let Some(r) = cache.with(|m| m.borrow().get(re).cloned()) {
         return Ok(r);
     }
     let hir = regex_syntax::ParserBuilder::new()
@@ -81,22 +87,21 @@ fn parsed(re: &str) -> Result<R> {
         .parse(re)
         .map_err(|e| Error::syntax(format!("internal regex {re:?}: {e}")))?;
     let r = R { rx: Rx::hir(hir), size: re.len() };
-    if re.len() <= PARSED_BYTES / 64 {
-        PARSED.with(|m| {
-            let (m, bytes) = &mut *m.borrow_mut();
-            if m.len() >= 1024 || *bytes + re.len() > PARSED_BYTES {
-                m.clear();
-                *bytes = 0;
-            }
-            *bytes += re.len();
-            m.insert(re.to_string(), r.clone());
-        });
-    }
+    cache.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= 512 {
+            m.clear();
+        }
+        m.insert(re.to_string(), r.clone());
+    });
     Ok(r)
 }
 
-/// Regex text [`parsed`] keeps per thread.
-const PARSED_BYTES: usize = 8 << 20;
+/// Drops this thread's large parsed regexes (kept only while one schema compiles, so a thread that compiled a
+/// big schema does not hold its pieces).
+pub(crate) fn forget_large() {
+    PARSED_LARGE.with(|m| *m.borrow_mut() = Default::default());
+}
 
 fn of(hir: Hir) -> R {
     R { size: weight(&hir), rx: Rx::hir(hir) }

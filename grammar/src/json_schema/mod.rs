@@ -96,6 +96,14 @@ pub fn schema_to_hir(schema: &Value, opts: &Options) -> Result<regex_syntax::hir
 /// The regex for `schema` with its shared pieces shared (what a [`crate::Grammar`] compiles; no regex text
 /// written and read again).
 pub fn schema_to_rx(schema: &Value, opts: &Options) -> Result<crate::Rx> {
+    // Large parsed pieces are kept while this schema compiles, not after (however it ends).
+    struct Forget;
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            emit::forget_large();
+        }
+    }
+    let _forget = Forget;
     // Past the size limit, narrower readings are tried in turn, each a subset of the last (never accepting
     // more): the schema's own member order instead of any order, then recursion cut one level sooner each time
     // while the attempts stay quick (a schema that takes seconds to outgrow the limit takes gigabytes).
