@@ -475,8 +475,21 @@ pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> 
             };
             let schema = call_schema(ready.tool_format, tools, &names);
             // Compact JSON: a call's whitespace is one optional space (models otherwise pad calls with newlines).
-            let call = grammar::json_schema::schema_to_regex(&schema, "[ ]?")
-                .map_err(|e| ApiError::invalid("tools", format!("a function's parameters: {e}")))?;
+            // Off the async threads and within the time limit, like every other constraint's compile.
+            let job = tokio::task::spawn_blocking(move || grammar::json_schema::schema_to_regex(&schema, "[ ]?"));
+            let call = match tokio::time::timeout(ready.grammar_timeout, job).await {
+                Err(_) => {
+                    return Err(ApiError::invalid(
+                        "tools",
+                        format!(
+                            "the functions' parameters did not compile within {} s; simplify them",
+                            ready.grammar_timeout.as_secs()
+                        ),
+                    ))
+                }
+                Ok(Err(e)) => return Err(ApiError::internal(format!("grammar compilation failed: {e}"))),
+                Ok(Ok(r)) => r.map_err(|e| ApiError::invalid("tools", format!("a function's parameters: {e}")))?,
+            };
             let calls = ready.tool_format.calls_regex(&call, parallel);
             let regex = if mode == ToolMode::Auto { ready.tool_format.auto_regex(&calls) } else { calls };
             constraints.push((Constraint::Regex(regex), "tools"));
