@@ -200,6 +200,29 @@ pub(crate) struct Builder<'a> {
 /// Most nodes one schema may expand to.
 const MAX_NODES: usize = 200_000;
 
+thread_local! {
+    /// When the trees being built on this thread must be done (see [`set_deadline`]).
+    static DEADLINE: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// An error once the tree being built is past its time budget.
+fn in_budget() -> Result<()> {
+    match DEADLINE.with(|d| d.get()) {
+        Some(d) if std::time::Instant::now() > d => Err(Error::too_large(
+            "json schema: its allOf/not/if/$ref combinations take too long to expand (Options::build_budget)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Starts (with its length) or ends this thread's time budget for building one schema's trees. Without one, a
+/// tree takes as long as it takes ([`Builder::node`] still bounds the subschemas read). `Options::build_budget`
+/// exists because `allOf`, `not` and `if` copy the other side into each alternative they distribute over: one
+/// MaskBench schema (JsonSchemaStore's semgrep) took 23 s and 4 GB per attempt without it.
+pub(crate) fn set_deadline(budget: Option<std::time::Duration>) {
+    DEADLINE.with(|d| d.set(budget.map(|b| std::time::Instant::now() + b)));
+}
+
 impl<'a> Builder<'a> {
     pub fn new(root: &'a Value, opts: &'a Options) -> Self {
         Self { root, opts, refs: Vec::new(), built: 0 }
@@ -210,6 +233,7 @@ impl<'a> Builder<'a> {
         if self.built > MAX_NODES {
             return Err(Error::too_large(format!("json schema expands past {MAX_NODES} subschemas")));
         }
+        in_budget()?;
         let o = match v {
             Value::Bool(true) => return Ok(Node::Any),
             Value::Bool(false) => return Ok(Node::Never),
@@ -748,6 +772,7 @@ fn tighter_hi(a: Option<(f64, bool)>, b: Option<(f64, bool)>) -> Option<(f64, bo
 /// Values admitted by both nodes (`allOf`).
 pub(crate) fn intersect(a: Node, b: Node) -> Result<Node> {
     use Node::*;
+    in_budget()?;
     Ok(match (a, b) {
         (Any, x) | (x, Any) => x,
         (Never, _) | (_, Never) => Never,

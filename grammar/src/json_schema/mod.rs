@@ -38,11 +38,20 @@ pub struct Options {
     pub max_ref_depth: usize,
     /// Nesting of objects/arrays inside a value the schema leaves free (`{}`, `true`).
     pub any_depth: u32,
+    /// Longest the schema's tree may take to build, all attempts together, before it is refused as too large
+    /// (`allOf`, `not` and `if` copy one side into each alternative of the other, which can grow for minutes).
+    pub build_budget: std::time::Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { whitespace: crate::DEFAULT_WHITESPACE.into(), strict_properties: true, max_ref_depth: 3, any_depth: 2 }
+        Self {
+            whitespace: crate::DEFAULT_WHITESPACE.into(),
+            strict_properties: true,
+            max_ref_depth: 3,
+            any_depth: 2,
+            build_budget: std::time::Duration::from_secs(5),
+        }
     }
 }
 
@@ -96,13 +105,16 @@ pub fn schema_to_hir(schema: &Value, opts: &Options) -> Result<regex_syntax::hir
 /// The regex for `schema` with its shared pieces shared (what a [`crate::Grammar`] compiles; no regex text
 /// written and read again).
 pub fn schema_to_rx(schema: &Value, opts: &Options) -> Result<crate::Rx> {
-    // Large parsed pieces are kept while this schema compiles, not after (however it ends).
+    // Building the trees has a time budget, and large parsed pieces are kept while this schema compiles, not
+    // after (however it ends).
     struct Forget;
     impl Drop for Forget {
         fn drop(&mut self) {
             emit::forget_large();
+            ir::set_deadline(None);
         }
     }
+    ir::set_deadline(Some(opts.build_budget));
     let _forget = Forget;
     // Past the size limit, narrower readings are tried in turn, each a subset of the last (never accepting
     // more): the schema's own member order instead of any order, then recursion cut one level sooner each time

@@ -379,6 +379,21 @@ fn lenient_objects_take_many_required_members_in_any_order() {
 }
 
 #[test]
+fn a_schema_that_distributes_for_too_long_is_refused_in_its_budget() {
+    // allOf of anyOfs: each level multiplies the alternatives by 8 (8^7 ranges of integers at the end).
+    let level = |k: i64| json!({"anyOf": (0..8).map(|i| json!({"type": "integer", "minimum": -1000 * k - i})).collect::<Vec<_>>()});
+    let schema = json!({"allOf": (1..=7).map(level).collect::<Vec<_>>()});
+    let opts = Options { build_budget: std::time::Duration::from_millis(50), ..Options::default() };
+    let started = std::time::Instant::now();
+    let e = schema_to_rx(&schema, &opts).unwrap_err();
+    assert!(e.is_too_large() && e.to_string().contains("allOf"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+    // Within budget, the same construction a few levels deep compiles.
+    let small = json!({"allOf": (1..=2).map(level).collect::<Vec<_>>()});
+    assert!(schema_to_rx(&small, &opts).is_ok());
+}
+
+#[test]
 fn if_then_else_on_a_discriminator() {
     let schema = json!({
         "type": "object",
