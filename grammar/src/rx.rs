@@ -5,9 +5,11 @@
 //! definition at every `$ref`, a string's character class in every string. As `regex-syntax` `Hir` every use is a
 //! deep copy of the tree, and `regex-automata` compiles each copy from scratch (its Unicode classes through a
 //! UTF-8 compiler each time). Here a piece is an `Arc`, so a use costs a pointer, and [`Rx::to_nfa`] compiles a
-//! shared piece once and then copies its states (a relocation of indices) at every other use. The NFA is the
-//! same one `regex-automata` would build up to the order and naming of its states; it goes through
-//! [`thompson::Builder`], so the lazy DFA reads it as usual.
+//! shared piece once and then copies its states (a relocation of indices) at every other use. Two pieces are
+//! smaller as an NFA than any regex can write them: lists (`item (sep item)*` with one copy of the item) and
+//! members in any order (followed as the set written so far). The NFA matches what the tree written out as one
+//! `Hir` ([`Rx::to_hir`]) matches (the proptest below checks it); it goes through [`thompson::Builder`], so the
+//! lazy DFA reads it as usual.
 
 use std::collections::HashMap;
 use std::sync::Arc;
