@@ -144,17 +144,17 @@ const KEY_UNIT: &str = r#"(?:[^"\\\x00-\x1F]|\\["\\bfnrt])"#;
 
 impl Emitter {
     pub fn new(opts: &Options) -> Result<Self> {
-        // Parsed once per (depth, whitespace): the free JSON value is kilobytes of regex.
-        type Parsed = std::collections::HashMap<(u32, String), (R, R)>;
-        static PARSED: std::sync::Mutex<Option<Parsed>> = std::sync::Mutex::new(None);
+        // Built once per (depth, whitespace) for all threads: the free JSON value is shared by every schema.
+        type Values = std::collections::HashMap<(u32, String), (R, R)>;
+        static FREE_VALUES: std::sync::Mutex<Option<Values>> = std::sync::Mutex::new(None);
         let key = (opts.any_depth, opts.whitespace.clone());
-        let hit = PARSED.lock().ok().and_then(|m| m.as_ref().and_then(|m| m.get(&key).cloned()));
+        let hit = FREE_VALUES.lock().ok().and_then(|m| m.as_ref().and_then(|m| m.get(&key).cloned()));
         let (any, ws) = match hit {
             Some(p) => p,
             None => {
                 let ws = parsed(&opts.whitespace)?;
                 let p = (any_value(opts.any_depth, &ws)?, ws);
-                if let Ok(mut m) = PARSED.lock() {
+                if let Ok(mut m) = FREE_VALUES.lock() {
                     let m = m.get_or_insert_with(Default::default);
                     if m.len() < 64 {
                         m.insert(key, p.clone());
