@@ -348,6 +348,13 @@ impl Compiler {
                 _ => Ok(None),
             };
         }
+        if let ([r], Some(o)) = (required, others) {
+            // One required item: `(o sep)* r (sep o)*` holds two copies of the others, the sets three.
+            let star = |x: Vec<Rx>| Rx::repeat(Rx::concat(x), 0, None);
+            let written =
+                Rx::concat(vec![star(vec![o.clone(), sep.clone()]), r.clone(), star(vec![sep.clone(), o.clone()])]);
+            return self.rx(&written);
+        }
         let full = (1usize << n) - 1;
         let at: Vec<u32> = (0..=full).map(|_| self.push(S::Union(Vec::new()))).collect::<Result<_>>()?;
         let exit = self.push(S::Empty(HOLE))?;

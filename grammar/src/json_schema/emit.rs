@@ -491,12 +491,6 @@ impl Emitter {
         {
             let optional: Vec<R> = members.iter().filter(|m| !m.1).map(|m| m.0.clone()).chain(extra.clone()).collect();
             let others = (!optional.is_empty()).then(|| alt(optional));
-            if let ([r], Some(o)) = (&required[..], &others) {
-                // One required member: `(o sep)* r (sep o)*` holds two copies of the others, the sets three.
-                let before = rep(cat(vec![o.clone(), sep.clone()]), 0, None);
-                let after = rep(cat(vec![sep.clone(), o.clone()]), 0, None);
-                return Ok(Some(braces(cat(vec![before, (*r).clone(), after]), &self.ws)));
-            }
             let size = orders_weight(required.len());
             let body =
                 Rx::unordered(required.iter().map(|r| r.rx.clone()).collect(), others.map(|o| o.rx), sep.rx.clone());

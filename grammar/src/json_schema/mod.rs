@@ -94,7 +94,7 @@ fn printable(h: regex_syntax::hir::Hir) -> regex_syntax::hir::Hir {
     go(h, &mut 0)
 }
 
-/// How long [`schema_to_hir`] keeps trying narrower readings of a schema past the size limit.
+/// How long [`schema_to_rx`] keeps trying narrower readings of a schema past the size limit.
 const RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The regex for `schema`, parsed, as one `Hir` tree.
