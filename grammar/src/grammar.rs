@@ -5,13 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
-use regex_automata::hybrid::dfa::{Cache, DFA};
-use regex_automata::hybrid::LazyStateID;
-use regex_automata::util::start;
-use regex_automata::{Anchored, MatchKind};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
 use crate::bitset::TokenBitset;
+use crate::dfa::{Cache, Dfa, DEAD};
 use crate::error::{Error, Result};
 use crate::rx::Rx;
 use crate::space::{char_offset, each_position, is_plain, loop_run, KindTokens, Loop, TokenSpace, UPTO};
@@ -21,7 +18,7 @@ use crate::space::{char_offset, each_position, is_plain, loop_run, KindTokens, L
 pub struct Limits {
     /// Bytes the lazy DFA's states may take (its cache); a grammar that needs more stops admitting tokens.
     pub dfa_bytes: usize,
-    /// Bytes the NFA may take.
+    /// Bytes the compiled program (the NFA the DFA is built from) may take.
     pub determinize_bytes: usize,
 }
 
@@ -38,8 +35,8 @@ const END: u8 = 0xFF;
 /// Subtrees with fewer tokens than this are walked even from a looping state (not worth the state's check).
 const BULK_MIN: usize = 16;
 
-/// A DFA state (stable for the grammar's life: the lazy DFA's cache is never cleared, see [`Grammar::step`]).
-pub(crate) type State = LazyStateID;
+/// A DFA state (stable for the grammar's life: the lazy DFA's cache is never cleared).
+pub(crate) type State = crate::dfa::State;
 
 /// The regex as a whole-output pattern: a leading `^` and trailing `$` are implied and dropped; anchors or
 /// look-arounds anywhere else are refused (they would make states that are not dead but can never match).
@@ -88,13 +85,15 @@ const LOOP_BUT_MAX: u32 = 8;
 
 /// A regular language over output bytes, ready to mask tokens. Cheap to share (`Arc`) across requests.
 ///
-/// The DFA is built lazily (regex-automata's hybrid DFA): compiling is just the NFA, and states are made the
-/// first time an output or a mask reaches them, so a schema with a huge DFA costs only the part requests visit.
+/// The DFA is built lazily (the `dfa` module): compiling is just the program (an NFA whose shared pieces are
+/// called, not copied), and states are made the first time an output or a mask reaches them, so a schema with
+/// a huge DFA costs only the part requests visit.
 pub struct Grammar {
-    dfa: DFA,
+    dfa: Dfa,
     cache: Mutex<Lazy>,
     start: State,
-    /// Set when the DFA's cache filled up: its state ids are then no longer valid, so nothing more is admitted.
+    /// Set when the DFA's cache filled up: no new state can be made, so no mask is complete any more and nothing
+    /// more is admitted.
     exhausted: AtomicBool,
     space: Arc<TokenSpace>,
     masks: DashMap<State, Arc<TokenBitset>>,
@@ -103,21 +102,6 @@ pub struct Grammar {
 impl std::fmt::Debug for Grammar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Grammar").field("cached_masks", &self.masks.len()).finish()
-    }
-}
-
-fn too_large_or_syntax(regex: &str, e: &dyn std::error::Error) -> Error {
-    // The cause (e.g. "exceeded size limit") is in the source chain.
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    if msg.contains("exceeded") || msg.contains("limit") || msg.contains("capacity") {
-        Error::too_large(format!("{regex} compiles past the limits: {msg}"))
-    } else {
-        Error::syntax(format!("regex: {msg}"))
     }
 }
 
@@ -147,27 +131,17 @@ impl Grammar {
 
     /// Compiles a regex tree (the whole output must match it) over `space`.
     pub fn from_rx(rx: &Rx, space: Arc<TokenSpace>, limits: Limits) -> Result<Self> {
-        let regex = "the constraint";
-        // The END byte closes every member; parts that never match are left out of the NFA, so every state but
-        // the dead one is still a prefix of some member.
+        // The END byte closes every member; parts that never match are left out of the program, so every state
+        // but the dead one is still a prefix of some member.
         let whole = Rx::concat(vec![rx.clone(), Rx::literal(&[END])]);
-        let nfa = whole
-            .to_nfa(limits.determinize_bytes)?
+        let program = whole
+            .to_program(limits.determinize_bytes)?
             .ok_or_else(|| Error::syntax("the constraint matches no output at all"))?;
-        let dfa = DFA::builder()
-            .configure(
-                DFA::config()
-                    // All: keep going while any longer match is still possible (full-match semantics).
-                    .match_kind(MatchKind::All)
-                    .cache_capacity(limits.dfa_bytes)
-                    .minimum_cache_clear_count(None),
-            )
-            .build_from_nfa(nfa)
-            .map_err(|e| too_large_or_syntax(regex, &e))?;
-        let mut cache = dfa.create_cache();
+        let dfa = Dfa::new(program);
+        let mut cache = dfa.create_cache(limits.dfa_bytes);
         let start = dfa
-            .start_state(&mut cache, &start::Config::new().anchored(Anchored::Yes))
-            .map_err(|e| Error::syntax(format!("regex start state: {e}")))?;
+            .start(&mut cache)
+            .map_err(|_| Error::too_large("the constraint's start state is past the DFA's cache limit"))?;
         Ok(Self {
             dfa,
             cache: Mutex::new(Lazy { cache, uniform: HashMap::new() }),
@@ -192,12 +166,10 @@ impl Grammar {
     /// One byte on from `s`, with the cache held; `None` when the output leaves the language.
     #[inline]
     fn step(&self, cache: &mut Cache, s: State, b: u8) -> Option<State> {
-        // A transition already built between two ordinary states (neither dead, unknown nor a match): a table
-        // lookup. Anything else goes the long way. The flag is read first because ids go stale once it is set.
-        if !s.is_tagged() && !self.exhausted.load(Ordering::Relaxed) {
-            let next = self.dfa.next_state_untagged(cache, s, b);
-            if !next.is_tagged() {
-                return Some(next);
+        // A transition made before: a table lookup. END is never output (only `accepts` reads it).
+        if b != END {
+            if let Some(next) = self.dfa.known(cache, s, b) {
+                return (next != DEAD).then_some(next);
             }
         }
         self.step_slow(cache, s, b)
@@ -207,13 +179,14 @@ impl Grammar {
         if b == END || self.exhausted.load(Ordering::Relaxed) {
             return None;
         }
-        let next = self.dfa.next_state(cache, s, b).ok()?;
-        if cache.clear_count() > 0 {
-            // The cache was full and has been cleared: every id handed out before is stale.
-            self.exhausted.store(true, Ordering::Relaxed);
-            return None;
+        match self.dfa.next(cache, s, b) {
+            Ok(next) => (next != DEAD).then_some(next),
+            Err(_) => {
+                // The cache is full: the grammar admits nothing more (a mask computed now would be partial).
+                self.exhausted.store(true, Ordering::Relaxed);
+                None
+            }
         }
-        (!next.is_dead()).then_some(next)
     }
 
     /// Whether the output may end in state `s`.
@@ -223,13 +196,13 @@ impl Grammar {
         if self.exhausted.load(Ordering::Relaxed) {
             return false;
         }
-        let Ok(end) = self.dfa.next_state(cache, s, END) else { return false };
-        let ok = self.dfa.next_eoi_state(cache, end).is_ok_and(|e| e.is_match());
-        if cache.clear_count() > 0 {
-            self.exhausted.store(true, Ordering::Relaxed);
-            return false;
+        match self.dfa.next(cache, s, END) {
+            Ok(end) => self.dfa.is_match(cache, end),
+            Err(_) => {
+                self.exhausted.store(true, Ordering::Relaxed);
+                false
+            }
         }
-        ok
     }
 
     /// Walks `bytes` from `s`; `None` if the output leaves the language.
@@ -581,12 +554,12 @@ impl Grammar {
     /// every state, so one byte per class and position (within the valid range for that position) covers every
     /// character.
     fn text_leads_to(&self, cache: &mut Cache, s: State, to: State) -> bool {
-        let classes = self.dfa.byte_classes();
+        let classes = &self.dfa;
         let reps = |lo: u8, hi: u8, skip: &[u8]| -> Vec<u8> {
             let mut seen = Vec::new();
             let mut out = Vec::new();
             for b in (lo..=hi).filter(|b| !skip.contains(b)) {
-                let c = classes.get(b);
+                let c = classes.class(b);
                 if !seen.contains(&c) {
                     seen.push(c);
                     out.push(b);
@@ -598,7 +571,7 @@ impl Grammar {
         // U+2028 and U+2029 (E2 80 A8/A9) are not text here (patterns leave out ECMA line terminators): their
         // last bytes are skipped after E2 80 when 0x80 is a class of its own (otherwise they stand for other
         // characters as well, and are checked).
-        let lone_80 = (0x80..=0xBFu8).filter(|&x| classes.get(x) == classes.get(0x80)).count() == 1;
+        let lone_80 = (0x80..=0xBFu8).filter(|&x| classes.class(x) == classes.class(0x80)).count() == 1;
         let no_separators = reps(0x80, 0xBF, &[0xA8, 0xA9]);
         for lead in 0xC2..=0xF4u8 {
             // The valid range of the byte after the lead, and how many continuation bytes follow that one.

@@ -1,11 +1,12 @@
 //! Constrained decoding: which tokens keep a model's output inside a constraint, at every step.
 //!
 //! A [`Constraint`] (a regex, a choice of strings, any JSON object; JSON Schema next) becomes one regular
-//! language over output *bytes*, compiled to a DFA with `regex-automata`. A [`Grammar`] pairs that DFA with a
-//! tokenizer's [`Vocabulary`] (shared through a [`TokenSpace`]): the mask of allowed tokens in a DFA state comes
-//! from walking the vocabulary's byte trie alongside the DFA, pruning every prefix that dies, and is cached per
-//! state, so steady-state decoding copies a cached bitset. A [`Matcher`] is one request's position: `advance`,
-//! `mask_into`, `rollback`, and `forced_bytes` for jump-forward decoding.
+//! language over output *bytes*, compiled to an NFA whose shared pieces are subroutines (`rx`) and run as a lazy
+//! DFA built state by state (`dfa`; `regex-syntax` parses regexes, `regex-automata` compiles Unicode classes). A
+//! [`Grammar`] pairs that DFA with a tokenizer's [`Vocabulary`] (shared through a [`TokenSpace`]): the mask of
+//! allowed tokens in a DFA state comes from walking the vocabulary's byte trie alongside the DFA, pruning every
+//! prefix that dies, and is cached per state, so steady-state decoding copies a cached bitset. A [`Matcher`] is
+//! one request's position: `advance`, `mask_into`, `rollback`, and `forced_bytes` for jump-forward decoding.
 //!
 //! ```
 //! use grammar::{Constraint, Grammar, Limits, Matcher, TokenBitset, TokenSpace, Vocabulary};
@@ -34,6 +35,7 @@
 mod bitset;
 mod cache;
 mod constraint;
+mod dfa;
 mod error;
 mod grammar;
 pub mod json_schema;

@@ -8,8 +8,9 @@
 //! shared piece once and then copies its states (a relocation of indices) at every other use. Two pieces are
 //! smaller as an NFA than any regex can write them: lists (`item (sep item)*` with one copy of the item) and
 //! members in any order (followed as the set written so far). The NFA matches what the tree written out as one
-//! `Hir` ([`Rx::to_hir`]) matches (the proptest below checks it); it goes through [`thompson::Builder`], so the
-//! lazy DFA reads it as usual.
+//! `Hir` ([`Rx::to_hir`]) matches (the proptest below checks it). Grammars use [`Rx::to_program`], where a large
+//! shared piece is not even copied: it is compiled once and *called* ([`Program`]), so a schema's program holds
+//! each definition once; [`Rx::to_nfa`] builds a `regex-automata` NFA (copies only) for tests and tools.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -131,15 +132,37 @@ impl Rx {
     /// can never match (empty classes) are left out, so every state lies on a path to the match; `None` when
     /// nothing matches at all. Anchors and look-arounds are refused. `size_limit` bounds the NFA's heap.
     pub fn to_nfa(&self, size_limit: usize) -> Result<Option<thompson::NFA>> {
-        let mut c = Compiler { states: Vec::new(), shared: HashMap::new(), classes: HashMap::new(), limit: size_limit };
-        let Some(f) = c.rx(self)? else { return Ok(None) };
-        let m = c.push(S::Match)?;
-        c.patch(f.end, m);
-        if std::env::var("RX_DEBUG").is_ok() {
-            eprintln!("rx states {}", c.states.len());
-        }
-        c.build(f.start).map(Some)
+        let Some((c, start)) = Compiler::run(self, size_limit, None)? else { return Ok(None) };
+        c.build(start).map(Some)
     }
+
+    /// This regex as a [`Program`], whole as in [`Rx::to_nfa`], where shared pieces of
+    /// [`Program::CALL_MIN`] states or more are compiled once and called: a program holds each definition of
+    /// a schema once however many times it is used. `size_limit` bounds its states as in [`Rx::to_nfa`].
+    pub(crate) fn to_program(&self, size_limit: usize) -> Result<Option<Program>> {
+        self.to_program_calling(size_limit, Program::CALL_MIN)
+    }
+
+    /// [`Rx::to_program`], calling shared pieces of at least `call_min` states.
+    fn to_program_calling(&self, size_limit: usize, call_min: u32) -> Result<Option<Program>> {
+        let Some((mut c, start)) = Compiler::run(self, size_limit, Some(call_min))? else { return Ok(None) };
+        c.fill_holes();
+        Ok(Some(Program { states: c.states, start }))
+    }
+}
+
+/// An NFA with subroutines: [`S::Call`] enters a piece compiled once (remembering where to go on), its
+/// [`S::Return`] goes back there. No piece calls itself (a tree of `Arc`s has no cycles), so the calls nest to
+/// a bounded depth and the program matches a regular language: the one its pieces copied at each call would.
+/// [`crate::dfa::Dfa`] runs it.
+pub(crate) struct Program {
+    pub(crate) states: Vec<S>,
+    pub(crate) start: u32,
+}
+
+impl Program {
+    /// Shared pieces smaller than this many states are copied at each use (cheaper to run than a call).
+    pub(crate) const CALL_MIN: u32 = 32;
 }
 
 impl std::fmt::Debug for Rx {
@@ -170,15 +193,23 @@ fn permute(xs: &mut [usize], k: usize, f: &mut impl FnMut(&[usize])) {
     }
 }
 
-/// A state before it goes into the builder; ids are indices into [`Compiler::states`].
+/// A state of the compiled regex; ids are indices into [`Compiler::states`].
 #[derive(Clone)]
-enum S {
+pub(crate) enum S {
     /// An epsilon move (`HOLE` until patched).
     Empty(u32),
     Range(Transition),
+    /// Sorted, disjoint ranges.
     Sparse(Vec<Transition>),
     Union(Vec<u32>),
     Match,
+    /// Enter the piece at `target`; its [`S::Return`] goes on at `ret` (programs only).
+    Call {
+        target: u32,
+        ret: u32,
+    },
+    /// The end of a called piece.
+    Return,
 }
 
 const HOLE: u32 = u32::MAX;
@@ -232,9 +263,30 @@ struct Compiler {
     classes: HashMap<Vec<(char, char)>, Template>,
     /// Most bytes the states may take.
     limit: usize,
+    /// In a [`Program`], shared pieces of at least this many states are called rather than copied.
+    call_min: Option<u32>,
+    /// Called pieces by address: where they start (`None`: the piece matches nothing).
+    called: HashMap<usize, Option<u32>>,
 }
 
 impl Compiler {
+    /// Compiles `x` whole (its end leads to the match state): the compiler and the start state, or `None` when
+    /// `x` matches nothing.
+    fn run(x: &Rx, limit: usize, call_min: Option<u32>) -> Result<Option<(Self, u32)>> {
+        let mut c = Compiler {
+            states: Vec::new(),
+            shared: HashMap::new(),
+            classes: HashMap::new(),
+            limit,
+            call_min,
+            called: HashMap::new(),
+        };
+        let Some(f) = c.rx(x)? else { return Ok(None) };
+        let m = c.push(S::Match)?;
+        c.patch(f.end, m);
+        Ok(Some((c, f.start)))
+    }
+
     fn push(&mut self, s: S) -> Result<u32> {
         // About what a state costs in the final NFA (a transition is 8 bytes, a state's header about 24).
         if self.states.len().saturating_mul(24) > self.limit {
@@ -287,6 +339,10 @@ impl Compiler {
                 ),
                 S::Union(alts) => S::Union(alts.iter().map(|&a| relocate(a, lo, hi, base)).collect()),
                 S::Match => S::Match,
+                // A called piece stays where it is (a piece first compiled inside `lo..hi` is copied along,
+                // unused).
+                S::Call { target, ret } => S::Call { target: *target, ret: relocate(*ret, lo, hi, base) },
+                S::Return => S::Return,
             };
             self.push(s)?;
         }
@@ -302,10 +358,36 @@ impl Compiler {
         self.node(&x.0)
     }
 
-    /// `x`, copied when it was compiled before (for pieces used more than once).
+    /// `x`, copied when it was compiled before (for pieces used more than once), or called in a program
+    /// when it is large.
     fn again(&mut self, x: &Rx) -> Result<Option<Frag>> {
         let key = Arc::as_ptr(&x.0) as usize;
+        if let Some(call_min) = self.call_min.filter(|_| !self.shared.contains_key(&key)) {
+            if let Some(&target) = self.called.get(&key) {
+                return target.map(|t| self.call(t)).transpose();
+            }
+            let lo = self.states.len() as u32;
+            let Some(f) = self.node(&x.0)? else {
+                self.shared.insert(key, None);
+                return Ok(None);
+            };
+            let hi = self.states.len() as u32;
+            if hi - lo < call_min {
+                self.shared.insert(key, Some((lo, hi, f)));
+                return Ok(Some(f));
+            }
+            self.states[f.end as usize] = S::Return;
+            self.called.insert(key, Some(f.start));
+            return self.call(f.start).map(Some);
+        }
         self.memo(|c| &mut c.shared, key, |c| c.node(&x.0))
+    }
+
+    /// A call of the piece starting at `target`.
+    fn call(&mut self, target: u32) -> Result<Frag> {
+        let ret = self.push(S::Empty(HOLE))?;
+        let start = self.push(S::Call { target, ret })?;
+        Ok(Frag { start, end: ret })
     }
 
     fn node(&mut self, n: &Node) -> Result<Option<Frag>> {
@@ -590,19 +672,23 @@ impl Compiler {
         Some(Frag { start: first.start, end })
     }
 
-    fn build(mut self, start: u32) -> Result<thompson::NFA> {
-        let too_large = |e: thompson::BuildError| Error::too_large(format!("the NFA is past the limits: {e}"));
-        // Pieces left behind (the parts before something that matches nothing) may still end in a hole: point
-        // them at a state that matches nothing. They are unreachable from the start either way.
+    /// Pieces left behind (the parts before something that matches nothing) may still end in a hole: points
+    /// them at a state that matches nothing. They are unreachable from the start either way.
+    fn fill_holes(&mut self) {
         let nowhere = self.states.len() as u32;
         self.states.push(S::Sparse(Vec::new()));
         for s in &mut self.states {
             match s {
-                S::Empty(next) if *next == HOLE => *next = nowhere,
+                S::Empty(next) | S::Call { ret: next, .. } if *next == HOLE => *next = nowhere,
                 S::Union(alts) => alts.iter_mut().filter(|a| **a == HOLE).for_each(|a| *a = nowhere),
                 _ => {}
             }
         }
+    }
+
+    fn build(mut self, start: u32) -> Result<thompson::NFA> {
+        let too_large = |e: thompson::BuildError| Error::too_large(format!("the NFA is past the limits: {e}"));
+        self.fill_holes();
         let mut b = thompson::Builder::new();
         b.set_size_limit(Some(self.limit)).map_err(too_large)?;
         b.start_pattern().map_err(too_large)?;
@@ -624,6 +710,9 @@ impl Compiler {
                 S::Match => {
                     b.add_match().map_err(too_large)?;
                 }
+                S::Call { .. } | S::Return => {
+                    return Err(Error::syntax("regex: a call in an NFA compiled without calls"));
+                }
             }
         }
         b.finish_pattern(sid(start)).map_err(too_large)?;
@@ -634,6 +723,7 @@ impl Compiler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dfa::{Cache, Dfa, State, DEAD};
     use proptest::prelude::*;
     use regex_automata::nfa::thompson::pikevm::PikeVM;
     use regex_automata::{Anchored, Input};
@@ -689,7 +779,13 @@ mod tests {
             prop_assume!(reference.is_ok());
             let reference = reference.unwrap();
             // A closing '#' (not in the alphabet) makes any match a whole-input match.
-            let nfa = Rx::concat(vec![x, Rx::literal(b"#")]).to_nfa(1 << 24).unwrap();
+            let whole = Rx::concat(vec![x, Rx::literal(b"#")]);
+            let nfa = whole.to_nfa(1 << 24).unwrap();
+            // Programs that call every shared piece, and those that call the large ones only.
+            let programs: Vec<Option<Dfa>> = [1, Program::CALL_MIN]
+                .iter()
+                .map(|&m| whole.to_program_calling(1 << 24, m).unwrap().map(Dfa::new))
+                .collect();
             for s in &inputs {
                 let want = reference.is_match(s.as_str());
                 let got = match &nfa {
@@ -701,8 +797,43 @@ mod tests {
                     }
                 };
                 prop_assert_eq!(got, want, "{} on {:?}", x_text(&reference), s);
+                for dfa in &programs {
+                    prop_assert_eq!(program_matches(dfa.as_ref(), &format!("{s}#")), want, "program: {} on {:?}", x_text(&reference), s);
+                }
             }
         }
+    }
+
+    /// Whether the program's DFA reads all of `hay` into its match state; on the way, every state but the dead
+    /// one must still lead to a match (some bytes of `[abé#]` on to it).
+    fn program_matches(dfa: Option<&Dfa>, hay: &str) -> bool {
+        let Some(dfa) = dfa else { return false };
+        let mut cache = dfa.create_cache(1 << 26);
+        let mut s = dfa.start(&mut cache).unwrap();
+        for &b in hay.as_bytes() {
+            assert!(s == DEAD || leads_to_match(dfa, &mut cache, s), "a live state that never matches");
+            s = dfa.next(&mut cache, s, b).unwrap();
+        }
+        dfa.is_match(&cache, s)
+    }
+
+    /// Whether some path over the test's bytes leads `s` to a match state.
+    fn leads_to_match(dfa: &Dfa, cache: &mut Cache, s: State) -> bool {
+        let mut seen = vec![s];
+        let mut todo = vec![s];
+        while let Some(s) = todo.pop() {
+            if dfa.is_match(cache, s) {
+                return true;
+            }
+            for &b in b"ab#\xC3\xA9" {
+                let t = dfa.next(cache, s, b).unwrap();
+                if t != DEAD && !seen.contains(&t) {
+                    seen.push(t);
+                    todo.push(t);
+                }
+            }
+        }
+        false
     }
 
     fn x_text(r: &regex_automata::meta::Regex) -> String {
