@@ -71,6 +71,9 @@ thread_local! {
     /// Larger ones (undeclared-key regexes of big objects), for the schema being compiled only: see
     /// [`forget_large`].
     static PARSED_LARGE: std::cell::RefCell<std::collections::HashMap<String, R>> = Default::default();
+    /// Undeclared keys of the objects met so far in the schema being compiled, by their declared names (a
+    /// `$ref`'d object is written at every use): see [`forget_large`].
+    static KEYS_EXCEPT: std::cell::RefCell<std::collections::HashMap<Vec<String>, R>> = Default::default();
 }
 
 /// `re` parsed; kept per thread, since schemas repeat the same number, integer and undeclared-key regexes (a
@@ -101,6 +104,18 @@ fn parsed(re: &str) -> Result<R> {
 /// big schema does not hold its pieces).
 pub(crate) fn forget_large() {
     PARSED_LARGE.with(|m| *m.borrow_mut() = Default::default());
+    KEYS_EXCEPT.with(|m| *m.borrow_mut() = Default::default());
+}
+
+/// A key (quoted) that is none of `names`, kept per schema like [`parsed`]'s large regexes.
+fn undeclared_key(names: &[&str]) -> Result<R> {
+    let id: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    if let Some(r) = KEYS_EXCEPT.with(|m| m.borrow().get(&id).cloned()) {
+        return Ok(r);
+    }
+    let r = cat(vec![lit("\""), key_except(names.iter().copied())?, lit("\"")]);
+    KEYS_EXCEPT.with(|m| m.borrow_mut().insert(id, r.clone()));
+    Ok(r)
 }
 
 fn of(hir: Hir) -> R {
@@ -434,7 +449,7 @@ impl Emitter {
             }
         } else if let Some(add) = &additional {
             let key = match &o.names {
-                None => Some(parsed(&format!("\"{}\"", key_except(props.iter().map(|(k, _)| k.as_str()))))?),
+                None => Some(undeclared_key(&props.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())?),
                 Some(names) if props.is_empty() => self.emit(names)?,
                 Some(_) => return Err(unsupported("propertyNames", "beside properties and additionalProperties")),
             };
@@ -761,8 +776,11 @@ fn key_literal(k: &str) -> R {
     lit(&Value::String(k.to_string()).to_string())
 }
 
-/// Contents of any key except the given names (keys in the one spelling `KEY_UNIT` allows).
-fn key_except<'k>(names: impl Iterator<Item = &'k str>) -> String {
+/// Contents of any key except the given names (keys in the one spelling `KEY_UNIT` allows), built as a tree
+/// over the names' trie: at each node, the end (when no name ends there), a character no name continues with
+/// and then any key units, or a name's next character and on down.
+fn key_except<'k>(names: impl Iterator<Item = &'k str>) -> Result<R> {
+    use regex_syntax::hir::{ClassUnicode, ClassUnicodeRange};
     #[derive(Default)]
     struct Trie {
         end: bool,
@@ -797,30 +815,45 @@ fn key_except<'k>(names: impl Iterator<Item = &'k str>) -> String {
         }
         node.end = true;
     }
-    fn not(t: &Trie) -> String {
+    let units = parsed(&format!("{KEY_UNIT}*"))?;
+    if root.kids.is_empty() && !root.end {
+        return Ok(units);
+    }
+    fn not(t: &Trie, units: &R) -> R {
         let mut alts = Vec::new();
         if !t.end {
-            alts.push(String::new());
+            alts.push(lit(""));
         }
-        let raw: String =
-            t.kids.iter().filter(|(u, _)| !u.starts_with('\\')).map(|(u, _)| regex_syntax::escape(u)).collect();
-        let escs: String = ["\"", "\\", "b", "f", "n", "r", "t"]
-            .iter()
-            .filter(|e| !t.kids.iter().any(|(u, _)| u.strip_prefix('\\') == Some(**e)))
-            .map(|e| regex_syntax::escape(e))
-            .collect();
-        let mut other = vec![format!(r#"[^"\\\x00-\x1F{raw}]"#)];
+        // A first unit no name continues with: a character (not a quote, backslash or control) or an escape.
+        let mut taken = vec![ClassUnicodeRange::new('\0', '\x1F'), ClassUnicodeRange::new('"', '"')];
+        taken.push(ClassUnicodeRange::new('\\', '\\'));
+        for (u, _) in &t.kids {
+            if let (Some(c), None) = (u.chars().next().filter(|&c| c != '\\'), u.chars().nth(1)) {
+                taken.push(ClassUnicodeRange::new(c, c));
+            }
+        }
+        let mut chars = ClassUnicode::new(taken);
+        chars.negate();
+        let mut other = vec![of(Hir::class(regex_syntax::hir::Class::Unicode(chars)))];
+        let escs: Vec<u8> =
+            b"\"\\bfnrt".iter().copied().filter(|&e| !t.kids.iter().any(|(u, _)| u.as_bytes() == [b'\\', e])).collect();
         if !escs.is_empty() {
-            other.push(format!(r"\\[{escs}]"));
+            let class =
+                regex_syntax::hir::ClassBytes::new(escs.iter().map(|&e| regex_syntax::hir::ClassBytesRange::new(e, e)));
+            other.push(cat(vec![lit("\\"), of(Hir::class(regex_syntax::hir::Class::Bytes(class)))]));
         }
-        alts.push(format!("(?:{}){KEY_UNIT}*", other.join("|")));
+        alts.push(cat(vec![alt(other), units.clone()]));
         for (u, kid) in &t.kids {
-            alts.push(format!("{}{}", regex_syntax::escape(u), not(kid)));
+            alts.push(cat(vec![lit(u), not(kid, units)]));
         }
-        format!("(?:{})", alts.join("|"))
+        alt(alts)
     }
-    if root.kids.is_empty() && !root.end {
-        return format!("{KEY_UNIT}*");
+    /// About the length of `not(t)` as regex text (what the regex weight counts elsewhere).
+    fn text_len(t: &Trie) -> usize {
+        let kids: usize = t.kids.iter().map(|(u, k)| u.len() + text_len(k) + 1).sum();
+        let raw: usize = t.kids.iter().map(|(u, _)| u.len()).sum();
+        8 + 16 + raw + 12 + KEY_UNIT.len() + kids
     }
-    not(&root)
+    let tree = not(&root, &units);
+    Ok(R { size: text_len(&root), rx: tree.rx })
 }
