@@ -2,7 +2,8 @@
 //! intersected, `type` arrays and untyped keywords split per JSON type, `enum`/`const` filtered by the keywords
 //! beside them. Every keyword that constrains instances is either represented here or refused by name.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
@@ -195,7 +196,15 @@ pub(crate) struct Builder<'a> {
     refs: Vec<String>,
     /// Nodes built so far (a guard against exponential unrolling).
     built: usize,
+    /// Trees built for a `$ref` in a context (see [`Builder::context`]), with the nodes their building counted:
+    /// a definition used at many places is read once per context.
+    expanded: HashMap<(String, Context), (Node, usize)>,
+    /// The `$ref`s met anywhere below each `$ref`'s target, followed through their own targets.
+    reach: HashMap<String, Rc<Vec<String>>>,
 }
+
+/// How many times each `$ref` that matters is being expanded around a `$ref`: see [`Builder::context`].
+type Context = Vec<(String, usize)>;
 
 /// Most nodes one schema may expand to.
 const MAX_NODES: usize = 200_000;
@@ -225,7 +234,7 @@ pub(crate) fn set_deadline(budget: Option<std::time::Duration>) {
 
 impl<'a> Builder<'a> {
     pub fn new(root: &'a Value, opts: &'a Options) -> Self {
-        Self { root, opts, refs: Vec::new(), built: 0 }
+        Self { root, opts, refs: Vec::new(), built: 0, expanded: HashMap::new(), reach: HashMap::new() }
     }
 
     pub fn node(&mut self, v: &Value) -> Result<Node> {
@@ -421,11 +430,70 @@ impl<'a> Builder<'a> {
             // A regex can only unroll recursion to a fixed depth: deeper instances are refused (never invalid).
             return Ok(Node::Never);
         }
+        let key = (r.to_string(), self.context(r)?);
+        if let Some((n, count)) = self.expanded.get(&key) {
+            // Counted as if built again, so the limit on nodes holds as before.
+            self.built += count;
+            if self.built > MAX_NODES {
+                return Err(Error::too_large(format!("json schema expands past {MAX_NODES} subschemas")));
+            }
+            in_budget()?;
+            return Ok(n.clone());
+        }
         let target = resolve(self.root, r)?;
+        let before = self.built;
         self.refs.push(r.to_string());
         let n = self.node(target);
         self.refs.pop();
-        n
+        let n = n?;
+        self.expanded.insert(key, (n.clone(), self.built - before));
+        Ok(n)
+    }
+
+    /// What the tree of `$ref` `r` depends on besides `r` itself: how many times each `$ref` it can reach is
+    /// being expanded around it (recursion is cut by that count; `not` refuses a `$ref` inside itself).
+    fn context(&mut self, r: &str) -> Result<Context> {
+        let reach = self.reach(r)?;
+        Ok(std::iter::once(r)
+            .chain(reach.iter().map(String::as_str))
+            .map(|x| (x.to_string(), self.refs.iter().filter(|y| *y == x).count()))
+            .filter(|(_, n)| *n > 0)
+            .collect())
+    }
+
+    /// The `$ref`s met below `r`'s target, and below theirs, in the order first met.
+    fn reach(&mut self, r: &str) -> Result<Rc<Vec<String>>> {
+        if let Some(x) = self.reach.get(r) {
+            return Ok(x.clone());
+        }
+        fn refs_in<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
+            match v {
+                Value::Object(o) => {
+                    if let Some(Value::String(r)) = o.get("$ref") {
+                        out.push(r);
+                    }
+                    o.values().for_each(|x| refs_in(x, out));
+                }
+                Value::Array(a) => a.iter().for_each(|x| refs_in(x, out)),
+                _ => {}
+            }
+        }
+        let mut all: Vec<String> = Vec::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut todo = vec![r.to_string()];
+        while let Some(x) = todo.pop() {
+            let mut found = Vec::new();
+            refs_in(resolve(self.root, &x)?, &mut found);
+            for f in found {
+                if seen.insert(f.to_string()) {
+                    all.push(f.to_string());
+                    todo.push(f.to_string());
+                }
+            }
+        }
+        let all = Rc::new(all);
+        self.reach.insert(r.to_string(), all.clone());
+        Ok(all)
     }
 
     /// The node for `type` and the keywords that apply per type.
