@@ -86,6 +86,10 @@ struct Args {
     /// Append the summary as one JSON line here.
     #[arg(long)]
     output_jsonl: Option<PathBuf>,
+    /// Write every request's output here, one JSON line each (what was asked, finish reason, whether it validated
+    /// and why not, the text).
+    #[arg(long)]
+    outputs_jsonl: Option<PathBuf>,
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
@@ -101,6 +105,8 @@ enum Check {
 
 #[derive(Clone)]
 struct Job {
+    /// Where the request came from (the schema file of `json-schema` requests), for the outputs file.
+    source: String,
     path: &'static str,
     body: Value,
     prompt_tokens: usize,
@@ -121,6 +127,8 @@ struct Outcome {
     /// Why a structured output did not validate.
     invalid_reason: Option<String>,
     finish_reason: Option<String>,
+    /// The output text (tool calls as `name(arguments)`).
+    text: String,
 }
 
 fn load_tokenizer(path: &PathBuf) -> anyhow::Result<tokenizers::Tokenizer> {
@@ -146,6 +154,7 @@ fn count(tok: &tokenizers::Tokenizer, text: &str) -> usize {
 fn build_jobs(a: &Args, model: &str, tok: &tokenizers::Tokenizer) -> anyhow::Result<Vec<Job>> {
     let mut rng = StdRng::seed_from_u64(a.seed);
     let completion = |prompt: String, max_tokens: usize, tok: &tokenizers::Tokenizer| Job {
+        source: String::new(),
         path: "/v1/completions",
         prompt_tokens: count(tok, &prompt),
         body: json!({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": a.ignore_eos}),
@@ -194,6 +203,7 @@ fn build_jobs(a: &Args, model: &str, tok: &tokenizers::Tokenizer) -> anyhow::Res
                     json!({"type": "json_schema", "json_schema": {"name": "out", "schema": schema}})
                 };
                 jobs.push(Job {
+                    source: f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string(),
                     path: "/v1/chat/completions",
                     prompt_tokens: 0,
                     body: json!({"model": model, "messages": messages, "max_tokens": a.structured_output_len, "temperature": 0.0,
@@ -220,6 +230,7 @@ fn build_jobs(a: &Args, model: &str, tok: &tokenizers::Tokenizer) -> anyhow::Res
                     format!("Find flights from {c1} to {c2} on 2026-12-0{}.", 1 + i % 9)
                 };
                 jobs.push(Job {
+                    source: q.clone(),
                     path: "/v1/chat/completions",
                     prompt_tokens: 0,
                     body: json!({"model": model, "messages": [{"role": "user", "content": q}], "tools": tools,
@@ -332,6 +343,10 @@ fn run_one(a: &Args, job: &Job) -> Outcome {
         }
     }
     out.e2e = t0.elapsed().as_secs_f64();
+    out.text = text.clone();
+    for (n, x) in names.iter().zip(&args) {
+        out.text.push_str(&format!("{n}({x})"));
+    }
     if !out.usage_reported {
         out.output_tokens = chunks;
     }
@@ -503,6 +518,14 @@ fn main() -> anyhow::Result<()> {
         "valid_of_completed": if structured { json!(ok.iter().filter(|o| o.valid == Some(true)).count() as f64 / ok.len().max(1) as f64) } else { Value::Null },
     });
     print_table(&summary);
+    if let Some(p) = &a.outputs_jsonl {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(p)?);
+        for (job, o) in jobs.iter().zip(&outcomes) {
+            let line = json!({"label": a.label, "source": job.source, "error": o.error, "finish_reason": o.finish_reason,
+                "output_tokens": o.output_tokens, "valid": o.valid, "invalid_reason": o.invalid_reason, "text": o.text});
+            writeln!(f, "{line}")?;
+        }
+    }
     if let Some(p) = &a.output_jsonl {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
         writeln!(f, "{summary}")?;
