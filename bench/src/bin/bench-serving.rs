@@ -77,6 +77,9 @@ struct Args {
     /// (`{"type": "json_object", "schema": ...}`, the only form llama-cpp-python's server accepts).
     #[arg(long, default_value = "openai")]
     schema_style: String,
+    /// `json-schema` prompts show the schema when its JSON text is at most this long.
+    #[arg(long, default_value_t = 12000)]
+    schema_prompt_max_chars: usize,
     /// max_tokens of structured requests.
     #[arg(long, default_value_t = 384)]
     structured_output_len: usize,
@@ -192,10 +195,17 @@ fn build_jobs(a: &Args, model: &str, tok: &tokenizers::Tokenizer) -> anyhow::Res
             for f in files.into_iter().take(a.num_prompts) {
                 let doc: Value = serde_json::from_str(&std::fs::read_to_string(&f)?)?;
                 let schema = doc["schema"].clone();
-                let what = doc["description"].as_str().unwrap_or("the schema").to_string();
+                // The schema goes in the prompt as well, as in vLLM's structured-output benchmark (MaskBench's
+                // descriptions only name the file); past the size limit the model only gets the constraint.
+                let text = schema.to_string();
+                let ask = if text.len() <= a.schema_prompt_max_chars {
+                    format!("Generate a JSON document that follows this JSON schema:\n{text}")
+                } else {
+                    "Generate a JSON document for the schema you are given.".to_string()
+                };
                 let messages = json!([
                     {"role": "system", "content": "You answer with JSON only."},
-                    {"role": "user", "content": format!("Write a JSON document for: {what}")}
+                    {"role": "user", "content": ask}
                 ]);
                 let response_format = if a.schema_style == "json-object" {
                     json!({"type": "json_object", "schema": schema})
