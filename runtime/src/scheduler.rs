@@ -89,8 +89,8 @@ impl Default for SchedulerConfig {
 
 /// Decode tokens kept in reserve per running sequence when admitting new ones (pre-emption handles the rest).
 const DECODE_RESERVE: usize = 16;
-/// A waiting request sharing more than this many uncomputed prompt tokens with one admitted in the same step
-/// waits a step, so the shared part is computed once and then found in the cache.
+/// A waiting request sharing more than this many uncomputed prompt tokens with a running one still computing its
+/// prompt waits until that prompt is done and in the cache, so the shared part is computed once.
 const SHARED_DEFER: usize = 32;
 
 const NS: Namespace = Namespace(0);
@@ -331,7 +331,6 @@ impl<E: Executor> Scheduler<E> {
         }
         let mut reserve: usize =
             self.running.iter().map(|s| s.max_tokens.saturating_sub(s.generated()).min(DECODE_RESERVE)).sum();
-        let mut admitted_now: Vec<usize> = Vec::new();
         let mut deferred: Vec<Seq> = Vec::new();
         while self.running.len() < self.cfg.max_running {
             let budget = self.budget_left(plan);
@@ -350,11 +349,14 @@ impl<E: Executor> Scheduler<E> {
             };
             seq.tree_len = matched;
             seq.node = node;
-            let shared = admitted_now.iter().any(|&j| {
-                let other = &self.running[j].tokens;
-                let common = other.iter().zip(&seq.tokens).take_while(|(a, b)| a == b).count();
-                common > matched + SHARED_DEFER
-            });
+            // Another request still computing its prompt (admitted in this step or an earlier one) will put a
+            // prefix this one shares in the cache when it is done: wait for it rather than compute it twice.
+            let shared = self.cfg.enable_cache
+                && self.running.iter().any(|other| {
+                    let prompt = &other.tokens[..other.prompt_len];
+                    let common = prompt.iter().zip(&seq.tokens).take_while(|(a, b)| a == b).count();
+                    other.slots.len() < other.prompt_len && common > matched + SHARED_DEFER
+                });
             let n = seq.pending().min(budget);
             let available = self.mem.alloc.free_count() + self.mem.cache.evictable_size();
             if shared || available < n + reserve {
@@ -378,7 +380,6 @@ impl<E: Executor> Scheduler<E> {
                 self.metrics.cache_hit_rate.set(self.metrics.cache_hit_tokens.get() as f64 / lookups);
             }
             self.running.push(seq);
-            admitted_now.push(self.running.len() - 1);
             plan.push(Planned { seq: self.running.len() - 1, n, new_slots: Vec::new() });
         }
         for s in deferred.into_iter().rev() {
@@ -921,6 +922,27 @@ mod tests {
         }
         drain(&mut a);
         drain(&mut b);
+        check_memory(&s);
+    }
+
+    #[test]
+    fn a_prefix_shared_while_it_is_computed_is_computed_once() {
+        // A 300-token prefix takes five 64-token steps; the requests sharing it wait for it to reach the cache
+        // instead of computing it themselves (each then computes its own 4 tokens only). Unrelated requests are
+        // admitted meanwhile.
+        let (mut s, log) = scheduler(4096, SchedulerConfig { step_tokens: 64, ..Default::default() });
+        let prefix: Vec<u32> = (0..300).map(|i| (i % 60) as u32).collect();
+        let mut rxs: Vec<Rx> =
+            (0..4).map(|k| submit(&mut s, [&prefix[..], &[100 + k, 101, 102, 103]].concat(), 1)).collect();
+        rxs.push(submit(&mut s, vec![9; 10], 1));
+        while !s.is_idle() {
+            s.step();
+        }
+        let computed: usize = log.borrow().iter().flatten().sum();
+        assert_eq!(computed, 304 + 3 * 4 + 10, "prefix computed once: {:?}", log.borrow());
+        for rx in &mut rxs {
+            drain(rx);
+        }
         check_memory(&s);
     }
 
