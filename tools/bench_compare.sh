@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make bench-compare: radixserve, radixserve without its radix cache, llama.cpp's llama-server (continuous
-# batching, one slot per concurrent request) and llama-cpp-python's server, one after another on loopback, on the
-# same GGUF, under the same three workloads (shared-prefix, random, json-schema). Results: $OUT/results.jsonl,
-# $OUT/serving.svg, a ratio table per workload and a summary line.
+# batching, one slot per concurrent request, 8192 tokens of context per slot like radixserve's model length) and
+# llama-cpp-python's server, one after another on loopback, on the same GGUF, under the same three workloads
+# (shared-prefix, random, json-schema). Results: $OUT/results.jsonl, $OUT/serving.svg, a ratio table per workload
+# and a summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${RADIXSERVE_CACHE:-$HOME/.cache/radixserve}
@@ -42,8 +43,8 @@ for sys in $SYSTEMS; do
   case $sys in
     radixserve) "$TARGET/radixserve" serve --model "$MODEL" --port "$PORT" --threads "$THREADS" >"$OUT/$sys.log" 2>&1 & ;;
     radixserve-nocache) "$TARGET/radixserve" serve --model "$MODEL" --port "$PORT" --threads "$THREADS" --disable-radix-cache >"$OUT/$sys.log" 2>&1 & ;;
-    llama-server) "$LLAMA_SERVER" -m "$MODEL" --host 127.0.0.1 --port "$PORT" -t "$THREADS" -np "$CONC" -c $((CONC * 2048)) --cont-batching >"$OUT/$sys.log" 2>&1 & ;;
-    llama-cpp-python) "$BENCH_PY" -m llama_cpp.server --model "$MODEL" --host 127.0.0.1 --port "$PORT" --n_threads "$THREADS" --n_ctx 4096 >"$OUT/$sys.log" 2>&1 & ;;
+    llama-server) "$LLAMA_SERVER" -m "$MODEL" --host 127.0.0.1 --port "$PORT" -t "$THREADS" -np "$CONC" -c $((CONC * 8192)) --cont-batching >"$OUT/$sys.log" 2>&1 & ;;
+    llama-cpp-python) "$BENCH_PY" -m llama_cpp.server --model "$MODEL" --host 127.0.0.1 --port "$PORT" --n_threads "$THREADS" --n_ctx 8192 >"$OUT/$sys.log" 2>&1 & ;;
     *) echo "unknown system $sys" >&2; exit 2 ;;
   esac
   pid=$!
