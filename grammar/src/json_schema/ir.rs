@@ -430,7 +430,7 @@ impl<'a> Builder<'a> {
             // A regex can only unroll recursion to a fixed depth: deeper instances are refused (never invalid).
             return Ok(Node::Never);
         }
-        let key = (r.to_string(), self.context(r)?);
+        let key = (r.to_string(), self.context(r));
         if let Some((n, count)) = self.expanded.get(&key) {
             // Counted as if built again, so the limit on nodes holds as before.
             self.built += count;
@@ -452,19 +452,19 @@ impl<'a> Builder<'a> {
 
     /// What the tree of `$ref` `r` depends on besides `r` itself: how many times each `$ref` it can reach is
     /// being expanded around it (recursion is cut by that count; `not` refuses a `$ref` inside itself).
-    fn context(&mut self, r: &str) -> Result<Context> {
-        let reach = self.reach(r)?;
-        Ok(std::iter::once(r)
+    fn context(&mut self, r: &str) -> Context {
+        let reach = self.reach(r);
+        std::iter::once(r)
             .chain(reach.iter().map(String::as_str))
             .map(|x| (x.to_string(), self.refs.iter().filter(|y| *y == x).count()))
             .filter(|(_, n)| *n > 0)
-            .collect())
+            .collect()
     }
 
     /// The `$ref`s met below `r`'s target, and below theirs, in the order first met.
-    fn reach(&mut self, r: &str) -> Result<Rc<Vec<String>>> {
+    fn reach(&mut self, r: &str) -> Rc<Vec<String>> {
         if let Some(x) = self.reach.get(r) {
-            return Ok(x.clone());
+            return x.clone();
         }
         fn refs_in<'v>(v: &'v Value, out: &mut Vec<&'v str>) {
             match v {
@@ -482,8 +482,11 @@ impl<'a> Builder<'a> {
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut todo = vec![r.to_string()];
         while let Some(x) = todo.pop() {
+            // Strings under a "$ref" key inside data (`default`, `examples`) are taken too: a longer context only
+            // shares less. One that resolves to nothing is never expanded, so it is never on the stack either.
+            let Ok(target) = resolve(self.root, &x) else { continue };
             let mut found = Vec::new();
-            refs_in(resolve(self.root, &x)?, &mut found);
+            refs_in(target, &mut found);
             for f in found {
                 if seen.insert(f.to_string()) {
                     all.push(f.to_string());
@@ -493,7 +496,7 @@ impl<'a> Builder<'a> {
         }
         let all = Rc::new(all);
         self.reach.insert(r.to_string(), all.clone());
-        Ok(all)
+        all
     }
 
     /// The node for `type` and the keywords that apply per type.

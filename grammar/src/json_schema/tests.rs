@@ -187,6 +187,29 @@ fn recursion_is_unrolled() {
 }
 
 #[test]
+fn mutual_recursion_is_cut_at_the_same_depth_wherever_a_definition_is_met() {
+    // `b` is met first outside any `a`, then at three depths of `a`; its tree, built once per context, must
+    // still stop `a` at its third expansion. The "$ref" inside `default` is data, not a reference.
+    let schema = json!({
+        "type": "object",
+        "properties": {"first": {"$ref": "#/$defs/b"}, "then": {"$ref": "#/$defs/a"}},
+        "required": ["then"],
+        "additionalProperties": false,
+        "$defs": {
+            "a": {"type": "object", "properties": {"b": {"$ref": "#/$defs/b"}, "x": {"$ref": "#/$defs/leaf"}},
+                "additionalProperties": false},
+            "b": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}, "y": {"$ref": "#/$defs/leaf"}},
+                "additionalProperties": false},
+            "leaf": {"type": "integer", "default": {"$ref": "not a pointer"}}
+        }
+    });
+    let deepest = r#"{"then": {"b": {"a": {"b": {"a": {"b": {"y": 1}}}}}}}"#;
+    let too_deep = r#"{"then": {"b": {"a": {"b": {"a": {"b": {"a": {}}}}}}}}"#;
+    let shallow = [r#"{"then": {"x": 1}}"#, r#"{"first": {"a": {"b": {}}}, "then": {"b": {"a": {"x": 2}, "y": 3}}}"#];
+    check(schema, &[shallow[0], shallow[1], deepest], &[too_deep, r#"{"then": {"b": {"x": 1}}}"#]);
+}
+
+#[test]
 fn arrays() {
     check(
         json!({"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 3}),
