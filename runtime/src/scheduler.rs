@@ -352,10 +352,9 @@ impl<E: Executor> Scheduler<E> {
             // Another request still computing its prompt (admitted in this step or an earlier one) will put a
             // prefix this one shares in the cache when it is done: wait for it rather than compute it twice.
             let shared = self.cfg.enable_cache
-                && self.running.iter().any(|other| {
+                && self.running.iter().filter(|other| other.slots.len() < other.prompt_len).any(|other| {
                     let prompt = &other.tokens[..other.prompt_len];
-                    let common = prompt.iter().zip(&seq.tokens).take_while(|(a, b)| a == b).count();
-                    other.slots.len() < other.prompt_len && common > matched + SHARED_DEFER
+                    prompt.iter().zip(&seq.tokens).take_while(|(a, b)| a == b).count() > matched + SHARED_DEFER
                 });
             let n = seq.pending().min(budget);
             let available = self.mem.alloc.free_count() + self.mem.cache.evictable_size();
