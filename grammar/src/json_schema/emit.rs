@@ -84,11 +84,7 @@ fn parsed(re: &str) -> Result<R> {
     if let Some(r) = cache.with(|m| m.borrow().get(re).cloned()) {
         return Ok(r);
     }
-    let hir = regex_syntax::ParserBuilder::new()
-        .nest_limit(1000)
-        .build()
-        .parse(re)
-        .map_err(|e| Error::syntax(format!("internal regex {re:?}: {e}")))?;
+    let hir = crate::grammar::parse(re, &format!("internal regex {re:?}"))?;
     let r = R { rx: Rx::hir(hir), size: re.len() };
     cache.with(|m| {
         let mut m = m.borrow_mut();
@@ -819,14 +815,18 @@ fn key_except<'k>(names: impl Iterator<Item = &'k str>) -> Result<R> {
     if root.kids.is_empty() && !root.end {
         return Ok(units);
     }
+    /// The tree below `t`, weighed as its regex text would be (what the regex weight counts elsewhere).
     fn not(t: &Trie, units: &R) -> R {
         let mut alts = Vec::new();
         if !t.end {
             alts.push(lit(""));
         }
         // A first unit no name continues with: a character (not a quote, backslash or control) or an escape.
-        let mut taken = vec![ClassUnicodeRange::new('\0', '\x1F'), ClassUnicodeRange::new('"', '"')];
-        taken.push(ClassUnicodeRange::new('\\', '\\'));
+        let mut taken = vec![
+            ClassUnicodeRange::new('\0', '\x1F'),
+            ClassUnicodeRange::new('"', '"'),
+            ClassUnicodeRange::new('\\', '\\'),
+        ];
         for (u, _) in &t.kids {
             if let (Some(c), None) = (u.chars().next().filter(|&c| c != '\\'), u.chars().nth(1)) {
                 taken.push(ClassUnicodeRange::new(c, c));
@@ -843,17 +843,14 @@ fn key_except<'k>(names: impl Iterator<Item = &'k str>) -> Result<R> {
             other.push(cat(vec![lit("\\"), of(Hir::class(regex_syntax::hir::Class::Bytes(class)))]));
         }
         alts.push(cat(vec![alt(other), units.clone()]));
+        // The text: the class of the other characters, the escapes, the key units, each name's unit and subtree.
+        let mut size = 8 + 16 + 12 + KEY_UNIT.len();
         for (u, kid) in &t.kids {
-            alts.push(cat(vec![lit(u), not(kid, units)]));
+            let below = not(kid, units);
+            size += 2 * u.len() + below.size + 1;
+            alts.push(cat(vec![lit(u), below]));
         }
-        alt(alts)
+        R { size, rx: alt(alts).rx }
     }
-    /// About the length of `not(t)` as regex text (what the regex weight counts elsewhere).
-    fn text_len(t: &Trie) -> usize {
-        let kids: usize = t.kids.iter().map(|(u, k)| u.len() + text_len(k) + 1).sum();
-        let raw: usize = t.kids.iter().map(|(u, _)| u.len()).sum();
-        8 + 16 + raw + 12 + KEY_UNIT.len() + kids
-    }
-    let tree = not(&root, &units);
-    Ok(R { size: text_len(&root), rx: tree.rx })
+    Ok(not(&root, &units))
 }
