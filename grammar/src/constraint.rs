@@ -27,11 +27,7 @@ impl Constraint {
                     serde_json::from_str(text).map_err(|e| Error::syntax(format!("json schema is not JSON: {e}")))?;
                 crate::json_schema::schema_to_rx(&schema, &crate::json_schema::Options::default())
             }
-            other => regex_syntax::ParserBuilder::new()
-                .nest_limit(1000)
-                .build()
-                .parse(&other.to_regex()?)
-                .map_err(|e| Error::syntax(format!("regex: {e}")))
+            other => crate::grammar::parse(&other.to_regex()?, "regex")
                 .and_then(crate::grammar::whole_output)
                 .map(crate::Rx::hir),
         }

@@ -38,6 +38,16 @@ const BULK_MIN: usize = 16;
 /// A DFA state (stable for the grammar's life: the lazy DFA's cache is never cleared).
 pub(crate) type State = crate::dfa::State;
 
+/// `regex` parsed as every constraint's regex is (nested up to 1000 deep: JSON Schema regexes nest deeply); a
+/// syntax error says `what` was being parsed.
+pub(crate) fn parse(regex: &str, what: &str) -> Result<Hir> {
+    regex_syntax::ParserBuilder::new()
+        .nest_limit(1000)
+        .build()
+        .parse(regex)
+        .map_err(|e| Error::syntax(format!("{what}: {e}")))
+}
+
 /// The regex as a whole-output pattern: a leading `^` and trailing `$` are implied and dropped; anchors or
 /// look-arounds anywhere else are refused (they would make states that are not dead but can never match).
 pub(crate) fn whole_output(h: Hir) -> Result<Hir> {
@@ -115,11 +125,7 @@ impl Grammar {
                 limits.dfa_bytes / 16
             )));
         }
-        let hir = regex_syntax::ParserBuilder::new()
-            .nest_limit(1000)
-            .build()
-            .parse(regex)
-            .map_err(|e| Error::syntax(format!("regex: {e}")))?;
+        let hir = parse(regex, "regex")?;
         Self::from_hir(hir, space, limits)
     }
 
