@@ -6,7 +6,7 @@
 //! [`Grammar`] pairs that DFA with a tokenizer's [`Vocabulary`] (shared through a [`TokenSpace`]): the mask of
 //! allowed tokens in a DFA state comes from walking the vocabulary's byte trie alongside the DFA, pruning every
 //! prefix that dies, and is cached per state, so steady-state decoding copies a cached bitset. A [`Matcher`] is
-//! one request's position: `advance`, `mask_into`, `rollback`, and `forced_bytes` for jump-forward decoding.
+//! one request's position: `advance`, `mask_into`, `rollback`, and `forced_tokens` for jump-forward decoding.
 //!
 //! ```
 //! use grammar::{Constraint, Grammar, Limits, Matcher, TokenBitset, TokenSpace, Vocabulary};

@@ -120,4 +120,65 @@ impl Matcher {
         }
         out
     }
+
+    /// The tokens jump-forward appends without sampling: [`Matcher::forced_tokens_with`] with the longest
+    /// tokens that fit.
+    pub fn forced_tokens(&self) -> Vec<u32> {
+        self.forced_tokens_with(|_| None)
+    }
+
+    /// The tokens jump-forward appends without sampling: the forced bytes ([`Matcher::forced_bytes`]) as
+    /// `tokenize` writes them when its tokens spell exactly those bytes (pass the model's tokenizer: SmolLM2's
+    /// writes `store_failures` as `store _ fail ures`, the longest tokens are `store _ failure s`, and a model
+    /// has only seen the first), else as the longest tokens that fit;
+    /// less the tail that a longer allowed token would also write. A forced key `"name"` ends in `"`, where a
+    /// model writes `":` as one token: forcing the lone `"` shows it a tokenization it never saw in training
+    /// (SmolLM2 then answers ` :` and drifts), so the tail from the first token that an allowed token reaches
+    /// past the forced bytes from is left to sampling.
+    pub fn forced_tokens_with(&self, tokenize: impl FnOnce(&[u8]) -> Option<Vec<u32>>) -> Vec<u32> {
+        let forced = self.forced_bytes();
+        if forced.is_empty() {
+            return Vec::new();
+        }
+        let g = &self.grammar;
+        let space = g.space();
+        let spells = |ids: &[u32]| {
+            let mut at = 0;
+            ids.iter().all(|&t| {
+                let b = space.vocab.bytes(t).unwrap_or_default();
+                let ok = !b.is_empty() && forced[at..].starts_with(b);
+                at += b.len();
+                ok
+            }) && at == forced.len()
+        };
+        let ids = tokenize(&forced).filter(|ids| spells(ids)).unwrap_or_else(|| {
+            let mut ids = Vec::new();
+            let mut at = 0;
+            while let Some((id, len)) = space.trie.longest_prefix(&forced[at..]) {
+                ids.push(id);
+                at += len;
+            }
+            ids
+        });
+        // (token, where its bytes start, the state before it)
+        let mut tokens = Vec::new();
+        let (mut pos, mut s) = (0, self.state());
+        for id in ids {
+            let bytes = space.vocab.bytes(id).unwrap_or_default();
+            let Some(next) = g.walk(s, bytes) else { break };
+            tokens.push((id, pos, s));
+            (pos, s) = (pos + bytes.len(), next);
+        }
+        let reaches_past = |&(_, start, s): &(u32, usize, crate::grammar::State)| {
+            let Some(node) = space.trie.node(&forced[start..pos]) else { return false };
+            let longer = space.trie.extensions(node);
+            if longer.is_empty() {
+                return false;
+            }
+            let mask = g.mask(s);
+            longer.iter().any(|&t| mask.contains(t))
+        };
+        let keep = tokens.iter().position(reaches_past).unwrap_or(tokens.len());
+        tokens[..keep].iter().map(|&(id, _, _)| id).collect()
+    }
 }

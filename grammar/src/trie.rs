@@ -112,6 +112,16 @@ impl TokenTrie {
         None
     }
 
+    /// The node reached by `bytes` from the root, if some token starts with them.
+    pub(crate) fn node(&self, bytes: &[u8]) -> Option<usize> {
+        bytes.iter().try_fold(0, |n, &b| self.child(n, b))
+    }
+
+    /// The ids of the tokens strictly longer than node `i`'s bytes that start with them.
+    pub(crate) fn extensions(&self, i: usize) -> &[u32] {
+        &self.token_ids[self.below(i)]
+    }
+
     /// The longest token whose bytes are a prefix of `bytes`, as (token id, length); the lowest id on ties.
     /// Jump-forward uses it to turn forced bytes into tokens.
     pub fn longest_prefix(&self, bytes: &[u8]) -> Option<(u32, usize)> {

@@ -83,6 +83,41 @@ fn forced_bytes_jump_forward() {
 }
 
 #[test]
+fn forced_tokens_leave_a_token_that_an_allowed_longer_token_extends() {
+    let tokens = |m: &Matcher, space: &TokenSpace| -> Vec<String> {
+        let text = |t: u32| String::from_utf8(space.vocab.bytes(t).unwrap().to_vec()).unwrap();
+        m.forced_tokens().into_iter().map(text).collect()
+    };
+    let re = r#"\{"name"[ ]?:[ ]?"[a-z]+"\}"#;
+    // No token runs past the forced `{"name"`: all of it is appended, as the longest tokens.
+    let plain = byte_space(&["{\"", "name"]);
+    assert_eq!(tokens(&Matcher::new(grammar(re, &plain)), &plain), ["{\"", "name", "\""]);
+    // `":` would write the closing quote and the colon at once: the quote is left to sampling.
+    let colon = byte_space(&["{\"", "name", "\":"]);
+    assert_eq!(tokens(&Matcher::new(grammar(re, &colon)), &colon), ["{\"", "name"]);
+    // `name":` runs past it from `name` on: only `{"` is forced.
+    let long = byte_space(&["{\"", "name", "name\":"]);
+    assert_eq!(tokens(&Matcher::new(grammar(re, &long)), &long), ["{\""]);
+    // A longer token that the grammar refuses there (`",` cannot follow the key) does not count.
+    let comma = byte_space(&["{\"", "name", "\","]);
+    assert_eq!(tokens(&Matcher::new(grammar(re, &comma)), &comma), ["{\"", "name", "\""]);
+}
+
+#[test]
+fn forced_tokens_follow_the_tokenizer_when_it_spells_the_forced_bytes() {
+    let space = byte_space(&["{\"", "na", "me", "nam"]); // ids 256..=259
+    let m = Matcher::new(grammar(r#"\{"name"[ ]?:[0-9]"#, &space));
+    let (brace, na, me, nam) = (256, 257, 258, 259);
+    let (n, e, quote) = (b'n' as u32, b'e' as u32, b'"' as u32);
+    assert_eq!(m.forced_tokens(), [brace, nam, e, quote], "the longest tokens that fit");
+    assert_eq!(m.forced_tokens_with(|_| Some(vec![brace, na, me, quote])), [brace, na, me, quote]);
+    // Tokens that do not spell the forced bytes exactly are not used.
+    assert_eq!(m.forced_tokens_with(|_| Some(vec![brace, na, me])), [brace, nam, e, quote]);
+    assert_eq!(m.forced_tokens_with(|_| Some(vec![brace, n, me, quote])), [brace, nam, e, quote]);
+    assert_eq!(m.forced_tokens_with(|_| Some(vec![brace, na, me, quote, quote])), [brace, nam, e, quote]);
+}
+
+#[test]
 fn bad_and_empty_constraints_are_errors() {
     let space = byte_space(&[]);
     let err = Grammar::from_regex("(unclosed", space.clone(), Limits::default()).unwrap_err();

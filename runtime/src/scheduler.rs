@@ -546,18 +546,21 @@ impl<E: Executor> Scheduler<E> {
         let mut infos = vec![info];
         let mut text = String::new();
         let mut reason = self.append(i, token, &mut text);
-        // Jump-forward: append the bytes the grammar forces, as tokens, without sampling.
+        // Jump-forward: append the tokens the grammar forces without sampling (see `Matcher::forced_tokens`).
         if reason.is_none() && self.cfg.jump_forward && self.running[i].req.logprobs.is_none() {
+            let tokenizer = &self.tokenizer;
+            let encode = |bytes: &[u8]| {
+                let text = std::str::from_utf8(bytes).ok()?;
+                Some(tokenizer.encode(text, false).ok()?.get_ids().to_vec())
+            };
             let forced = match &self.running[i].matcher {
-                Some(m) => m.forced_bytes(),
+                Some(m) => m.forced_tokens_with(encode),
                 None => Vec::new(),
             };
-            let mut pos = 0;
-            while pos < forced.len() && reason.is_none() {
-                let seq = &mut self.running[i];
-                let m = seq.matcher.as_ref().expect("forced bytes come from a matcher");
-                let Some((id, len)) = m_space(m).trie.longest_prefix(&forced[pos..]) else { break };
-                pos += len;
+            for id in forced {
+                if reason.is_some() {
+                    break;
+                }
                 self.stats.jump_forward_tokens += 1;
                 self.metrics.jump_forward_tokens.inc();
                 infos.push(TokenInfo { id, logprob: None, top_logprobs: Vec::new() });
@@ -713,12 +716,8 @@ fn to_ids(slots: &[u32]) -> Vec<SlotId> {
     slots.iter().map(|&s| SlotId(s)).collect()
 }
 
-fn m_space(m: &Matcher) -> &grammar::TokenSpace {
-    m.grammar().space()
-}
-
 fn m_len(m: &Matcher) -> usize {
-    m_space(m).vocab.len()
+    m.grammar().space().vocab.len()
 }
 
 #[cfg(test)]
