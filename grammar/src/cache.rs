@@ -22,6 +22,7 @@ type Slot = Arc<OnceLock<Result<Arc<Grammar>>>>;
 pub struct GrammarCache {
     space: Arc<TokenSpace>,
     limits: Limits,
+    whitespace: String,
     max_entries: usize,
     map: DashMap<Constraint, Slot>,
     compiles: AtomicU64,
@@ -42,11 +43,20 @@ impl GrammarCache {
         Self {
             space,
             limits,
+            whitespace: crate::DEFAULT_WHITESPACE.into(),
             max_entries: max_entries.max(1),
             map: DashMap::new(),
             compiles: AtomicU64::new(0),
             hits: AtomicU64::new(0),
         }
+    }
+
+    /// JSON constraints (schemas, `json_object`) allow `whitespace`, a regex, between tokens instead of
+    /// [`crate::DEFAULT_WHITESPACE`]; refused as [`crate::check_json_whitespace`] says.
+    pub fn with_json_whitespace(mut self, whitespace: &str) -> Result<Self> {
+        crate::check_json_whitespace(whitespace)?;
+        self.whitespace = whitespace.into();
+        Ok(self)
     }
 
     /// The compiled grammar for `c`, compiling it on first use (once, whoever asks concurrently).
@@ -70,7 +80,7 @@ impl GrammarCache {
         };
         slot.get_or_init(|| {
             self.compiles.fetch_add(1, Ordering::Relaxed);
-            Ok(Arc::new(Grammar::from_rx(&c.to_rx()?, self.space.clone(), self.limits)?))
+            Ok(Arc::new(Grammar::from_rx(&c.to_rx_with(&self.whitespace)?, self.space.clone(), self.limits)?))
         })
         .clone()
     }
@@ -127,5 +137,27 @@ mod tests {
         }
         assert!(cache.len() <= 3);
         assert_eq!(cache.compiles(), 10);
+    }
+
+    #[test]
+    fn json_whitespace_is_configurable_and_checked() {
+        let accepts = |cache: &GrammarCache, c: &Constraint, text: &str| {
+            let mut m = crate::Matcher::new(cache.get_or_compile(c).unwrap());
+            text.bytes().all(|b| m.advance(b.into()).is_ok()) && m.is_accepting()
+        };
+        let schema = Constraint::JsonSchema(r#"{"type": "object", "properties": {"a": {"type": "integer"}}}"#.into());
+        let object = Constraint::JsonObject { max_depth: 2 };
+        let pretty = "{\n    \"a\": 1\n}";
+        let default = GrammarCache::new(space(), Limits::default(), 8);
+        assert!(!accepts(&default, &schema, pretty), "the default allows at most 4 blanks");
+        let wide = GrammarCache::new(space(), Limits::default(), 8).with_json_whitespace(r"\n?[ ]{0,8}").unwrap();
+        assert!(accepts(&wide, &schema, pretty) && accepts(&wide, &object, pretty));
+        let compact = GrammarCache::new(space(), Limits::default(), 8).with_json_whitespace("").unwrap();
+        assert!(accepts(&compact, &schema, r#"{"a":1}"#) && !accepts(&compact, &schema, r#"{"a": 1}"#));
+        assert!(!accepts(&compact, &object, r#"{"a": 1}"#));
+        for bad in ["[ a]*", r"\s*", ".?", "^ ", "( "] {
+            let err = GrammarCache::new(space(), Limits::default(), 8).with_json_whitespace(bad).unwrap_err();
+            assert!(err.is_syntax(), "{bad:?}: {err}");
+        }
     }
 }

@@ -5,6 +5,32 @@ use crate::error::{Error, Result};
 /// JSON whitespace allowed between tokens: a bounded run so models cannot stall in whitespace forever.
 pub const DEFAULT_WHITESPACE: &str = r"[ \t\n]{0,4}";
 
+/// Checks a regex for the whitespace between JSON tokens: it must parse, and match nothing but JSON blanks
+/// (space, tab, newline, carriage return), without anchors.
+pub fn check_json_whitespace(whitespace: &str) -> Result<()> {
+    fn blanks_only(h: &regex_syntax::hir::Hir) -> bool {
+        use regex_syntax::hir::{Class, HirKind};
+        let blank = |b: u32| matches!(b, 0x20 | 0x09 | 0x0A | 0x0D);
+        // The blanks are 9, 10, 13 and 32: no range of three or more values holds only blanks.
+        let range = |a: u32, b: u32| b - a < 2 && (a..=b).all(blank);
+        match h.kind() {
+            HirKind::Empty => true,
+            HirKind::Literal(l) => l.0.iter().all(|&b| blank(b.into())),
+            HirKind::Class(Class::Unicode(c)) => c.ranges().iter().all(|r| range(r.start().into(), r.end().into())),
+            HirKind::Class(Class::Bytes(c)) => c.ranges().iter().all(|r| range(r.start().into(), r.end().into())),
+            HirKind::Look(_) => false,
+            HirKind::Repetition(r) => blanks_only(&r.sub),
+            HirKind::Capture(c) => blanks_only(&c.sub),
+            HirKind::Concat(xs) | HirKind::Alternation(xs) => xs.iter().all(blanks_only),
+        }
+    }
+    if blanks_only(&crate::grammar::parse(whitespace, "json whitespace")?) {
+        Ok(())
+    } else {
+        Err(Error::syntax(format!("json whitespace {whitespace:?} may match more than spaces, tabs and newlines")))
+    }
+}
+
 /// A constraint on a request's output.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Constraint {
@@ -21,13 +47,19 @@ pub enum Constraint {
 impl Constraint {
     /// The regex the output must match, parsed (JSON Schemas are built as a parsed regex directly).
     pub fn to_rx(&self) -> Result<crate::Rx> {
+        self.to_rx_with(DEFAULT_WHITESPACE)
+    }
+
+    /// [`Constraint::to_rx`] with `whitespace` (a regex) between JSON tokens instead of the default.
+    pub fn to_rx_with(&self, whitespace: &str) -> Result<crate::Rx> {
         match self {
             Constraint::JsonSchema(text) => {
                 let schema: serde_json::Value =
                     serde_json::from_str(text).map_err(|e| Error::syntax(format!("json schema is not JSON: {e}")))?;
-                crate::json_schema::schema_to_rx(&schema, &crate::json_schema::Options::default())
+                let opts = crate::json_schema::Options { whitespace: whitespace.into(), ..Default::default() };
+                crate::json_schema::schema_to_rx(&schema, &opts)
             }
-            other => crate::grammar::parse(&other.to_regex()?, "regex")
+            other => crate::grammar::parse(&other.to_regex_with(whitespace)?, "regex")
                 .and_then(crate::grammar::whole_output)
                 .map(crate::Rx::hir),
         }
@@ -35,6 +67,11 @@ impl Constraint {
 
     /// The regex the output must match.
     pub fn to_regex(&self) -> Result<String> {
+        self.to_regex_with(DEFAULT_WHITESPACE)
+    }
+
+    /// [`Constraint::to_regex`] with `whitespace` (a regex) between JSON tokens instead of the default.
+    pub fn to_regex_with(&self, whitespace: &str) -> Result<String> {
         match self {
             Constraint::Regex(r) => {
                 regex_syntax::Parser::new().parse(r).map_err(|e| Error::syntax(format!("regex: {e}")))?;
@@ -50,12 +87,12 @@ impl Constraint {
                 if *max_depth == 0 || *max_depth > 6 {
                     return Err(Error::unsupported(format!("json_object max_depth {max_depth} (1 to 6)")));
                 }
-                Ok(json_object_regex(*max_depth, DEFAULT_WHITESPACE))
+                Ok(json_object_regex(*max_depth, whitespace))
             }
             Constraint::JsonSchema(text) => {
                 let schema: serde_json::Value =
                     serde_json::from_str(text).map_err(|e| Error::syntax(format!("json schema is not JSON: {e}")))?;
-                crate::json_schema::schema_to_regex(&schema, DEFAULT_WHITESPACE)
+                crate::json_schema::schema_to_regex(&schema, whitespace)
             }
         }
     }

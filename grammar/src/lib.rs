@@ -48,7 +48,7 @@ mod vocab;
 
 pub use bitset::TokenBitset;
 pub use cache::GrammarCache;
-pub use constraint::{Constraint, DEFAULT_WHITESPACE, JSON_NUMBER, JSON_STRING};
+pub use constraint::{check_json_whitespace, Constraint, DEFAULT_WHITESPACE, JSON_NUMBER, JSON_STRING};
 pub use error::{Error, Result};
 pub use grammar::{Grammar, Limits};
 pub use matcher::{Matcher, Rejected};

@@ -78,8 +78,16 @@ pub struct ServeArgs {
     /// Seconds a new grammar may take to compile before the request is refused.
     #[arg(long, default_value_t = 30)]
     pub grammar_timeout_s: u64,
+    /// Regex of the whitespace allowed between JSON tokens in `json_object` and `json_schema` output (like
+    /// SGLang's --constrained-json-whitespace-pattern); default: grammar's DEFAULT_WHITESPACE.
+    #[arg(long, value_parser = json_whitespace)]
+    pub json_whitespace: Option<String>,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+fn json_whitespace(s: &str) -> Result<String, String> {
+    grammar::check_json_whitespace(s).map(|()| s.to_string()).map_err(|e| e.to_string())
 }
 
 /// Everything a request needs once the model is loaded.
@@ -238,9 +246,13 @@ fn load(args: &ServeArgs) -> anyhow::Result<Ready> {
     };
     let engine = runtime::start(exec, cfg, tokenizer.clone(), model.special.eos.clone())?;
     let vocab_size = tokenizer.get_vocab_size(true);
+    let mut grammars = GrammarCache::new(space.clone(), Limits::default(), 256);
+    if let Some(ws) = &args.json_whitespace {
+        grammars = grammars.with_json_whitespace(ws).context("--json-whitespace")?;
+    }
     Ok(Ready {
         engine,
-        grammars: Arc::new(GrammarCache::new(space.clone(), Limits::default(), 256)),
+        grammars: Arc::new(grammars),
         space,
         tokenizer,
         template,
