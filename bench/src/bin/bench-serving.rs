@@ -96,6 +96,18 @@ struct Args {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// A JSON object whose fields are added to (or replace) every request's body, as SGLang's bench_serving
+    /// does: sampling settings such as `{"temperature": 0.7, "seed": 1}` or `{"frequency_penalty": 0.5}`.
+    #[arg(long, value_parser = parse_object)]
+    extra_request_body: Option<serde_json::Map<String, Value>>,
+}
+
+fn parse_object(s: &str) -> Result<serde_json::Map<String, Value>, String> {
+    match serde_json::from_str(s) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err("not a JSON object".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// What a request checks its output against.
@@ -265,6 +277,9 @@ fn agent(timeout: u64) -> ureq::Agent {
 fn run_one(a: &Args, job: &Job) -> Outcome {
     let mut out = Outcome { prompt_tokens: job.prompt_tokens, ..Default::default() };
     let mut body = job.body.clone();
+    for (k, v) in a.extra_request_body.iter().flatten() {
+        body[k] = v.clone();
+    }
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
     let t0 = Instant::now();
@@ -508,6 +523,7 @@ fn main() -> anyhow::Result<()> {
         "label": a.label, "dataset": ds, "model": model, "base_url": a.base_url,
         "num_prompts": jobs.len(), "completed": ok.len(), "failed": outcomes.len() - ok.len(), "failures": reasons, "invalid": invalid,
         "max_concurrency": a.max_concurrency, "request_rate": a.request_rate,
+        "extra_request_body": a.extra_request_body,
         "duration_s": dur,
         "request_throughput": ok.len() as f64 / dur,
         "input_throughput": input as f64 / dur,
