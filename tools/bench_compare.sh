@@ -34,7 +34,7 @@ wait_up() { # url pid name
 
 bench() { # label dataset args...
   local label=$1 ds=$2; shift 2
-  "$TARGET/bench-serving" --base-url "http://127.0.0.1:$PORT" --label "$label" --dataset "$ds" \
+  "$TARGET/bench-serving" --base-url "http://127.0.0.1:$PORT" --label "$label" --dataset "$ds" --tokenizer "$MODEL" \
     --output-jsonl "$OUT/results.jsonl" --outputs-jsonl "$OUT/$label.$ds.outputs.jsonl" "$@" | tee -a "$OUT/$label.txt"
 }
 

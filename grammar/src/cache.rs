@@ -149,9 +149,11 @@ mod tests {
         let object = Constraint::JsonObject { max_depth: 2 };
         let pretty = "{\n    \"a\": 1\n}";
         let default = GrammarCache::new(space(), Limits::default(), 8);
-        assert!(!accepts(&default, &schema, pretty), "the default allows at most 4 blanks");
-        let wide = GrammarCache::new(space(), Limits::default(), 8).with_json_whitespace(r"\n?[ ]{0,8}").unwrap();
-        assert!(accepts(&wide, &schema, pretty) && accepts(&wide, &object, pretty));
+        assert!(accepts(&default, &schema, pretty) && accepts(&default, &object, pretty));
+        assert!(!accepts(&default, &schema, "{\n\n\"a\": 1}"), "the default takes one newline between tokens");
+        let narrow = GrammarCache::new(space(), Limits::default(), 8).with_json_whitespace("[ ]{0,2}").unwrap();
+        assert!(!accepts(&narrow, &schema, pretty) && !accepts(&narrow, &object, pretty));
+        assert!(accepts(&narrow, &schema, r#"{  "a": 1}"#) && accepts(&narrow, &object, r#"{  "a": 1}"#));
         let compact = GrammarCache::new(space(), Limits::default(), 8).with_json_whitespace("").unwrap();
         assert!(accepts(&compact, &schema, r#"{"a":1}"#) && !accepts(&compact, &schema, r#"{"a": 1}"#));
         assert!(!accepts(&compact, &object, r#"{"a": 1}"#));

@@ -2,8 +2,11 @@
 
 use crate::error::{Error, Result};
 
-/// JSON whitespace allowed between tokens: a bounded run so models cannot stall in whitespace forever.
-pub const DEFAULT_WHITESPACE: &str = r"[ \t\n]{0,4}";
+/// JSON whitespace allowed between tokens: nothing, one space, or a newline and an indent of up to 20 blanks
+/// (llama.cpp's choice too). Pretty-printed JSON fits ten levels deep at two spaces per level, and the run is
+/// bounded so a model cannot stall in whitespace. A tighter bound (it was `[ \t\n]{0,4}`) cuts a model's
+/// indent at the second level, and models then close the object they meant to fill: `"vcenter": {\n    }`.
+pub const DEFAULT_WHITESPACE: &str = r"( |\n[ \t]{0,20})?";
 
 /// Checks a regex for the whitespace between JSON tokens: it must parse, and match nothing but JSON blanks
 /// (space, tab, newline, carriage return), without anchors.

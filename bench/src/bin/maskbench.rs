@@ -53,6 +53,9 @@ struct Args {
     /// unspecified `additionalProperties` allows any other key.
     #[arg(long)]
     strict_properties: bool,
+    /// Regex of the whitespace between JSON tokens (default: the server's, grammar's DEFAULT_WHITESPACE).
+    #[arg(long, default_value = grammar::DEFAULT_WHITESPACE)]
+    whitespace: String,
     /// Print every mask that takes longer than this (microseconds) with the output before it, to find slow
     /// states (0: off).
     #[arg(long, default_value_t = 0)]
@@ -296,7 +299,11 @@ fn main() -> anyhow::Result<()> {
     let mut ours_llg_sample = Stats::default();
     let mut llg = Stats::default();
     let budget = Duration::from_secs(args.timeout);
-    let opts = grammar::json_schema::Options { strict_properties: args.strict_properties, ..Default::default() };
+    let opts = grammar::json_schema::Options {
+        strict_properties: args.strict_properties,
+        whitespace: args.whitespace.clone(),
+        ..Default::default()
+    };
     let started = Instant::now();
     for (i, path) in files.iter().enumerate() {
         if args.verbose {
