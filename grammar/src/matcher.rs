@@ -128,13 +128,13 @@ impl Matcher {
     }
 
     /// The tokens jump-forward appends without sampling: the forced bytes ([`Matcher::forced_bytes`]) as
-    /// `tokenize` writes them when its tokens spell exactly those bytes (pass the model's tokenizer: SmolLM2's
-    /// writes `store_failures` as `store _ fail ures`, the longest tokens are `store _ failure s`, and a model
-    /// has only seen the first), else as the longest tokens that fit;
-    /// less the tail that a longer allowed token would also write. A forced key `"name"` ends in `"`, where a
-    /// model writes `":` as one token: forcing the lone `"` shows it a tokenization it never saw in training
-    /// (SmolLM2 then answers ` :` and drifts), so the tail from the first token that an allowed token reaches
-    /// past the forced bytes from is left to sampling.
+    /// `tokenize` writes them if its tokens spell exactly those bytes, else as the longest tokens that fit, less
+    /// a tail left to sampling.
+    ///
+    /// Pass the model's tokenizer: SmolLM2's writes `store_failures` as `store _ fail ures`, the longest tokens
+    /// are `store _ failure s`, and the model has only seen the first. The tail starts at the first token from
+    /// which an allowed token reaches past the forced bytes: a forced key `"name"` ends in `"`, where a model
+    /// writes `":` as one token, and after a lone forced `"` SmolLM2 answers ` :` and drifts.
     pub fn forced_tokens_with(&self, tokenize: impl FnOnce(&[u8]) -> Option<Vec<u32>>) -> Vec<u32> {
         let forced = self.forced_bytes();
         if forced.is_empty() {

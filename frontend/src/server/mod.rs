@@ -78,8 +78,8 @@ pub struct ServeArgs {
     /// Seconds a new grammar may take to compile before the request is refused.
     #[arg(long, default_value_t = 30)]
     pub grammar_timeout_s: u64,
-    /// Regex of the whitespace allowed between JSON tokens in `json_object` and `json_schema` output (like
-    /// SGLang's --constrained-json-whitespace-pattern); default: grammar's DEFAULT_WHITESPACE.
+    /// Regex of the whitespace allowed between JSON tokens in `json_object` and `json_schema` output, like
+    /// SGLang's --constrained-json-whitespace-pattern (default `( |\n[ \t]{0,20})?`; "" for compact JSON).
     #[arg(long, value_parser = json_whitespace)]
     pub json_whitespace: Option<String>,
     #[command(flatten)]
