@@ -546,7 +546,7 @@ impl<E: Executor> Scheduler<E> {
         let mut infos = vec![info];
         let mut text = String::new();
         let mut reason = self.append(i, token, &mut text);
-        // Jump-forward: append the tokens the grammar forces without sampling (see `Matcher::forced_tokens`).
+        // Jump-forward: append the tokens the grammar forces without sampling (see `Matcher::forced_tokens_with`).
         if reason.is_none() && self.cfg.jump_forward && self.running[i].req.logprobs.is_none() {
             let tokenizer = &self.tokenizer;
             let encode = |bytes: &[u8]| {
