@@ -422,9 +422,8 @@ impl Emitter {
             None => None,
         };
         if !o.patterns.is_empty() {
-            if o.additional.as_deref().is_some_and(|n| *n != Node::Never) {
-                return Err(unsupported("additionalProperties", "beside patternProperties"));
-            }
+            // Undeclared keys must match a pattern: any additionalProperties beside the patterns is read as false
+            // (stricter; a key matching none would need the patterns' complement, which the tree cannot say).
             if o.names.is_some() {
                 return Err(unsupported("propertyNames", "beside patternProperties"));
             }

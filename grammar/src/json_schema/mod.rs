@@ -10,6 +10,7 @@
 //! - properties are written in the schema's order, undeclared keys after them;
 //! - with [`Options::strict_properties`] (the default, like xgrammar's strict mode), an object that declares
 //!   `properties` or `patternProperties` but says nothing of `additionalProperties` takes no other keys;
+//! - beside `patternProperties`, `additionalProperties` is read as `false`: an undeclared key matches a pattern;
 //! - keywords of a type the schema does not name imply it (`{"properties": ...}` means an object);
 //! - recursion deeper than [`Options::max_ref_depth`] is cut; `pattern`s and formats produce only characters a
 //!   JSON string holds unescaped; numbers in exponent form only where no bound applies.

@@ -138,6 +138,15 @@ fn objects() {
         &[r#"{"x-a": 1, "x-b": 2}"#, "{}"],
         &[r#"{"y": 1}"#, r#"{"x-a": "s"}"#],
     );
+    // Beside patterns, additionalProperties is read as false (stricter: the patterns' complement is not built).
+    for additional in [json!(true), json!({"type": "string"})] {
+        check(
+            json!({"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"],
+                "patternProperties": {"^x-": {"type": "integer"}}, "additionalProperties": additional}),
+            &[r#"{"id": 1, "x-a": 1, "x-b": 2}"#, r#"{"id": 1}"#],
+            &[r#"{"id": 1, "y": "s"}"#, r#"{"id": 1, "x-a": "s"}"#, r#"{"x-a": 1}"#],
+        );
+    }
     check(
         json!({"type": "object", "minProperties": 1, "additionalProperties": {"type": "integer"}}),
         &[r#"{"a": 1}"#],
