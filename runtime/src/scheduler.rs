@@ -90,7 +90,9 @@ impl Default for SchedulerConfig {
 /// Decode tokens kept in reserve per running sequence when admitting new ones (pre-emption handles the rest).
 const DECODE_RESERVE: usize = 16;
 /// A waiting request sharing more than this many uncomputed prompt tokens with a running one still computing its
-/// prompt waits until that prompt is done and in the cache, so the shared part is computed once.
+/// prompt, and at least half of its own uncomputed prompt, waits until that prompt is done and in the cache, so
+/// the shared part is computed once. (Sharing only a system prompt in front of a long question, it goes ahead:
+/// waiting for the other's whole prompt would cost it more time than the shared part saves.)
 const SHARED_DEFER: usize = 32;
 
 const NS: Namespace = Namespace(0);
@@ -354,7 +356,9 @@ impl<E: Executor> Scheduler<E> {
             let shared = self.cfg.enable_cache
                 && self.running.iter().filter(|other| other.slots.len() < other.prompt_len).any(|other| {
                     let prompt = &other.tokens[..other.prompt_len];
-                    prompt.iter().zip(&seq.tokens).take_while(|(a, b)| a == b).count() > matched + SHARED_DEFER
+                    let common = prompt.iter().zip(&seq.tokens).take_while(|(a, b)| a == b).count();
+                    let saved = common.saturating_sub(matched);
+                    saved > SHARED_DEFER && 2 * saved >= seq.prompt_len.saturating_sub(matched)
                 });
             let n = seq.pending().min(budget);
             let available = self.mem.alloc.free_count() + self.mem.cache.evictable_size();
@@ -938,6 +942,25 @@ mod tests {
         }
         let computed: usize = log.borrow().iter().flatten().sum();
         assert_eq!(computed, 304 + 3 * 4 + 10, "prefix computed once: {:?}", log.borrow());
+        for rx in &mut rxs {
+            drain(rx);
+        }
+        check_memory(&s);
+    }
+
+    #[test]
+    fn a_short_shared_prefix_does_not_hold_a_long_prompt_back() {
+        // Two 300-token prompts sharing their first 40 tokens: both are computed in the first step (waiting for
+        // the other's 300 tokens to save 40 is not worth it), the 40 shared tokens twice.
+        let (mut s, log) = scheduler(4096, SchedulerConfig { step_tokens: 1024, ..Default::default() });
+        let shared: Vec<u32> = (0..40).collect();
+        let mut rxs: Vec<Rx> =
+            (0..2u32).map(|k| submit(&mut s, [&shared[..], &vec![41 + k; 260][..]].concat(), 1)).collect();
+        s.step();
+        assert_eq!(log.borrow()[0], vec![300, 300], "both prompts in the first step");
+        while !s.is_idle() {
+            s.step();
+        }
         for rx in &mut rxs {
             drain(rx);
         }
