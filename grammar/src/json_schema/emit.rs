@@ -463,6 +463,11 @@ impl Emitter {
         let mut nonempty = false;
         if o.min_props > n_required || o.max_props.is_some_and(|m| most.is_none_or(|x| x > m)) {
             if members.is_empty() && extra.is_some() {
+                // A regex cannot keep a key from being written twice, and a parsed object counts it once: a
+                // lower bound of 2 or more could be met by repeating one key.
+                if o.min_props >= 2 {
+                    return Err(unsupported("minProperties", "of 2 or more met by undeclared keys alone"));
+                }
                 counted = Some((o.min_props, o.max_props));
             } else if o.min_props == 1 && o.max_props.is_none_or(|m| most.is_some_and(|x| x <= m)) {
                 nonempty = true;

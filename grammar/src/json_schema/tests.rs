@@ -37,6 +37,12 @@ fn keywords_we_cannot_enforce_are_named() {
     assert!(err(json!({"type": "string", "pattern": "(?=a)b"})).contains("pattern"));
     assert!(err(json!({"type": "string", "pattern": "^(a|bc)+$", "maxLength": 5})).contains("maxLength"));
     assert!(err(json!({"type": "string", "format": "regex"})).contains("format"));
+    // {"a": 1, "a": 2} would pass a count of two members and parse to one.
+    for keys in [json!({"additionalProperties": {"type": "integer"}}), json!({"patternProperties": {"^a$": {}}})] {
+        let mut schema = json!({"type": "object", "minProperties": 2, "additionalProperties": false});
+        schema.as_object_mut().unwrap().extend(keys.as_object().unwrap().clone());
+        assert!(err(schema).contains("minProperties"));
+    }
     let deps = json!({"type": "object", "dependencies": {"a": ["b"], "c": ["b"], "d": ["b"], "e": ["b"]}});
     assert!(err(deps).contains("dependencies"));
 }
