@@ -106,19 +106,21 @@ impl Matcher {
     /// The bytes the grammar forces next, if there is only one way on (jump-forward decoding): stops where a
     /// choice opens or the output may end. Empty when the next byte is not forced.
     pub fn forced_bytes(&self) -> Vec<u8> {
+        self.forced_path().0
+    }
+
+    /// The forced bytes and the state before each of them.
+    fn forced_path(&self) -> (Vec<u8>, Vec<crate::grammar::State>) {
         let g = &self.grammar;
         let mut s = self.state();
-        let mut out = Vec::new();
+        let (mut bytes, mut states) = (Vec::new(), Vec::new());
         while !g.accepts(s) {
-            match g.only_next(s) {
-                Some((b, t)) => {
-                    out.push(b);
-                    s = t;
-                }
-                None => break,
-            }
+            let Some((b, t)) = g.only_next(s) else { break };
+            bytes.push(b);
+            states.push(s);
+            s = t;
         }
-        out
+        (bytes, states)
     }
 
     /// The tokens jump-forward appends without sampling: [`Matcher::forced_tokens_with`] with the longest
@@ -136,7 +138,7 @@ impl Matcher {
     /// which an allowed token reaches past the forced bytes: a forced key `"name"` ends in `"`, where a model
     /// writes `":` as one token, and after a lone forced `"` SmolLM2 answers ` :` and drifts.
     pub fn forced_tokens_with(&self, tokenize: impl FnOnce(&[u8]) -> Option<Vec<u32>>) -> Vec<u32> {
-        let forced = self.forced_bytes();
+        let (forced, states) = self.forced_path();
         if forced.is_empty() {
             return Vec::new();
         }
@@ -160,25 +162,23 @@ impl Matcher {
             }
             ids
         });
-        // (token, where its bytes start, the state before it)
-        let mut tokens = Vec::new();
-        let (mut pos, mut s) = (0, self.state());
+        // (token, where its bytes start); both ways spell a prefix of the forced bytes, whose states are known.
+        let mut tokens = Vec::with_capacity(ids.len());
+        let mut pos = 0;
         for id in ids {
-            let bytes = space.vocab.bytes(id).unwrap_or_default();
-            let Some(next) = g.walk(s, bytes) else { break };
-            tokens.push((id, pos, s));
-            (pos, s) = (pos + bytes.len(), next);
+            tokens.push((id, pos));
+            pos += space.vocab.bytes(id).map_or(0, <[u8]>::len);
         }
-        let reaches_past = |&(_, start, s): &(u32, usize, crate::grammar::State)| {
+        let reaches_past = |&(_, start): &(u32, usize)| {
             let Some(node) = space.trie.node(&forced[start..pos]) else { return false };
             let longer = space.trie.extensions(node);
             if longer.is_empty() {
                 return false;
             }
-            let mask = g.mask(s);
+            let mask = g.mask(states[start]);
             longer.iter().any(|&t| mask.contains(t))
         };
         let keep = tokens.iter().position(reaches_past).unwrap_or(tokens.len());
-        tokens[..keep].iter().map(|&(id, _, _)| id).collect()
+        tokens[..keep].iter().map(|&(id, _)| id).collect()
     }
 }
