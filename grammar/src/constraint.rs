@@ -45,6 +45,9 @@ pub enum Constraint {
     JsonObject { max_depth: u32 },
     /// A JSON value valid against this JSON Schema (its text).
     JsonSchema(String),
+    /// Calls to functions (see [`crate::ToolCalls`]); each call's arguments validate against its function's
+    /// `parameters`.
+    ToolCalls(crate::ToolCalls),
 }
 
 impl Constraint {
@@ -62,6 +65,7 @@ impl Constraint {
                 let opts = crate::json_schema::Options { whitespace: whitespace.into(), ..Default::default() };
                 crate::json_schema::schema_to_rx(&schema, &opts)
             }
+            Constraint::ToolCalls(calls) => calls.to_rx(),
             other => crate::grammar::parse(&other.to_regex_with(whitespace)?, "regex")
                 .and_then(crate::grammar::whole_output)
                 .map(crate::Rx::hir),
@@ -97,6 +101,7 @@ impl Constraint {
                     serde_json::from_str(text).map_err(|e| Error::syntax(format!("json schema is not JSON: {e}")))?;
                 crate::json_schema::schema_to_regex(&schema, whitespace)
             }
+            Constraint::ToolCalls(calls) => Ok(crate::json_schema::printable(calls.to_rx()?.to_hir()?).to_string()),
         }
     }
 }

@@ -30,6 +30,10 @@ impl Error {
     pub(crate) fn unsupported(msg: impl Into<String>) -> Self {
         Self { kind: Kind::Unsupported, msg: msg.into() }
     }
+    /// The same error with `prefix` before its message (saying which part of a larger constraint failed).
+    pub(crate) fn context(self, prefix: &str) -> Self {
+        Self { kind: self.kind, msg: format!("{prefix}{}", self.msg) }
+    }
     /// The constraint is malformed (bad regex, bad schema).
     pub fn is_syntax(&self) -> bool {
         self.kind == Kind::Syntax

@@ -43,6 +43,7 @@ mod matcher;
 mod numeric;
 mod rx;
 mod space;
+mod tool_calls;
 mod trie;
 mod vocab;
 
@@ -54,5 +55,6 @@ pub use grammar::{Grammar, Limits};
 pub use matcher::{Matcher, Rejected};
 pub use rx::Rx;
 pub use space::TokenSpace;
+pub use tool_calls::{CallSyntax, ToolCalls, ToolFunction, CALL_WHITESPACE};
 pub use trie::TokenTrie;
 pub use vocab::Vocabulary;

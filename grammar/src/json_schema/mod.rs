@@ -69,7 +69,7 @@ pub fn schema_to_regex_with(schema: &Value, opts: &Options) -> Result<String> {
 
 /// `h` with every repetition of a repetition grouped: regex-syntax prints `(?:0+)?` as `0+?`, which reads back
 /// as a lazy `0+`.
-fn printable(h: regex_syntax::hir::Hir) -> regex_syntax::hir::Hir {
+pub(crate) fn printable(h: regex_syntax::hir::Hir) -> regex_syntax::hir::Hir {
     use regex_syntax::hir::{Capture, Hir, HirKind, Repetition};
     fn go(h: Hir, next: &mut u32) -> Hir {
         if matches!(h.kind(), HirKind::Empty | HirKind::Literal(_) | HirKind::Class(_) | HirKind::Look(_)) {
