@@ -12,7 +12,7 @@ use tokenizers::Tokenizer;
 
 use crate::executor::Executor;
 use crate::metrics::Metrics;
-use crate::params::{Request, MAX_TOP_LOGPROBS};
+use crate::params::{MaxTokens, Request, ValidationError, MAX_TOP_LOGPROBS};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerStats, Seq};
 
 /// One generated token as reported to the client.
@@ -72,23 +72,63 @@ pub enum Event {
     Finished(Finished),
 }
 
-/// Why a request was not queued.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A request the engine has checked ([`EngineHandle::validate`]): the only kind [`EngineHandle::submit`] takes.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    req: Request,
+    /// Tokens it may generate: what it asked for, within what the context has left.
+    max_tokens: usize,
+}
+
+impl ValidRequest {
+    pub fn request(&self) -> &Request {
+        &self.req
+    }
+
+    pub fn into_request(self) -> Request {
+        self.req
+    }
+
+    /// Constrains the output to `grammar` (compiled after the request was found valid, so an invalid request
+    /// costs no compile).
+    pub fn set_grammar(&mut self, grammar: Option<Arc<grammar::Grammar>>) {
+        self.req.grammar = grammar;
+    }
+
+    /// The `i`-th of several samples of this request: seeded requests take seed `seed + i`, so samples differ
+    /// yet repeat.
+    pub fn sample(&self, i: u64) -> Self {
+        let mut s = self.clone();
+        if let Some(seed) = s.req.sampling.seed {
+            s.req.sampling.seed = Some(seed.wrapping_add(i));
+        }
+        s
+    }
+}
+
+/// Why a valid request was not queued; it is given back.
+#[derive(Debug)]
 pub enum SubmitError {
     /// The waiting queue is full (the frontend answers 503 and the client retries).
-    QueueFull,
-    /// The request itself is wrong (400); the message names the field.
-    Invalid(String),
+    QueueFull(Box<ValidRequest>),
     /// The engine has stopped.
-    Stopped,
+    Stopped(Box<ValidRequest>),
+}
+
+impl SubmitError {
+    /// The request that was not queued.
+    pub fn into_request(self) -> ValidRequest {
+        match self {
+            SubmitError::QueueFull(r) | SubmitError::Stopped(r) => *r,
+        }
+    }
 }
 
 impl std::fmt::Display for SubmitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SubmitError::QueueFull => write!(f, "the server is at capacity (request queue full); retry later"),
-            SubmitError::Invalid(m) => write!(f, "{m}"),
-            SubmitError::Stopped => write!(f, "the engine has stopped"),
+            SubmitError::QueueFull(_) => write!(f, "the server is at capacity (request queue full); retry later"),
+            SubmitError::Stopped(_) => write!(f, "the engine has stopped"),
         }
     }
 }
@@ -267,37 +307,77 @@ pub fn start<E: Executor>(
 }
 
 impl EngineHandle {
-    /// Queues a request. Prompts must leave room for one token in the context and in the KV pool; `max_tokens`
-    /// is clamped to what is left.
-    pub fn submit(&self, req: Request) -> Result<RequestStream, SubmitError> {
+    /// Checks `req` against the model: a prompt that is not empty and leaves room for at least one token in the
+    /// context and the KV pool, `max_tokens` that fits ([`MaxTokens::Given`]) or is clamped to what is left
+    /// ([`MaxTokens::UpTo`]), and the sampling ranges.
+    pub fn validate(&self, req: Request) -> Result<ValidRequest, ValidationError> {
         if req.prompt.is_empty() {
-            return Err(SubmitError::Invalid("the prompt is empty".into()));
+            return Err(ValidationError::invalid("prompt", "the prompt is empty"));
         }
-        let limit = self.shared.max_positions.min(self.shared.num_slots);
+        let limit = self.context_len();
         if req.prompt.len() >= limit {
-            return Err(SubmitError::Invalid(format!(
-                "the prompt has {} tokens; this model's context holds {} (prompt plus at least one generated token)",
-                req.prompt.len(),
-                limit
-            )));
+            return Err(ValidationError::context_length(
+                "prompt",
+                format!(
+                    "This model's maximum context length is {limit} tokens, but the prompt has {} tokens (the \
+                     prompt and at least one generated token must fit).",
+                    req.prompt.len()
+                ),
+            ));
         }
-        if req.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
-            return Err(SubmitError::Invalid(format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}")));
+        let room = limit - req.prompt.len();
+        let max_tokens = match req.stop.max_tokens {
+            MaxTokens::Given(0) => return Err(ValidationError::invalid("max_tokens", "max_tokens must be at least 1")),
+            MaxTokens::Given(n) if n > room => {
+                return Err(ValidationError::context_length(
+                    "max_tokens",
+                    format!(
+                        "This model's maximum context length is {limit} tokens. The prompt has {} tokens and \
+                         max_tokens asks for {n}; at most {room} fit.",
+                        req.prompt.len()
+                    ),
+                ))
+            }
+            MaxTokens::Given(n) => n,
+            MaxTokens::UpTo(n) => n.clamp(1, room),
+        };
+        if req.stop.min_tokens > max_tokens {
+            return Err(ValidationError::invalid(
+                "min_tokens",
+                format!("min_tokens ({}) must not exceed max_tokens ({max_tokens})", req.stop.min_tokens),
+            ));
         }
-        req.sampling.validate().map_err(SubmitError::Invalid)?;
+        if let Some(k) = req.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return Err(ValidationError::invalid(
+                "top_logprobs",
+                format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {k}"),
+            ));
+        }
+        req.sampling.validate()?;
+        Ok(ValidRequest { req, max_tokens })
+    }
+
+    /// Queues a request; a full queue or a stopped engine gives it back.
+    pub fn submit(&self, req: ValidRequest) -> Result<RequestStream, SubmitError> {
         if self.shared.queued.fetch_add(1, Ordering::Relaxed) >= self.shared.max_queued {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(SubmitError::QueueFull);
+            return Err(SubmitError::QueueFull(Box::new(req)));
         }
-        let max_tokens = req.stop.max_tokens.min(limit - req.prompt.len());
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
+        let ValidRequest { req, max_tokens } = req;
         let seq = Seq::new(id, req, etx, max_tokens);
-        if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
+        if let Err(mpsc::SendError(Command::Submit(seq))) = self.tx.send(Command::Submit(Box::new(seq))) {
             self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(SubmitError::Stopped);
+            let (req, max_tokens) = seq.into_request();
+            return Err(SubmitError::Stopped(Box::new(ValidRequest { req, max_tokens })));
         }
         Ok(RequestStream { id, rx: erx })
+    }
+
+    /// Tokens one sequence may hold, prompt and output: the model's context, or the KV pool if smaller.
+    pub fn context_len(&self) -> usize {
+        self.shared.max_positions.min(self.shared.num_slots)
     }
 
     /// Empties the radix cache; false while requests are running.

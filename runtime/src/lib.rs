@@ -18,8 +18,9 @@ pub mod text;
 
 pub use engine::{
     start, EngineHandle, EngineStats, Event, FinishReason, Finished, Output, RequestStream, SubmitError, TokenInfo,
+    ValidRequest,
 };
 pub use executor::{Executor, ModelExecutor};
 pub use metrics::Metrics;
-pub use params::{Request, SamplingParams, StopParams, MAX_TOP_LOGPROBS};
+pub use params::{ErrorCode, MaxTokens, Request, SamplingParams, StopParams, ValidationError, MAX_TOP_LOGPROBS};
 pub use scheduler::{Policy, Scheduler, SchedulerConfig, SchedulerStats};

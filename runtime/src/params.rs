@@ -57,10 +57,15 @@ impl SamplingParams {
         self.repetition_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0
     }
 
-    /// Checks ranges; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        let finite =
-            |v: f32, name: &str| if v.is_finite() { Ok(()) } else { Err(format!("{name} must be a finite number")) };
+    /// Checks ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let finite = |v: f32, name: &str| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(ValidationError::invalid(name, format!("{name} must be a finite number")))
+            }
+        };
         finite(self.temperature, "temperature")?;
         finite(self.top_p, "top_p")?;
         finite(self.min_p, "min_p")?;
@@ -68,37 +73,118 @@ impl SamplingParams {
         finite(self.frequency_penalty, "frequency_penalty")?;
         finite(self.presence_penalty, "presence_penalty")?;
         if self.temperature < 0.0 {
-            return Err(format!("temperature must be >= 0, got {}", self.temperature));
+            return Err(ValidationError::invalid(
+                "temperature",
+                format!("temperature must be >= 0, got {}", self.temperature),
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+            return Err(ValidationError::invalid("top_p", format!("top_p must be in (0, 1], got {}", self.top_p)));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(format!("min_p must be in [0, 1], got {}", self.min_p));
+            return Err(ValidationError::invalid("min_p", format!("min_p must be in [0, 1], got {}", self.min_p)));
         }
         if self.repetition_penalty <= 0.0 {
-            return Err(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
+            return Err(ValidationError::invalid(
+                "repetition_penalty",
+                format!("repetition_penalty must be > 0, got {}", self.repetition_penalty),
+            ));
         }
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return Err(format!("frequency_penalty must be in [-2, 2], got {}", self.frequency_penalty));
+            return Err(ValidationError::invalid(
+                "frequency_penalty",
+                format!("frequency_penalty must be in [-2, 2], got {}", self.frequency_penalty),
+            ));
         }
         if !(-2.0..=2.0).contains(&self.presence_penalty) {
-            return Err(format!("presence_penalty must be in [-2, 2], got {}", self.presence_penalty));
+            return Err(ValidationError::invalid(
+                "presence_penalty",
+                format!("presence_penalty must be in [-2, 2], got {}", self.presence_penalty),
+            ));
         }
         for &(_, b) in &self.logit_bias {
             if !(-100.0..=100.0).contains(&b) {
-                return Err(format!("logit_bias values must be in [-100, 100], got {b}"));
+                return Err(ValidationError::invalid(
+                    "logit_bias",
+                    format!("logit_bias values must be in [-100, 100], got {b}"),
+                ));
             }
         }
         Ok(())
     }
 }
 
+/// Why a request was refused before it was queued: the field at fault (in OpenAI's names: `prompt`,
+/// `max_tokens`, `temperature`, ...; a route renames it to its own, see [`ValidationError::renamed`]), what kind of
+/// fault, and a message that names the field and the value given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    pub param: String,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// What kind of fault a [`ValidationError`] is (OpenAI's `code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// A value out of range or of the wrong form.
+    InvalidValue,
+    /// The prompt, or the prompt plus the tokens asked for, does not fit the model's context.
+    ContextLengthExceeded,
+}
+
+impl ErrorCode {
+    /// OpenAI's `code` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidValue => "invalid_value",
+            ErrorCode::ContextLengthExceeded => "context_length_exceeded",
+        }
+    }
+}
+
+impl ValidationError {
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { param: param.into(), code: ErrorCode::InvalidValue, message: message.into() }
+    }
+
+    pub fn context_length(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { param: param.into(), code: ErrorCode::ContextLengthExceeded, message: message.into() }
+    }
+
+    /// The same error about the field a route calls `to` where the engine says `from` (`prompt` is a chat
+    /// request's `messages`, `max_tokens` may have been given as `max_completion_tokens`).
+    pub fn renamed(mut self, from: &str, to: &str) -> Self {
+        if self.param == from {
+            self.param = to.to_string();
+        }
+        self
+    }
+}
+
+impl std::fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+/// How many tokens a request may generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxTokens {
+    /// The client's number: the prompt plus this many must fit the model's context, else the request is refused
+    /// naming `max_tokens` (as OpenAI and vLLM do).
+    Given(usize),
+    /// A default: as many as fit in the context, at most this.
+    UpTo(usize),
+}
+
 /// When generation ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopParams {
-    /// Most tokens to generate (clamped to what the context has left).
-    pub max_tokens: usize,
+    /// Most tokens to generate.
+    pub max_tokens: MaxTokens,
     /// EOS and stop tokens are not honoured before this many tokens.
     pub min_tokens: usize,
     /// Keep going past EOS (benchmarks).
@@ -111,7 +197,13 @@ pub struct StopParams {
 
 impl Default for StopParams {
     fn default() -> Self {
-        Self { max_tokens: 256, min_tokens: 0, ignore_eos: false, stop: Vec::new(), stop_token_ids: Vec::new() }
+        Self {
+            max_tokens: MaxTokens::UpTo(256),
+            min_tokens: 0,
+            ignore_eos: false,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+        }
     }
 }
 

@@ -144,6 +144,11 @@ impl Seq {
         }
     }
 
+    /// The request back, before it ran (a submit the engine thread never received), and its token budget.
+    pub(crate) fn into_request(self) -> (Request, usize) {
+        (self.req, self.max_tokens)
+    }
+
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
@@ -818,7 +823,7 @@ mod tests {
     fn submit(s: &mut Scheduler<Scripted>, prompt: Vec<u32>, max_tokens: usize) -> Rx {
         let mut req = Request::new(prompt);
         req.sampling = SamplingParams::greedy();
-        req.stop.max_tokens = max_tokens;
+        req.stop.max_tokens = crate::MaxTokens::Given(max_tokens);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         s.enqueue(Seq::new(0, req, tx, max_tokens));
         rx

@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use grammar::{Constraint, GrammarCache, Limits, TokenSpace, Vocabulary};
 use kernels::{LoadOptions, LogitsFor, Model, SeqInput};
 use radixserve_tests::model_path;
-use runtime::{EngineHandle, Event, FinishReason, ModelExecutor, Output, Request, SamplingParams, SchedulerConfig};
+use runtime::{
+    EngineHandle, ErrorCode, Event, FinishReason, MaxTokens, ModelExecutor, Output, Request, RequestStream,
+    SamplingParams, SchedulerConfig,
+};
 use tokenizers::Tokenizer;
 
 /// Tests take turns: libtorch already uses every core, and each engine holds a copy of the weights.
@@ -46,12 +49,17 @@ fn encode(text: &str) -> Vec<u32> {
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> Request {
     let mut r = Request::new(prompt);
     r.sampling = SamplingParams::greedy();
-    r.stop.max_tokens = max_tokens;
+    r.stop.max_tokens = MaxTokens::Given(max_tokens);
     r
 }
 
+/// Validates and queues `r`.
+fn submit(e: &EngineHandle, r: Request) -> RequestStream {
+    e.submit(e.validate(r).unwrap()).unwrap()
+}
+
 fn run_all(e: &EngineHandle, reqs: Vec<Request>) -> Vec<Output> {
-    let streams: Vec<_> = reqs.into_iter().map(|r| e.submit(r).unwrap()).collect();
+    let streams: Vec<_> = reqs.into_iter().map(|r| submit(e, r)).collect();
     streams.into_iter().map(|s| s.collect_blocking()).collect()
 }
 
@@ -183,7 +191,7 @@ fn json_schema_outputs_always_validate() {
         .map(|seed| {
             let mut r = Request::new(prompt.clone());
             r.sampling = SamplingParams { temperature: 1.0, seed: Some(seed), ..Default::default() };
-            r.stop.max_tokens = 200;
+            r.stop.max_tokens = MaxTokens::Given(200);
             r.grammar = Some(grammar.clone());
             r
         })
@@ -231,7 +239,7 @@ fn seeded_sampling_does_not_depend_on_the_batch() {
     let mk = |p: &str, seed| {
         let mut r = Request::new(encode(p));
         r.sampling = SamplingParams { temperature: 0.9, top_p: 0.95, seed: Some(seed), ..Default::default() };
-        r.stop.max_tokens = 20;
+        r.stop.max_tokens = MaxTokens::Given(20);
         r
     };
     let alone = run_all(&e, vec![mk("Tell me a story about", 42)]).remove(0);
@@ -300,7 +308,7 @@ fn parallel_samples_compute_the_prompt_once() {
         .map(|i| {
             let mut r = Request::new(prompt.clone());
             r.sampling.seed = Some(i);
-            r.stop.max_tokens = 8;
+            r.stop.max_tokens = MaxTokens::Given(8);
             r.stop.ignore_eos = true;
             r
         })
@@ -324,7 +332,7 @@ fn a_thousand_cancelled_requests_leak_no_slots() {
     for i in 0..1000u32 {
         let mut r = greedy(encode(&format!("Request number {i} asks for a long answer:")), 64);
         r.stop.ignore_eos = true;
-        let mut s = e.submit(r).unwrap();
+        let mut s = submit(&e, r);
         if i % 50 == 0 {
             // Some are cancelled mid-generation, after their first tokens.
             assert!(matches!(s.blocking_recv(), Some(Event::Delta { .. })));
@@ -344,13 +352,27 @@ fn a_thousand_cancelled_requests_leak_no_slots() {
 fn bad_requests_are_refused_with_a_reason() {
     let _g = serial();
     let e = engine(512, SchedulerConfig { max_queued: 2, ..Default::default() });
-    let err = |r: Request| e.submit(r).unwrap_err().to_string();
-    assert!(err(Request::new(vec![])).contains("empty"));
-    assert!(err(Request::new(vec![1; 600])).contains("600 tokens"));
+    let err = |r: Request| e.validate(r).unwrap_err();
+    let empty = err(Request::new(vec![]));
+    assert_eq!((empty.param.as_str(), empty.code), ("prompt", ErrorCode::InvalidValue));
+    let long = err(Request::new(vec![1; 600]));
+    assert_eq!((long.param.as_str(), long.code), ("prompt", ErrorCode::ContextLengthExceeded));
+    assert!(long.message.contains("600 tokens"), "{long}");
+    // max_tokens the context cannot hold is refused when the client gave it, clamped when it is a default.
+    let mut r = Request::new(vec![1; 500]);
+    r.stop.max_tokens = MaxTokens::Given(13);
+    let over = err(r.clone());
+    assert_eq!((over.param.as_str(), over.code), ("max_tokens", ErrorCode::ContextLengthExceeded));
+    assert!(over.message.contains("at most 12"), "{over}");
+    r.stop.max_tokens = MaxTokens::Given(12);
+    assert!(e.validate(r.clone()).is_ok());
+    r.stop.max_tokens = MaxTokens::UpTo(1 << 40);
+    let out = e.submit(e.validate(r).unwrap()).unwrap().collect_blocking();
+    assert!(out.tokens.len() <= 12, "clamped to the context");
     let mut r = Request::new(vec![1, 2]);
     r.sampling.temperature = -1.0;
-    assert!(err(r).contains("temperature"));
+    assert_eq!(err(r).param, "temperature");
     let mut r = Request::new(vec![1, 2]);
     r.logprobs = Some(21);
-    assert!(err(r).contains("top_logprobs"));
+    assert_eq!(err(r).param, "top_logprobs");
 }

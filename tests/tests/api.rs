@@ -257,6 +257,113 @@ fn tool_calls_required_named_auto_and_streamed() {
     assert!(v["choices"][0]["message"]["content"].is_string());
 }
 
+/// Tools as Pydantic v2 and OpenAI's SDK write them: `$defs`/`$ref` (a nested model, an enum, a list of nested
+/// models), `Optional` (`anyOf` with null), a recursive model, `strict: true`; and two tools that both define
+/// `#/$defs/Item`. Each function's parameters is its own schema document, so every call validates against it.
+#[test]
+fn tools_with_pydantic_schemas_defs_refs_recursion_and_strict() {
+    let s = server();
+    let order = json!({"type": "function", "function": {"name": "create_order", "description": "Place an order",
+    "parameters": {
+        "$defs": {
+            "Address": {"properties": {"street": {"title": "Street", "type": "string", "maxLength": 40},
+                "city": {"title": "City", "type": "string", "maxLength": 30}},
+                "required": ["street", "city"], "title": "Address", "type": "object"},
+            "Size": {"enum": ["small", "medium", "large"], "title": "Size", "type": "string"},
+            "Item": {"properties": {"name": {"title": "Name", "type": "string", "maxLength": 30},
+                "size": {"$ref": "#/$defs/Size"}, "quantity": {"title": "Quantity", "type": "integer"}},
+                "required": ["name", "size", "quantity"], "title": "Item", "type": "object"}
+        },
+        "properties": {
+            "customer": {"title": "Customer", "type": "string", "maxLength": 30},
+            "address": {"$ref": "#/$defs/Address"},
+            "items": {"items": {"$ref": "#/$defs/Item"}, "title": "Items", "type": "array", "maxItems": 3},
+            "note": {"anyOf": [{"type": "string", "maxLength": 40}, {"type": "null"}], "default": null, "title": "Note"}
+        },
+        "required": ["customer", "address", "items"], "title": "Order", "type": "object"
+    }}});
+    let tree = json!({"type": "function", "function": {"name": "draw_tree", "description": "Draw a small tree of labels",
+    "parameters": {
+        "$defs": {"Tree": {"properties": {"label": {"title": "Label", "type": "string", "maxLength": 12},
+            "children": {"items": {"$ref": "#/$defs/Tree"}, "title": "Children", "type": "array", "maxItems": 2}},
+            "required": ["label", "children"], "title": "Tree", "type": "object"}},
+        "$ref": "#/$defs/Tree"
+    }}});
+    let strict = json!({"type": "function", "function": {"name": "set_alarm", "strict": true, "description": "Set an alarm",
+        "parameters": {"type": "object", "properties": {"hour": {"type": "integer"}, "label": {"type": ["string", "null"]}},
+            "required": ["hour", "label"], "additionalProperties": false}}});
+    // Both define #/$defs/Item, differently.
+    let colours = json!({"type": "function", "function": {"name": "paint", "description": "Paint items",
+        "parameters": {"$defs": {"Item": {"enum": ["red", "green", "blue"]}}, "type": "object",
+            "properties": {"colours": {"type": "array", "items": {"$ref": "#/$defs/Item"}, "minItems": 1, "maxItems": 3}},
+            "required": ["colours"]}}});
+    let all = json!([order, tree, strict, colours]);
+    let params_of = |name: &str| {
+        all.as_array().unwrap().iter().find(|t| t["function"]["name"] == name).unwrap()["function"]["parameters"]
+            .clone()
+    };
+    let check_calls = |v: &Value, want: Option<&str>| {
+        let c = &v["choices"][0];
+        assert_eq!(c["finish_reason"], "tool_calls", "{v}");
+        for call in c["message"]["tool_calls"].as_array().unwrap() {
+            let name = call["function"]["name"].as_str().unwrap();
+            if let Some(w) = want {
+                assert_eq!(name, w);
+            }
+            let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            assert!(validates(&params_of(name), &args), "{name}: {args}");
+        }
+    };
+    let prompts = [
+        ("create_order", "Order two large pizzas for Ann at 1 Main Street, Springfield."),
+        ("draw_tree", "Draw a tree: root A with children B and C."),
+        ("set_alarm", "Wake me at 7."),
+        ("paint", "Paint it red and blue."),
+    ];
+    for (name, prompt) in prompts {
+        let named = json!({"type": "function", "function": {"name": name}});
+        let v = s.chat(json!({"messages": user(prompt), "tools": all, "tool_choice": named, "max_tokens": 300, "temperature": 0.7, "seed": 1}));
+        check_calls(&v, Some(name));
+    }
+    let v = s.chat(json!({"messages": user(prompts[0].1), "tools": all, "tool_choice": "required", "max_tokens": 300, "temperature": 0.7, "seed": 2}));
+    check_calls(&v, None);
+    // auto: text, or calls that validate.
+    for seed in 0..2 {
+        let v = s.chat(
+            json!({"messages": user(prompts[0].1), "tools": all, "max_tokens": 300, "temperature": 1.0, "seed": seed}),
+        );
+        if v["choices"][0]["message"]["tool_calls"].is_array() {
+            check_calls(&v, None);
+        }
+    }
+    // Streamed: the arguments concatenate to a call that validates.
+    let lines = s.stream("/v1/chat/completions", &json!({"model": s.model, "messages": user(prompts[0].1), "tools": all, "tool_choice": {"type": "function", "function": {"name": "create_order"}}, "max_tokens": 300, "temperature": 0.7, "seed": 1, "stream": true}));
+    let mut args: Vec<String> = Vec::new();
+    for d in chunks(&lines)
+        .iter()
+        .flat_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned().unwrap_or_default())
+    {
+        let k = d["index"].as_u64().unwrap() as usize;
+        if k == args.len() {
+            args.push(String::new());
+        }
+        args[k].push_str(d["function"]["arguments"].as_str().unwrap_or_default());
+    }
+    assert!(!args.is_empty());
+    for a in &args {
+        assert!(validates(&params_of("create_order"), &serde_json::from_str(a).unwrap()), "{a}");
+    }
+    // A reference that points nowhere is a 400 naming the function.
+    let broken = json!({"type": "function", "function": {"name": "broken", "parameters": {"type": "object", "properties": {"x": {"$ref": "#/$defs/Missing"}}}}});
+    let (st, e) = s.post(
+        "/v1/chat/completions",
+        &json!({"model": s.model, "messages": user("hi"), "tools": [broken], "tool_choice": "required"}),
+    );
+    assert_eq!(st, 400, "{e}");
+    assert_eq!(e["error"]["param"], "tools");
+    assert!(e["error"]["message"].as_str().unwrap().contains("\"broken\""), "{e}");
+}
+
 #[test]
 fn text_completions_in_every_prompt_form() {
     let s = server();
@@ -405,7 +512,24 @@ fn errors_use_the_openai_shape_and_the_server_keeps_serving() {
     bad(&json!({"messages": user("hi"), "response_format": {"type": "yaml"}}).to_string(), 400, "yaml");
     let long = "word ".repeat(9000);
     let v = bad(&json!({"messages": user(&long)}).to_string(), 400, "context length");
-    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert_eq!(
+        (v["error"]["code"].as_str(), v["error"]["param"].as_str()),
+        (Some("context_length_exceeded"), Some("messages"))
+    );
+    // A prompt plus max_tokens past the context is refused, naming the field the client used (OpenAI and vLLM).
+    for (field, n) in [("max_tokens", 1_000_000_000_000u64), ("max_completion_tokens", 100_000)] {
+        let mut body = json!({"messages": user("hi"), "ignore_eos": true});
+        body[field] = json!(n);
+        let v = bad(&body.to_string(), 400, "context length");
+        assert_eq!(
+            (v["error"]["code"].as_str(), v["error"]["param"].as_str()),
+            (Some("context_length_exceeded"), Some(field))
+        );
+    }
+    let (st, v) = s.post("/v1/completions", &json!({"prompt": "hi", "max_tokens": 100000}));
+    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("max_tokens")), "{v}");
+    let (st, v) = s.post("/generate", &json!({"text": "hi", "sampling_params": {"max_new_tokens": 100000}}));
+    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("sampling_params.max_new_tokens")), "{v}");
     let (st, v) =
         s.post_raw("/v1/chat/completions", &json!({"model": "gpt-4", "messages": user("hi")}).to_string(), Some(KEY));
     assert_eq!((st, v["error"]["code"].as_str()), (404, Some("model_not_found")));

@@ -63,7 +63,7 @@ impl Setup {
 /// Runs every request concurrently; returns (seconds, generated tokens, cached prompt tokens, prompt tokens).
 fn run(e: &EngineHandle, reqs: Vec<Request>) -> anyhow::Result<(f64, usize, usize, usize)> {
     let t0 = Instant::now();
-    let streams = reqs.into_iter().map(|r| e.submit(r)).collect::<Result<Vec<_>, _>>()?;
+    let streams = reqs.into_iter().map(|r| Ok(e.submit(e.validate(r)?)?)).collect::<anyhow::Result<Vec<_>>>()?;
     let (mut gen, mut cached, mut prompt) = (0, 0, 0);
     for s in streams {
         let out = s.collect_blocking();
@@ -86,7 +86,7 @@ fn random_tokens(rng: &mut StdRng, n: usize) -> Vec<u32> {
 fn fixed(prompt: Vec<u32>, max_tokens: usize) -> Request {
     let mut r = Request::new(prompt);
     r.sampling = SamplingParams::greedy();
-    r.stop.max_tokens = max_tokens;
+    r.stop.max_tokens = runtime::MaxTokens::Given(max_tokens);
     r.stop.ignore_eos = true;
     r
 }

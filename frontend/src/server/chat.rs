@@ -1,31 +1,22 @@
 //! `/v1/chat/completions` and `/v1/completions`: from the OpenAI request to engine requests and back, streamed
 //! (SSE) or whole.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use futures_util::stream::{self, StreamExt};
+use futures_util::stream::StreamExt;
 use grammar::{Constraint, Grammar};
-use rand::Rng;
-use runtime::{Event, FinishReason, Finished, Request, RequestStream, TokenInfo};
+use runtime::{Event, FinishReason, Finished, Request, RequestStream, TokenInfo, ValidRequest};
 use serde_json::{json, Value};
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::Reply;
 
 use super::error::ApiError;
 use super::openai::{
     parse_request, top_logprobs, ChatRequest, CommonParams, CompletionRequest, Content, Message, Params, PromptField,
 };
-use super::tools::{call_schema, tool_mode, ToolFormat, ToolMode};
-use super::{json_reply, now_secs, Ready};
-
-pub(crate) fn random_id(prefix: &str) -> String {
-    const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut rng = rand::rng();
-    let tail: String = (0..24).map(|_| ALNUM[rng.random_range(0..ALNUM.len())] as char).collect();
-    format!("{prefix}{tail}")
-}
+use super::sse::{merged, sse_response};
+use super::tools::{self, tool_mode, CallScan, ToolFormat, ToolMode};
+use super::{json_reply, now_secs, random_id, Ready};
 
 fn check_model(ready: &Ready, model: Option<&str>) -> Result<(), ApiError> {
     match model {
@@ -78,35 +69,29 @@ fn extra_constraints(c: &CommonParams) -> Result<Vec<(Constraint, &'static str)>
     Ok(out)
 }
 
-/// Starts `n` samples of one prompt (seeds `seed + i`, so samples differ yet repeat).
-fn submit(
+/// The engine's request for `prompt`, checked by the engine (ranges, and that it fits the context); errors name
+/// the field as the client gave it (`prompt_param` for the prompt).
+pub(crate) fn validate(
     ready: &Ready,
     prompt: Vec<u32>,
     params: &Params,
     logprobs: Option<usize>,
-    grammar: Option<Arc<Grammar>>,
-) -> Result<Vec<RequestStream>, ApiError> {
-    if prompt.len() >= ready.max_model_len {
-        return Err(ApiError::context_length(format!(
-            "This model's maximum context length is {} tokens, but the prompt has {} tokens.",
-            ready.max_model_len,
-            prompt.len()
-        )));
-    }
-    (0..params.n)
-        .map(|i| {
-            let mut req = Request::new(prompt.clone());
-            req.sampling = params.sampling.clone();
-            if let Some(s) = req.sampling.seed {
-                req.sampling.seed = Some(s.wrapping_add(i as u64));
-            }
-            req.stop = params.stop.clone();
-            req.logprobs = logprobs;
-            req.grammar = grammar.clone();
-            req.skip_special_tokens = params.skip_special_tokens;
-            ready.engine.submit(req).map_err(ApiError::from)
-        })
-        .collect()
+    prompt_param: &str,
+) -> Result<ValidRequest, ApiError> {
+    let mut req = Request::new(prompt);
+    req.sampling = params.sampling.clone();
+    req.stop = params.stop.clone();
+    req.logprobs = logprobs;
+    req.skip_special_tokens = params.skip_special_tokens;
+    ready
+        .engine
+        .validate(req)
+        .map_err(|e| ApiError::from(e.renamed("prompt", prompt_param).renamed("max_tokens", params.max_tokens_param)))
+}
+
+/// Starts `n` samples of a request (seeds `seed + i`, so samples differ yet repeat).
+fn submit(ready: &Ready, req: &ValidRequest, n: usize) -> Result<Vec<RequestStream>, ApiError> {
+    (0..n as u64).map(|i| ready.engine.submit(req.sample(i)).map_err(ApiError::from)).collect()
 }
 
 /// A token as text and bytes, for logprobs.
@@ -149,7 +134,8 @@ fn usage(prompt: usize, fins: &[Finished]) -> Value {
 struct ChatChoice {
     index: usize,
     mode: ToolMode,
-    format: ToolFormat,
+    /// The forms a call may be written in.
+    forms: Vec<ToolFormat>,
     /// Text not yet emitted (a possible tool call being read).
     pending: String,
     /// Known to be text: stream it as it comes.
@@ -157,92 +143,6 @@ struct ChatChoice {
     with_logprobs: bool,
     /// Streaming tool calls: where the scan of `pending` is and what it has sent.
     scan: CallScan,
-}
-
-/// Reads tool calls out of the output as it grows, so a stream sends each call's id and name as soon as they are
-/// written and then its arguments as they are generated.
-#[derive(Debug, Default)]
-struct CallScan {
-    /// Bytes of `pending` already consumed.
-    pos: usize,
-    /// Inside a call's arguments object: nesting depth, inside a string, after a backslash.
-    in_args: bool,
-    depth: i32,
-    in_str: bool,
-    esc: bool,
-    /// Calls opened so far (the index of the next).
-    calls: usize,
-}
-
-impl CallScan {
-    /// Tool-call delta entries for what `text` (the whole output so far) adds since the last call.
-    fn advance(&mut self, text: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        loop {
-            if !self.in_args {
-                let Some((name, args_at)) = call_head(&text[self.pos..]) else { return out };
-                out.push(json!({"index": self.calls, "id": random_id("call_"), "type": "function",
-                                "function": {"name": name, "arguments": ""}}));
-                self.pos += args_at;
-                self.in_args = true;
-                self.depth = 0;
-                self.in_str = false;
-                self.esc = false;
-                continue;
-            }
-            let rest = &text[self.pos..];
-            let mut end = rest.len();
-            let mut closed = false;
-            for (i, c) in rest.char_indices() {
-                if self.in_str {
-                    match (self.esc, c) {
-                        (true, _) => self.esc = false,
-                        (false, '\\') => self.esc = true,
-                        (false, '"') => self.in_str = false,
-                        _ => {}
-                    }
-                } else if c == '"' {
-                    self.in_str = true;
-                } else if c == '{' || c == '[' {
-                    self.depth += 1;
-                } else if c == '}' || c == ']' {
-                    self.depth -= 1;
-                    if self.depth == 0 {
-                        end = i + 1;
-                        closed = true;
-                        break;
-                    }
-                }
-            }
-            if end > 0 {
-                out.push(json!({"index": self.calls, "function": {"arguments": &rest[..end]}}));
-            }
-            self.pos += end;
-            if !closed {
-                return out;
-            }
-            self.in_args = false;
-            self.calls += 1;
-        }
-    }
-}
-
-/// In `text`, a call object's name and the offset where its arguments object starts (`{"name": "f",
-/// "arguments": {` with any spacing); `None` until all of that has been written.
-fn call_head(text: &str) -> Option<(String, usize)> {
-    let skip_ws = |s: &str, i: usize| i + s[i..].len() - s[i..].trim_start().len();
-    let n = text.find("\"name\"")?;
-    let mut i = skip_ws(text, n + 6);
-    i = skip_ws(text, i + text[i..].strip_prefix(':').map(|_| 1)?);
-    let name_start = i + text[i..].strip_prefix('"').map(|_| 1)?;
-    let name_len = text[name_start..].find('"')?;
-    let name = text[name_start..name_start + name_len].to_string();
-    let after = name_start + name_len + 1;
-    let key =
-        ["\"arguments\"", "\"parameters\""].iter().filter_map(|k| text[after..].find(k).map(|p| (p, k.len()))).min()?;
-    let mut j = skip_ws(text, after + key.0 + key.1);
-    j = skip_ws(text, j + text[j..].strip_prefix(':').map(|_| 1)?);
-    text[j..].starts_with('{').then_some((name, j))
 }
 
 /// The end of a choice.
@@ -256,7 +156,15 @@ struct ChoiceEnd {
 impl ChatChoice {
     fn new(index: usize, mode: ToolMode, format: ToolFormat, with_logprobs: bool) -> Self {
         let is_text = mode == ToolMode::Off;
-        Self { index, mode, format, pending: String::new(), is_text, with_logprobs, scan: CallScan::default() }
+        Self {
+            index,
+            mode,
+            forms: format.answer_forms(),
+            pending: String::new(),
+            is_text,
+            with_logprobs,
+            scan: CallScan::default(),
+        }
     }
 
     /// Text that can be shown now.
@@ -265,7 +173,7 @@ impl ChatChoice {
             return text.to_string();
         }
         self.pending.push_str(text);
-        if self.mode == ToolMode::Auto && self.format.starts_call(&self.pending) == Some(false) {
+        if self.mode == ToolMode::Auto && ToolFormat::starts_call(&self.forms, &self.pending) == Some(false) {
             self.is_text = true;
             return std::mem::take(&mut self.pending);
         }
@@ -274,7 +182,10 @@ impl ChatChoice {
 
     /// Tool-call delta entries for the output so far (streaming; empty while the output is, or may be, text).
     fn call_deltas(&mut self) -> Vec<Value> {
-        if self.is_text || self.mode == ToolMode::Off || self.format.starts_call(&self.pending) != Some(true) {
+        if self.is_text
+            || self.mode == ToolMode::Off
+            || ToolFormat::starts_call(&self.forms, &self.pending) != Some(true)
+        {
             return Vec::new();
         }
         self.scan.advance(&self.pending)
@@ -288,7 +199,7 @@ impl ChatChoice {
             end.error = Some(m.clone());
         }
         if !self.is_text && fin.reason != FinishReason::Length {
-            if let Some(calls) = self.format.parse(&rest) {
+            if let Some(calls) = ToolFormat::parse_any(&self.forms, &rest) {
                 end.calls = calls;
                 end.finish_reason = "tool_calls";
                 return end;
@@ -409,12 +320,11 @@ fn message_json(ready: &Ready, m: &Message, i: usize, tools_in_template: bool) -
                 .map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}))
                 .collect();
         } else {
-            let rendered: Vec<String> =
-                parsed.iter().map(|(_, name, args)| ready.tool_format.render_call(name, args)).collect();
+            let calls: Vec<(&str, &Value)> = parsed.iter().map(|(_, name, args)| (name.as_str(), args)).collect();
             if !content.is_empty() {
                 content.push('\n');
             }
-            content.push_str(&rendered.join("\n"));
+            content.push_str(&ready.tool_format.render_calls(&calls));
         }
     }
     out["content"] = Value::String(content);
@@ -469,30 +379,7 @@ pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> 
                     "tools with tool_choice auto/required cannot be combined with response_format, regex or json_schema",
                 ));
             }
-            let names: Vec<String> = match &mode {
-                ToolMode::Required(n) => n.clone(),
-                _ => tools.iter().map(|t| t.function.name.clone()).collect(),
-            };
-            let schema = call_schema(ready.tool_format, tools, &names);
-            // Compact JSON: a call's whitespace is one optional space (models otherwise pad calls with newlines).
-            // Off the async threads and within the time limit, like every other constraint's compile.
-            let job = tokio::task::spawn_blocking(move || grammar::json_schema::schema_to_regex(&schema, "[ ]?"));
-            let call = match tokio::time::timeout(ready.grammar_timeout, job).await {
-                Err(_) => {
-                    return Err(ApiError::invalid(
-                        "tools",
-                        format!(
-                            "the functions' parameters did not compile within {} s; simplify them",
-                            ready.grammar_timeout.as_secs()
-                        ),
-                    ))
-                }
-                Ok(Err(e)) => return Err(ApiError::internal(format!("grammar compilation failed: {e}"))),
-                Ok(Ok(r)) => r.map_err(|e| ApiError::invalid("tools", format!("a function's parameters: {e}")))?,
-            };
-            let calls = ready.tool_format.calls_regex(&call, parallel);
-            let regex = if mode == ToolMode::Auto { ready.tool_format.auto_regex(&calls) } else { calls };
-            constraints.push((Constraint::Regex(regex), "tools"));
+            constraints.extend(tools::constraint(ready.tool_format, tools, &mode, parallel).map(|c| (c, "tools")));
         }
     }
     if constraints.len() > 1 {
@@ -503,11 +390,11 @@ pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> 
     if prompt.is_empty() {
         return Err(ApiError::bad_request("the prompt is empty"));
     }
-    let grammar = match constraints.pop() {
-        Some((c, param)) => Some(compile(&ready, c, param).await?),
-        None => None,
-    };
-    let streams = submit(&ready, prompt.clone(), &params, logprobs, grammar)?;
+    let mut valid = validate(&ready, prompt.clone(), &params, logprobs, "messages")?;
+    if let Some((c, param)) = constraints.pop() {
+        valid.set_grammar(Some(compile(&ready, c, param).await?));
+    }
+    let streams = submit(&ready, &valid, params.n)?;
     let choices: Vec<ChatChoice> =
         (0..params.n).map(|i| ChatChoice::new(i, mode.clone(), ready.tool_format, logprobs.is_some())).collect();
     let id = random_id("chatcmpl-");
@@ -559,39 +446,6 @@ pub(crate) fn encode(ready: &Ready, text: &str, add_special: bool) -> Result<Vec
     Ok(enc.get_ids().to_vec())
 }
 
-pub(crate) type Sse = tokio::sync::mpsc::Sender<Result<warp::sse::Event, Infallible>>;
-
-/// The per-choice event streams merged into one, each event tagged with its choice index.
-fn merged(streams: Vec<RequestStream>) -> impl futures_util::Stream<Item = (usize, Event)> {
-    stream::select_all(
-        streams
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| Box::pin(stream::unfold(s, move |mut s| async move { s.recv().await.map(|e| ((i, e), s)) }))),
-    )
-}
-
-/// An SSE response fed by a task; dropping the response (client gone) ends the task and cancels the requests.
-pub(crate) fn sse_response<F, Fut>(f: F) -> Response
-where
-    F: FnOnce(Sse) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(f(tx));
-    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
-    warp::sse::reply(body).into_response()
-}
-
-/// Sends one `data:` event; false once the client is gone.
-pub(crate) async fn send(tx: &Sse, v: Value) -> bool {
-    tx.send(Ok(warp::sse::Event::default().data(v.to_string()))).await.is_ok()
-}
-
-pub(crate) async fn send_done(tx: &Sse) {
-    let _ = tx.send(Ok(warp::sse::Event::default().data("[DONE]"))).await;
-}
-
 #[allow(clippy::too_many_arguments)]
 fn stream_chat(
     ready: Arc<Ready>,
@@ -613,7 +467,7 @@ fn stream_chat(
         };
         for ch in &choices {
             let first = json!([{"index": ch.index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
-            if !send(&tx, chunk(first)).await {
+            if !tx.send(&chunk(first)).await {
                 return;
             }
         }
@@ -626,7 +480,7 @@ fn stream_chat(
                     let shown = ch.push(&text);
                     for c in ch.call_deltas() {
                         let delta = json!([{"index": i, "delta": {"tool_calls": [c]}, "logprobs": null, "finish_reason": null}]);
-                        if !send(&tx, chunk(delta)).await {
+                        if !tx.send(&chunk(delta)).await {
                             return;
                         }
                     }
@@ -638,7 +492,7 @@ fn stream_chat(
                     }
                     let delta =
                         json!([{"index": i, "delta": {"content": shown}, "logprobs": lp, "finish_reason": null}]);
-                    if !send(&tx, chunk(delta)).await {
+                    if !tx.send(&chunk(delta)).await {
                         return;
                     }
                 }
@@ -657,25 +511,25 @@ fn stream_chat(
                     }
                     if let Some(e) = end.error {
                         let err = ApiError::internal(format!("generation failed: {e}"));
-                        send(&tx, err.body()).await;
-                        send_done(&tx).await;
+                        tx.send(&err.body()).await;
+                        tx.done().await;
                         return;
                     }
                     if !end.content.is_empty() {
                         let delta = json!([{"index": i, "delta": {"content": end.content}, "logprobs": null, "finish_reason": null}]);
-                        if !send(&tx, chunk(delta)).await {
+                        if !tx.send(&chunk(delta)).await {
                             return;
                         }
                     }
                     for (k, (name, args)) in end.calls.iter().enumerate().map(|(k, c)| (k + streamed, c)) {
                         let head = json!([{"index": i, "delta": {"tool_calls": [{"index": k, "id": random_id("call_"), "type": "function", "function": {"name": name, "arguments": ""}}]}, "logprobs": null, "finish_reason": null}]);
                         let body = json!([{"index": i, "delta": {"tool_calls": [{"index": k, "function": {"arguments": args}}]}, "logprobs": null, "finish_reason": null}]);
-                        if !send(&tx, chunk(head)).await || !send(&tx, chunk(body)).await {
+                        if !tx.send(&chunk(head)).await || !tx.send(&chunk(body)).await {
                             return;
                         }
                     }
                     let last = json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": end.finish_reason}]);
-                    if !send(&tx, chunk(last)).await {
+                    if !tx.send(&chunk(last)).await {
                         return;
                     }
                     fins[i] = Some(fin);
@@ -687,9 +541,9 @@ fn stream_chat(
             let mut c =
                 json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": []});
             c["usage"] = usage(prompt_len, &fins);
-            send(&tx, c).await;
+            tx.send(&c).await;
         }
-        send_done(&tx).await;
+        tx.done().await;
     })
 }
 
@@ -748,15 +602,19 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
     if constraints.len() > 1 {
         return Err(ApiError::bad_request("give at most one of regex and json_schema"));
     }
-    let grammar = match constraints.pop() {
-        Some((c, param)) => Some(compile(&ready, c, param).await?),
-        None => None,
-    };
+    let mut valid = prompts
+        .iter()
+        .map(|p| validate(&ready, p.clone(), &params, logprobs, "prompt"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some((c, param)) = constraints.pop() {
+        let grammar = compile(&ready, c, param).await?;
+        valid.iter_mut().for_each(|v| v.set_grammar(Some(grammar.clone())));
+    }
     let mut streams = Vec::new();
     let mut echoes = Vec::new();
-    for p in &prompts {
+    for (p, v) in prompts.iter().zip(&valid) {
         let echo_text = if echo { ready.tokenizer.decode(p, false).unwrap_or_default() } else { String::new() };
-        for s in submit(&ready, p.clone(), &params, logprobs, grammar.clone())? {
+        for s in submit(&ready, v, params.n)? {
             streams.push(s);
             echoes.push(echo_text.clone());
         }
@@ -781,8 +639,7 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
             for (i, e) in echoes.iter().enumerate() {
                 if !e.is_empty() {
                     offsets[i] = e.len();
-                    if !send(&tx, chunk(json!([{"index": i, "text": e, "logprobs": null, "finish_reason": null}])))
-                        .await
+                    if !tx.send(&chunk(json!([{"index": i, "text": e, "logprobs": null, "finish_reason": null}]))).await
                     {
                         return;
                     }
@@ -801,8 +658,8 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
                     }
                     Event::Finished(fin) => {
                         if let FinishReason::Error(m) = &fin.reason {
-                            send(&tx, ApiError::internal(format!("generation failed: {m}")).body()).await;
-                            send_done(&tx).await;
+                            tx.send(&ApiError::internal(format!("generation failed: {m}")).body()).await;
+                            tx.done().await;
                             return;
                         }
                         let r = fin.reason.label();
@@ -810,7 +667,7 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
                         json!([{"index": i, "text": "", "logprobs": null, "finish_reason": r}])
                     }
                 };
-                if !send(&tx, chunk(c)).await {
+                if !tx.send(&chunk(c)).await {
                     return;
                 }
             }
@@ -819,9 +676,9 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
                     json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": []});
                 let fins: Vec<Finished> = fins.into_iter().flatten().collect();
                 c["usage"] = usage_many(prompt_tokens, n, &fins);
-                send(&tx, c).await;
+                tx.send(&c).await;
             }
-            send_done(&tx).await;
+            tx.done().await;
         }));
     }
     let mut choices = Vec::new();
@@ -850,48 +707,4 @@ fn usage_many(prompt_tokens: usize, n: usize, fins: &[Finished]) -> Value {
     let cached: usize = fins.iter().step_by(n.max(1)).map(|f| f.cached_tokens).sum();
     u["prompt_tokens_details"]["cached_tokens"] = json!(cached);
     u
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Feeds `text` in pieces of `step` bytes; returns (names, arguments per call) as a client would rebuild them.
-    fn stream(text: &str, step: usize) -> (Vec<String>, Vec<String>) {
-        let mut scan = CallScan::default();
-        let (mut names, mut args) = (Vec::new(), Vec::<String>::new());
-        let mut cut = 0;
-        while cut < text.len() {
-            cut = (cut + step).min(text.len());
-            while !text.is_char_boundary(cut) {
-                cut += 1;
-            }
-            for d in scan.advance(&text[..cut]) {
-                let k = d["index"].as_u64().unwrap() as usize;
-                if let Some(n) = d["function"]["name"].as_str() {
-                    assert_eq!(k, names.len(), "a call opens with its name");
-                    assert!(d["id"].is_string());
-                    names.push(n.to_string());
-                    args.push(String::new());
-                }
-                args[k].push_str(d["function"]["arguments"].as_str().unwrap());
-            }
-        }
-        (names, args)
-    }
-
-    #[test]
-    fn tool_calls_stream_as_they_are_written() {
-        let text = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa}ris\\\"\", \"n\": [1, {\"a\": 2}]}}\n\
-                    {\"name\" : \"get_time\" , \"arguments\" : {\"tz\": \"UTC\"}}";
-        for step in [1, 3, 7, 1000] {
-            let (names, args) = stream(text, step);
-            assert_eq!(names, ["get_weather", "get_time"], "step {step}");
-            assert_eq!(args, [r#"{"city": "Pa}ris\"", "n": [1, {"a": 2}]}"#, r#"{"tz": "UTC"}"#], "step {step}");
-            let parsed = ToolFormat::Json.parse(text).unwrap();
-            assert_eq!(parsed.iter().map(|c| c.1.clone()).collect::<Vec<_>>(), args, "stream equals the whole parse");
-        }
-        let hermes = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": \"é\"}}\n</tool_call>";
-        assert_eq!(stream(hermes, 2), (vec!["f".to_string()], vec![r#"{"x": "é"}"#.to_string()]));
-    }
 }

@@ -12,11 +12,13 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// Seconds to wait before retrying (sent as `Retry-After`, with 503s that will pass).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind, param: None, code: None }
+        Self { status, message: message.into(), kind, param: None, code: None, retry_after: None }
     }
 
     /// 400 about one field.
@@ -31,14 +33,6 @@ impl ApiError {
     /// 400 about the request as a whole.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
-    }
-
-    pub fn context_length(message: impl Into<String>) -> Self {
-        Self {
-            param: Some("messages".into()),
-            code: Some("context_length_exceeded"),
-            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
-        }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -96,17 +90,32 @@ impl ApiError {
 
     pub fn into_response(self) -> Response {
         let status = self.status;
-        warp::reply::with_status(warp::reply::json(&self.body()), status).into_response()
+        let mut resp = warp::reply::with_status(warp::reply::json(&self.body()), status).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert("retry-after", s.into());
+        }
+        resp
     }
 }
 
+/// The engine's refusals of a request's values: 400 naming the field, with OpenAI's `code`.
+impl From<runtime::ValidationError> for ApiError {
+    fn from(e: runtime::ValidationError) -> Self {
+        Self {
+            param: Some(e.param),
+            code: Some(e.code.as_str()),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.message)
+        }
+    }
+}
+
+/// A valid request the engine could not queue: 503, to be retried (the request itself is dropped here, after the
+/// engine gave it back, because the client will send it again).
 impl From<runtime::SubmitError> for ApiError {
     fn from(e: runtime::SubmitError) -> Self {
         match e {
-            runtime::SubmitError::QueueFull => ApiError::overloaded(e.to_string()),
-            runtime::SubmitError::Invalid(m) if m.contains("context") => ApiError::context_length(m),
-            runtime::SubmitError::Invalid(m) => ApiError::bad_request(m),
-            runtime::SubmitError::Stopped => ApiError::unavailable(e.to_string()),
+            runtime::SubmitError::QueueFull(_) => Self { retry_after: Some(1), ..ApiError::overloaded(e.to_string()) },
+            runtime::SubmitError::Stopped(_) => ApiError::unavailable(e.to_string()),
         }
     }
 }

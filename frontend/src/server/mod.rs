@@ -8,6 +8,7 @@ mod chat;
 pub mod error;
 mod native;
 pub mod openai;
+mod sse;
 pub mod tools;
 
 use std::net::SocketAddr;
@@ -113,6 +114,15 @@ pub struct AppState {
     max_body: usize,
     http_requests: prometheus::IntCounterVec,
     registry: prometheus::Registry,
+}
+
+/// An id for a response or a call: `prefix` and 24 random letters and digits.
+pub(crate) fn random_id(prefix: &str) -> String {
+    use rand::Rng;
+    const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    let tail: String = (0..24).map(|_| ALNUM[rng.random_range(0..ALNUM.len())] as char).collect();
+    format!("{prefix}{tail}")
 }
 
 fn now_secs() -> u64 {

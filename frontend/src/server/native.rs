@@ -4,15 +4,16 @@
 use std::sync::Arc;
 
 use grammar::Constraint;
-use runtime::{Event, FinishReason, Request};
+use runtime::{Event, FinishReason};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::chat::{compile, encode, send, send_done, sse_response};
+use super::chat::{compile, encode, validate};
 use super::error::ApiError;
 use super::openai::{parse_body, StopField};
+use super::sse::sse_response;
 use super::{json_reply, Ready};
 
 fn model_card(ready: &Ready) -> Value {
@@ -122,7 +123,7 @@ pub async fn generate(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiErr
     // Reuse the OpenAI checks by mapping onto the common fields.
     let sp = &req.sampling_params;
     let common = super::openai::CommonParams {
-        max_tokens: sp.max_new_tokens.or(Some(128)),
+        max_tokens: sp.max_new_tokens,
         temperature: sp.temperature,
         top_p: sp.top_p,
         top_k: sp.top_k,
@@ -138,10 +139,14 @@ pub async fn generate(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiErr
         seed: sp.seed,
         ..Default::default()
     };
-    let params = common.params(ready.vocab_size).map_err(|mut e| {
+    let mut params = common.params(ready.vocab_size).map_err(|mut e| {
         e.param = e.param.map(|p| format!("sampling_params.{p}"));
         e
     })?;
+    params.max_tokens_param = "max_new_tokens";
+    if sp.max_new_tokens.is_none() {
+        params.stop.max_tokens = runtime::MaxTokens::UpTo(128);
+    }
     let constraint = match (&sp.regex, &sp.json_schema) {
         (Some(r), None) => Some(Constraint::Regex(r.clone())),
         (None, Some(Value::String(s))) => Some(Constraint::JsonSchema(s.clone())),
@@ -161,13 +166,14 @@ pub async fn generate(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiErr
     } else {
         None
     };
-    let mut r = Request::new(prompt.clone());
-    r.sampling = params.sampling;
-    r.stop = params.stop;
-    r.grammar = grammar;
-    r.logprobs = logprobs;
-    r.skip_special_tokens = params.skip_special_tokens;
-    let mut stream = ready.engine.submit(r).map_err(ApiError::from)?;
+    let mut valid = validate(&ready, prompt, &params, logprobs, "input_ids").map_err(|mut e| {
+        if e.param.as_deref().is_some_and(|p| p != "input_ids") {
+            e.param = e.param.map(|p| format!("sampling_params.{p}"));
+        }
+        e
+    })?;
+    valid.set_grammar(grammar);
+    let mut stream = ready.engine.submit(valid)?;
     let meta = |fin: &runtime::Finished, ids: &[u32]| {
         let finish = match &fin.reason {
             FinishReason::StopString(s) => json!({"type": "stop", "matched": s}),
@@ -197,14 +203,14 @@ pub async fn generate(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiErr
                     }
                     Event::Finished(fin) => (true, json!({"text": text, "meta_info": meta(&fin, &ids)})),
                 };
-                if !send(&tx, v).await {
+                if !tx.send(&v).await {
                     return;
                 }
                 if done {
                     break;
                 }
             }
-            send_done(&tx).await;
+            tx.done().await;
         }));
     }
     let out = stream.collect_async().await;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use runtime::{SamplingParams, StopParams, MAX_TOP_LOGPROBS};
+use runtime::{MaxTokens, SamplingParams, StopParams, MAX_TOP_LOGPROBS};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -61,8 +61,11 @@ pub struct Params {
     pub stream: bool,
     pub include_usage: bool,
     pub skip_special_tokens: bool,
+    /// The field the client gave the token limit in (what an error about it names).
+    pub max_tokens_param: &'static str,
 }
 
+/// Tokens generated when the request sets no limit (fewer when the context has less room).
 pub const DEFAULT_MAX_TOKENS: usize = 1024;
 pub const MAX_N: usize = 64;
 
@@ -113,26 +116,22 @@ impl CommonParams {
         if let Some(s) = self.seed {
             sampling.seed = Some(s as u64);
         }
-        sampling.validate().map_err(|m| {
-            let param = m.split_whitespace().next().unwrap_or("").to_string();
-            ApiError::invalid(param, m)
-        })?;
+        // Ranges (and what fits the context) are the engine's to check: `EngineHandle::validate`.
+        let max_tokens_param =
+            if self.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
-            None => DEFAULT_MAX_TOKENS,
+            None => MaxTokens::UpTo(DEFAULT_MAX_TOKENS),
             Some(m) if m < 1 => {
-                let param = if self.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+                let param = max_tokens_param;
                 return Err(ApiError::invalid(param, format!("{param} must be at least 1, got {m}")));
             }
-            Some(m) => m as usize,
+            Some(m) => MaxTokens::Given(usize::try_from(m).unwrap_or(usize::MAX)),
         };
         let min_tokens = match self.min_tokens {
             None => 0,
             Some(m) if m < 0 => return Err(ApiError::invalid("min_tokens", "min_tokens must be >= 0")),
             Some(m) => m as usize,
         };
-        if min_tokens > max_tokens {
-            return Err(ApiError::invalid("min_tokens", "min_tokens must not exceed max_tokens"));
-        }
         let stop = match &self.stop {
             None => Vec::new(),
             Some(StopField::One(s)) => vec![s.clone()],
@@ -169,6 +168,7 @@ impl CommonParams {
             stream,
             include_usage: self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
+            max_tokens_param,
         })
     }
 }
