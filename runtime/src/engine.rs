@@ -222,7 +222,8 @@ pub struct EngineStats {
 
 struct Shared {
     metrics: Metrics,
-    queued: AtomicUsize,
+    /// Submitted and not yet admitted by the scheduler (bounded by `max_queued`).
+    queued: Arc<AtomicUsize>,
     next_id: AtomicU64,
     max_queued: usize,
     max_positions: usize,
@@ -252,7 +253,7 @@ pub fn start<E: Executor>(
     let metrics = Metrics::new();
     let shared = Arc::new(Shared {
         metrics: metrics.clone(),
-        queued: AtomicUsize::new(0),
+        queued: Arc::new(AtomicUsize::new(0)),
         next_id: AtomicU64::new(1),
         max_queued: cfg.max_queued,
         max_positions: exec.max_positions(),
@@ -262,11 +263,9 @@ pub fn start<E: Executor>(
     let thread_shared = shared.clone();
     std::thread::Builder::new().name("radixserve-scheduler".into()).spawn(move || {
         let mut sched = Scheduler::new(exec, cfg, tokenizer, eos, metrics);
+        sched.count_waiting_in(thread_shared.queued.clone());
         let handle = |sched: &mut Scheduler<E>, cmd: Command| match cmd {
-            Command::Submit(seq) => {
-                thread_shared.queued.fetch_sub(1, Ordering::Relaxed);
-                sched.enqueue(*seq);
-            }
+            Command::Submit(seq) => sched.enqueue(*seq),
             Command::FlushCache(reply) => {
                 let _ = reply.send(sched.flush_cache());
             }

@@ -21,6 +21,7 @@
 //! inserted into the cache: duplicates of what the cache already had are freed, the rest is handed over.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -182,6 +183,8 @@ pub struct Scheduler<E: Executor> {
     metrics: Metrics,
     stats: SchedulerStats,
     mask: Option<TokenBitset>,
+    /// Requests submitted and not yet admitted (see [`Scheduler::count_waiting_in`]).
+    not_admitted: Option<Arc<AtomicUsize>>,
 }
 
 /// The KV slots: the free list and the radix cache, with the protocol that moves slots between them and
@@ -213,6 +216,7 @@ impl<E: Executor> Scheduler<E> {
             mem: Memory { cache: RadixCache::new(1), alloc: SlotAllocator::new(n), enable_cache, freed: Vec::new() },
             waiting: VecDeque::new(),
             running: Vec::new(),
+            not_admitted: None,
             metrics,
             stats: SchedulerStats::default(),
             mask: None,
@@ -234,6 +238,22 @@ impl<E: Executor> Scheduler<E> {
 
     pub fn cache_stats(&self) -> radix_cache::CacheStats {
         self.mem.cache.stats()
+    }
+
+    /// `counter` counts requests submitted and not yet admitted (what `--max-queued-requests` bounds): the
+    /// submitter adds one, the scheduler takes it away at a request's first admission, or when a request that was
+    /// never admitted is cancelled or aborted.
+    pub(crate) fn count_waiting_in(&mut self, counter: Arc<AtomicUsize>) {
+        self.not_admitted = Some(counter);
+    }
+
+    /// A request that was counted as not admitted no longer is.
+    fn leaves_queue(&self, seq: &Seq) {
+        if seq.cached_tokens.is_none() {
+            if let Some(c) = &self.not_admitted {
+                c.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     pub(crate) fn enqueue(&mut self, seq: Seq) {
@@ -282,7 +302,15 @@ impl<E: Executor> Scheduler<E> {
 
     fn drop_cancelled(&mut self) {
         let before = self.waiting.len();
-        self.waiting.retain(|s| !s.cancelled());
+        let mut waiting = std::mem::take(&mut self.waiting);
+        waiting.retain(|s| {
+            let gone = s.cancelled();
+            if gone {
+                self.leaves_queue(s);
+            }
+            !gone
+        });
+        self.waiting = waiting;
         let dropped = before - self.waiting.len();
         if dropped > 0 {
             self.metrics.requests.with_label_values(&["abort"]).inc_by(dropped as u64);
@@ -378,6 +406,7 @@ impl<E: Executor> Scheduler<E> {
             }
             reserve += seq.max_tokens.saturating_sub(seq.generated()).min(DECODE_RESERVE);
             if seq.cached_tokens.is_none() {
+                self.leaves_queue(&seq);
                 let prompt_hit = matched.min(seq.prompt_len);
                 seq.cached_tokens = Some(prompt_hit);
                 self.metrics.queue_time.observe(seq.arrival.elapsed().as_secs_f64());
@@ -655,6 +684,7 @@ impl<E: Executor> Scheduler<E> {
             self.finish(seq, FinishReason::Error(why.into()));
         }
         while let Some(seq) = self.waiting.pop_front() {
+            self.leaves_queue(&seq);
             self.send_finish(seq, FinishReason::Error(why.into()));
         }
     }

@@ -1,10 +1,12 @@
-//! The server's life: 503 until the model is loaded, 503 when the queue is full (and serving again after), and
-//! the real `radixserve serve` binary.
+//! The server's life: 503 until the model is loaded, 503 when the queue is full (and serving again after), clients
+//! that leave before their first token, the checks at the edge over raw HTTP, and the real `radixserve serve` binary.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{args, start, user};
 use serde_json::json;
@@ -77,4 +79,115 @@ fn the_radixserve_binary_serves() {
     assert!(body.contains("Paris"), "{body}");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Sends `head` (request line and headers, without the blank line) and `body` over a new connection; returns the
+/// status, the headers (lower case) and the body.
+fn raw(base: &str, head: &str, body: &str) -> (u16, String, String) {
+    let mut c = TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    write!(c, "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// The sum of the engine's step sizes: prompt and generated tokens computed so far.
+fn computed_tokens(s: &common::Server) -> f64 {
+    metric(s, "radixserve_step_tokens_sum")
+}
+
+fn metric(s: &common::Server, name: &str) -> f64 {
+    let (_, m) = s.get("/metrics");
+    m.as_str()
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Clients that leave 0.3 s into a long prompt's prefill, streamed or not, are cancelled there: the engine does not
+/// go on computing their prompts for nobody (it used to compute every one of them to its first token).
+#[test]
+fn clients_that_leave_before_their_first_token_are_cancelled() {
+    let s = start(args(&["--kv-cache-mb", "512", "--chunked-prefill-size", "256"]), true);
+    let aborts = || metric(&s, "radixserve_requests_total{finish_reason=\"abort\"}");
+    let before = (aborts(), computed_tokens(&s));
+    let prompt_tokens = 4 * 3000;
+    let conns: Vec<TcpStream> = (0..4)
+        .map(|i| {
+            // Distinct prompts of about 3,000 tokens: nothing to share through the cache.
+            let text = format!("{i} ").repeat(1500);
+            let body = json!({"messages": user(&text), "max_tokens": 8, "stream": i % 2 == 0}).to_string();
+            let mut c = TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+            write!(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", common::KEY, body.len()).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(conns);
+    let t0 = Instant::now();
+    while aborts() < before.0 + 4.0 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the requests were not cancelled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let computed = computed_tokens(&s) - before.1;
+    assert!(computed < prompt_tokens as f64 / 2.0, "computed {computed} of {prompt_tokens} prompt tokens for nobody");
+    // Still serving.
+    assert_eq!(s.post("/v1/chat/completions", &json!({"messages": user("Say hi."), "max_tokens": 4})).0, 200);
+}
+
+/// What the edge answers, each in OpenAI's error shape: 415 for a body that is not declared JSON, 403 for a
+/// `Host` not served on loopback, 431 for oversized headers, and `Retry-After` on a full queue's 503.
+#[test]
+fn the_edge_answers_in_the_openai_shape() {
+    let s = start(args(&["--max-running-requests", "1", "--max-queued-requests", "1", "--kv-cache-mb", "256"]), true);
+    let chat = json!({"messages": user("Say hi."), "max_tokens": 2}).to_string();
+    let post = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1";
+    let error = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap()["error"].clone();
+    let (st, _, body) = raw(&s.base, &format!("{post}\r\nContent-Type: text/plain"), &chat);
+    assert_eq!((st, error(&body)["code"].as_str()), (415, Some("unsupported_media_type")), "{body}");
+    let (st, _, body) = raw(&s.base, &format!("{post}\r\nOrigin: https://attacker.example"), &chat);
+    assert_eq!(st, 415, "a browser's typeless body: {body}");
+    let (st, _, body) = raw(&s.base, &format!("{post}\r\nContent-Type: application/json; charset=utf-8"), &chat);
+    assert_eq!(st, 200, "{body}");
+    let (st, _, body) = raw(&s.base, post, &chat);
+    assert_eq!(st, 200, "a script that sends no type: {body}");
+    let (st, _, body) = raw(
+        &s.base,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: attacker.example:30000\r\nContent-Type: application/json",
+        &chat,
+    );
+    assert_eq!((st, error(&body)["code"].as_str()), (403, Some("host_not_allowed")), "{body}");
+    let big = format!("{post}\r\nX-Big: {}", "a".repeat(100 << 10));
+    let (st, _, body) = raw(&s.base, &big, &chat);
+    assert_eq!((st, error(&body)["code"].as_str()), (431, Some("request_header_fields_too_large")), "{body}");
+    let many: String = (0..200).map(|i| format!("\r\nX-H{i}: v")).collect();
+    let (st, _, body) = raw(&s.base, &format!("{post}{many}"), &chat);
+    assert_eq!(st, 431, "{body}");
+    // One running and one waiting: a third request is turned away with a hint when to retry.
+    let long = json!({"messages": user("Write a long story."), "max_tokens": 200, "ignore_eos": true}).to_string();
+    let typed = format!("{post}\r\nContent-Type: application/json");
+    let saw_retry = std::thread::scope(|scope| {
+        let first = scope.spawn(|| raw(&s.base, &typed, &long));
+        let full = |running: f64, queued: f64| {
+            let t0 = Instant::now();
+            while metric(&s, "radixserve_num_running_requests") < running
+                || metric(&s, "radixserve_num_queued_requests") < queued
+            {
+                assert!(t0.elapsed() < Duration::from_secs(30), "the requests did not get in");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        full(1.0, 0.0);
+        let second = scope.spawn(|| raw(&s.base, &typed, &long));
+        full(1.0, 1.0);
+        let (st, head, body) = raw(&s.base, &typed, &chat);
+        assert_eq!((st, error(&body)["code"].as_str()), (503, Some("server_overloaded")), "{body}");
+        assert_eq!((first.join().unwrap().0, second.join().unwrap().0), (200, 200), "admitted requests finish");
+        head
+    });
+    assert!(saw_retry.contains("\r\nretry-after: 1"), "a 503 with Retry-After: {saw_retry}");
 }

@@ -5,7 +5,9 @@
 //! the socket is bound: `/health` answers 503 until it is ready, and so does every model route.
 
 mod chat;
+mod edge;
 pub mod error;
+mod listen;
 mod native;
 pub mod openai;
 mod sse;
@@ -21,7 +23,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use grammar::{GrammarCache, Limits, TokenSpace, Vocabulary};
 use runtime::{EngineHandle, ModelExecutor, Policy, SchedulerConfig};
-use subtle::ConstantTimeEq;
 use tokenizers::Tokenizer;
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
@@ -45,7 +46,7 @@ pub struct ServeArgs {
     /// The model id clients use (default: the file name without extension).
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Require `Authorization: Bearer <key>` on every route but /health and /metrics.
+    /// Require `Authorization: Bearer <key>` on every route but /health, /metrics and /openapi.json.
     #[arg(long, env = "RADIXSERVE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Memory for the KV cache, in MiB.
@@ -73,6 +74,10 @@ pub struct ServeArgs {
     /// Tool-call format: json, hermes, llama3_json, mistral (default: from the chat template).
     #[arg(long)]
     pub tool_call_parser: Option<ToolFormat>,
+    /// Host names served, comma-separated (`*`: any). Default: any, except on a loopback --host, where only
+    /// localhost, 127.0.0.1 and [::1] (a guard against DNS rebinding; name yours here to reach it by another name).
+    #[arg(long)]
+    pub allowed_hosts: Option<String>,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
@@ -111,6 +116,7 @@ pub struct AppState {
     ready: OnceLock<Arc<Ready>>,
     load_error: OnceLock<String>,
     api_key: Option<String>,
+    allowed_hosts: edge::AllowedHosts,
     max_body: usize,
     http_requests: prometheus::IntCounterVec,
     registry: prometheus::Registry,
@@ -179,6 +185,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         ready: OnceLock::new(),
         load_error: OnceLock::new(),
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        allowed_hosts: edge::AllowedHosts::new(args.allowed_hosts.as_deref(), addr.ip()),
         max_body: args.max_body_bytes,
         http_requests,
         registry,
@@ -194,21 +201,11 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
             let _ = loader.load_error.set(format!("{e:#}"));
         }
     });
-    let st = state.clone();
-    let routes = warp::any()
-        .and(warp::method())
-        .and(warp::path::full())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .then(move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
-            let st = st.clone();
-            async move { handle(st, method, path.as_str().to_string(), headers, body).await }
-        });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = warp::serve(routes).incoming(listener).graceful(async {
+    let server = listen::serve(listener, state.clone(), async {
         let _ = rx.await;
     });
-    let task = tokio::spawn(server.run());
+    let task = tokio::spawn(server);
     Ok(RunningServer { addr, state, shutdown: Some(tx), task: Some(task) })
 }
 
@@ -276,6 +273,21 @@ fn load(args: &ServeArgs) -> anyhow::Result<Ready> {
     })
 }
 
+/// Every route, as one filter: (method, path, headers, body) to [`handle`].
+fn routes(
+    state: Arc<AppState>,
+) -> impl warp::Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::any()
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
+            let st = state.clone();
+            async move { handle(st, method, path.as_str().to_string(), headers, body).await }
+        })
+}
+
 /// Reads the body, up to the limit.
 async fn read_body<S, B>(mut body: S, limit: usize) -> Result<Bytes, ApiError>
 where
@@ -306,12 +318,8 @@ where
     Ok(Bytes::from(out))
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(key) = &state.api_key else { return true };
-    let Some(given) = headers.get("authorization").and_then(|v| v.to_str().ok()) else { return false };
-    let Some(token) = given.strip_prefix("Bearer ").or_else(|| given.strip_prefix("bearer ")) else { return false };
-    token.as_bytes().ct_eq(key.as_bytes()).into()
-}
+/// Routes whose body is a JSON request (checked for its media type).
+const JSON_BODY_ROUTES: &[&str] = &["chat", "completions", "generate", "tokenize", "detokenize"];
 
 /// The route table: (method, path) to a handler name.
 fn route_name(method: &Method, path: &str) -> Result<&'static str, ApiError> {
@@ -342,7 +350,10 @@ where
     S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
     B: warp::Buf,
 {
-    let (label, resp) = match route_name(&method, &path) {
+    let checked = edge::check_header_size(&headers)
+        .and_then(|()| state.allowed_hosts.check(&headers))
+        .and_then(|()| route_name(&method, &path));
+    let (label, resp) = match checked {
         Err(e) => ("unknown", e.into_response()),
         Ok(name) => (name, dispatch(&state, name, &path, &headers, body).await.unwrap_or_else(|e| e.into_response())),
     };
@@ -383,8 +394,9 @@ where
         "openapi" => return Ok(warp::reply::json(&native::openapi()).into_response()),
         _ => {}
     }
-    if !authorized(state, headers) {
-        return Err(ApiError::unauthorized());
+    edge::check_api_key(state.api_key.as_deref(), headers)?;
+    if JSON_BODY_ROUTES.contains(&name) {
+        edge::check_json_body(headers)?;
     }
     let body = read_body(body, state.max_body).await?;
     let ready = match (state.ready.get(), state.load_error.get()) {
