@@ -22,8 +22,11 @@ build: setup
 	$(CARGO) build --release --workspace --bins
 	@mkdir -p bin && ln -sfn $(TARGET)/radixserve $(BIN)
 
+# SmolLM2's model card samples at temperature 0.2, top_p 0.9; its GGUF does not carry them (other models: their own).
+SAMPLING_DEFAULTS ?= $(if $(filter models/SmolLM2-135M-Instruct.Q4_1.gguf,$(MODEL)),{"temperature": 0.2, "top_p": 0.9},model)
+
 serve: build
-	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT)
+	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT) --sampling-defaults '$(SAMPLING_DEFAULTS)'
 
 generate: build
 	$(BIN) generate --model $(MODEL) --chat --prompt "$(or $(PROMPT),What is the capital of France?)"

@@ -43,5 +43,5 @@ pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
 pub use kv::KvPool;
 pub use llama::{LlamaModel, Logits, LogitsFor, SeqInput};
-pub use model::{LoadOptions, Model};
+pub use model::{LoadOptions, Model, SamplingHints};
 pub use tch::{Device, Kind};

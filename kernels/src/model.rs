@@ -36,6 +36,43 @@ pub struct Model {
     pub special: SpecialTokens,
     /// The model's own Jinja chat template, if it has one.
     pub chat_template: Option<String>,
+    /// The sampling its authors recommend, where the model ships it.
+    pub sampling: SamplingHints,
+}
+
+/// Sampling values a model ships: GGUF's `general.sampling.*` keys (as llama.cpp writes and reads them) or the
+/// `generation_config.json` beside a Hugging Face folder. Each is `None` where the model says nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SamplingHints {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+impl SamplingHints {
+    fn from_gguf(g: &GgufFile) -> Self {
+        let f = |k: &str| g.get(k).and_then(Value::as_f64).map(|v| v as f32);
+        Self {
+            temperature: f("general.sampling.temp"),
+            top_p: f("general.sampling.top_p"),
+            top_k: g.get("general.sampling.top_k").and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok()),
+            min_p: f("general.sampling.min_p"),
+            repetition_penalty: f("general.sampling.penalty_repeat"),
+        }
+    }
+
+    fn from_generation_config(cfg: &Json) -> Self {
+        let f = |k: &str| cfg.get(k).and_then(Json::as_f64).map(|v| v as f32);
+        Self {
+            temperature: f("temperature"),
+            top_p: f("top_p"),
+            top_k: cfg.get("top_k").and_then(Json::as_u64).and_then(|v| u32::try_from(v).ok()),
+            min_p: f("min_p"),
+            repetition_penalty: f("repetition_penalty"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Model {
@@ -62,9 +99,10 @@ impl Model {
         let cfg = ModelConfig::from_gguf(&g)?;
         let (tokenizer, special) = tokenizer::from_gguf(&g)?;
         let chat_template = g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_owned);
+        let sampling = SamplingHints::from_gguf(&g);
         let src = WeightSource::Gguf(g);
         let net = LlamaModel::load(cfg, &src, opts.device, opts.kind, progress)?;
-        Ok(Self { name, path: path.to_path_buf(), net, tokenizer, special, chat_template })
+        Ok(Self { name, path: path.to_path_buf(), net, tokenizer, special, chat_template, sampling })
     }
 
     fn load_hf(dir: &Path, name: String, opts: LoadOptions, progress: Progress<'_>) -> Result<Self> {
@@ -100,9 +138,10 @@ impl Model {
                 .map(str::to_owned),
             _ => read("chat_template.jinja")?,
         };
+        let sampling = SamplingHints::from_generation_config(&gen_cfg);
         let src = WeightSource::SafeTensors(SafeTensorFiles::open_folder(dir)?);
         let net = LlamaModel::load(cfg, &src, opts.device, opts.kind, progress)?;
-        Ok(Self { name, path: dir.to_path_buf(), net, tokenizer, special, chat_template })
+        Ok(Self { name, path: dir.to_path_buf(), net, tokenizer, special, chat_template, sampling })
     }
 }
 

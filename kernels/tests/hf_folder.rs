@@ -66,7 +66,11 @@ fn write_hf_folder(dir: &std::path::Path) -> Model {
         "chat_template": gguf.chat_template.clone().unwrap(),
     });
     std::fs::write(dir.join("tokenizer_config.json"), tok_cfg.to_string()).unwrap();
-    std::fs::write(dir.join("generation_config.json"), r#"{"bos_token_id": 1, "eos_token_id": [2]}"#).unwrap();
+    std::fs::write(
+        dir.join("generation_config.json"),
+        r#"{"bos_token_id": 1, "eos_token_id": [2], "temperature": 0.2, "top_p": 0.9, "do_sample": true}"#,
+    )
+    .unwrap();
     gguf
 }
 
@@ -79,6 +83,9 @@ fn sharded_safetensors_folder_equals_the_gguf() {
     assert_eq!(hf.special.eos, vec![2]);
     assert_eq!(hf.special.bos, Some(1));
     assert_eq!(hf.chat_template, gguf.chat_template);
+    // generation_config.json's sampling; SmolLM2's GGUF carries no general.sampling.* keys.
+    assert_eq!(hf.sampling, kernels::SamplingHints { temperature: Some(0.2), top_p: Some(0.9), ..Default::default() });
+    assert_eq!(gguf.sampling, kernels::SamplingHints::default());
     let text = "The capital of France is";
     let ids = hf.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
     assert_eq!(ids, gguf.tokenizer.encode(text, false).unwrap().get_ids().to_vec());

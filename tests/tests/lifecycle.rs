@@ -191,3 +191,28 @@ fn the_edge_answers_in_the_openai_shape() {
     });
     assert!(saw_retry.contains("\r\nretry-after: 1"), "a 503 with Retry-After: {saw_retry}");
 }
+
+/// A request that leaves sampling unset gets the server's defaults (`make serve` gives SmolLM2 its model card's
+/// temperature 0.2 and top_p 0.9), shown on `/v1/models`: seed for seed, it is sampled exactly as a request that
+/// sets those values, and a field the request sets wins.
+#[test]
+fn unset_sampling_fields_take_the_served_defaults() {
+    let s =
+        start(args(&["--kv-cache-mb", "256", "--sampling-defaults", r#"{"temperature": 0.2, "top_p": 0.9}"#]), true);
+    let (_, models) = s.get("/v1/models");
+    assert_eq!(models["data"][0]["sampling_defaults"], json!({"temperature": 0.2f32, "top_p": 0.9f32}), "{models}");
+    let answer = |extra: serde_json::Value| {
+        let mut body = json!({"messages": user("What is the capital of France?"), "max_tokens": 24});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (st, v) = s.post("/v1/chat/completions", &body);
+        assert_eq!(st, 200, "{v}");
+        v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+    };
+    let mut differs = 0;
+    for seed in 0..4 {
+        let unset = answer(json!({"seed": seed}));
+        assert_eq!(unset, answer(json!({"seed": seed, "temperature": 0.2, "top_p": 0.9})), "seed {seed}");
+        differs += usize::from(unset != answer(json!({"seed": seed, "temperature": 1.5, "top_p": 1.0})));
+    }
+    assert!(differs > 0, "the request's own values win");
+}

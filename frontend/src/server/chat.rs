@@ -340,7 +340,7 @@ fn message_json(ready: &Ready, m: &Message, i: usize, tools_in_template: bool) -
 pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_request(body)?;
     check_model(&ready, req.common.model.as_deref())?;
-    let params = req.common.params(ready.vocab_size)?;
+    let params = req.common.params(ready.vocab_size, &ready.sampling_defaults)?;
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (true, k) => Some(top_logprobs(k, "top_logprobs")?),
         (false, Some(k)) if k > 0 => {
@@ -577,7 +577,7 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
     if req.best_of.is_some_and(|b| b != 1 && Some(b) != req.common.n) {
         return Err(ApiError::invalid("best_of", "best_of is not supported (use n)"));
     }
-    let params = req.common.params(ready.vocab_size)?;
+    let params = req.common.params(ready.vocab_size, &ready.sampling_defaults)?;
     let logprobs = match req.logprobs {
         None => None,
         Some(k) => Some(top_logprobs(Some(k), "logprobs")?),

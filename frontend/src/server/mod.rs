@@ -5,6 +5,7 @@
 //! the socket is bound: `/health` answers 503 until it is ready, and so does every model route.
 
 mod chat;
+pub mod defaults;
 mod edge;
 pub mod error;
 mod listen;
@@ -88,6 +89,11 @@ pub struct ServeArgs {
     /// SGLang's --constrained-json-whitespace-pattern (default `( |\n[ \t]{0,20})?`; "" for compact JSON).
     #[arg(long, value_parser = json_whitespace)]
     pub json_whitespace: Option<String>,
+    /// What a request that leaves a sampling field unset gets: `model` (the model's recommendation, from GGUF
+    /// `general.sampling.*` or generation_config.json; OpenAI's where it has none), `openai` (temperature 1), or a
+    /// JSON object of values over the model's, e.g. '{"temperature": 0.2, "top_p": 0.9}'.
+    #[arg(long, default_value = "model")]
+    pub sampling_defaults: defaults::DefaultsSource,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -110,6 +116,7 @@ pub struct Ready {
     pub vocab_size: usize,
     pub created: u64,
     pub grammar_timeout: std::time::Duration,
+    pub sampling_defaults: defaults::SamplingDefaults,
 }
 
 pub struct AppState {
@@ -231,6 +238,8 @@ fn load(args: &ServeArgs) -> anyhow::Result<Ready> {
     let opts = args.device.options()?;
     let model = load_model(&args.model, opts)?;
     let template = chat_template(&model)?;
+    let sampling_defaults = defaults::SamplingDefaults::resolve(&args.sampling_defaults, &model.sampling)?;
+    tracing::info!("sampling defaults for fields a request leaves unset: {}", sampling_defaults.describe());
     let template_source = model.chat_template.clone().unwrap_or_default();
     let model_id = args.served_model_name.clone().unwrap_or_else(|| model.name.clone());
     let slots = match args.max_total_tokens {
@@ -270,6 +279,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<Ready> {
         vocab_size,
         created: now_secs(),
         grammar_timeout: std::time::Duration::from_secs(args.grammar_timeout_s.max(1)),
+        sampling_defaults,
     })
 }
 

@@ -25,6 +25,7 @@ fn model_card(ready: &Ready) -> Value {
         "root": ready.model_id,
         "parent": null,
         "max_model_len": ready.max_model_len,
+        "sampling_defaults": ready.sampling_defaults,
     })
 }
 
@@ -139,7 +140,7 @@ pub async fn generate(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiErr
         seed: sp.seed,
         ..Default::default()
     };
-    let mut params = common.params(ready.vocab_size).map_err(|mut e| {
+    let mut params = common.params(ready.vocab_size, &ready.sampling_defaults).map_err(|mut e| {
         e.param = e.param.map(|p| format!("sampling_params.{p}"));
         e
     })?;

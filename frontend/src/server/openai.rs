@@ -7,6 +7,7 @@ use runtime::{MaxTokens, SamplingParams, StopParams, MAX_TOP_LOGPROBS};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::defaults::SamplingDefaults;
 use super::error::ApiError;
 
 /// `stop`: one string or a list.
@@ -70,9 +71,11 @@ pub const DEFAULT_MAX_TOKENS: usize = 1024;
 pub const MAX_N: usize = 64;
 
 impl CommonParams {
-    /// Checks ranges and builds engine parameters; `vocab` bounds `logit_bias` keys and `stop_token_ids`.
-    pub fn params(&self, vocab: usize) -> Result<Params, ApiError> {
+    /// Checks ranges and builds engine parameters; `vocab` bounds `logit_bias` keys and `stop_token_ids`, and
+    /// fields left unset take `defaults`.
+    pub fn params(&self, vocab: usize, defaults: &SamplingDefaults) -> Result<Params, ApiError> {
         let mut sampling = SamplingParams::default();
+        defaults.apply(&mut sampling);
         if let Some(t) = self.temperature {
             if !t.is_finite() || t < 0.0 {
                 return Err(ApiError::invalid("temperature", format!("temperature must be >= 0, got {t}")));
