@@ -10,6 +10,8 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
+from pydantic_tools import ORDER_PROMPT, Order
+
 
 @tool
 def get_weather(city: str) -> str:
@@ -38,6 +40,14 @@ def main(base_url: str, api_key: str) -> None:
     for method in ["json_schema", "function_calling"]:
         out = llm.with_structured_output(City, method=method).invoke("Describe Paris: its name and its country.")
         assert isinstance(out, City), (method, out)
+
+    # Nested Pydantic models ($defs/$ref in the schema) as a tool and as structured output through a function call.
+    sampled = llm.bind(temperature=0.7, seed=1, max_tokens=300)
+    r = sampled.bind_tools([Order], tool_choice="Order").invoke(ORDER_PROMPT)
+    assert r.tool_calls and r.tool_calls[0]["name"] == "Order", r
+    Order.model_validate(r.tool_calls[0]["args"])
+    out = llm.with_structured_output(Order, method="function_calling").invoke(ORDER_PROMPT)
+    assert isinstance(out, Order), out
     print("langchain smoke: all passed")
 
 

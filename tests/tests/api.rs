@@ -324,6 +324,11 @@ fn tools_with_pydantic_schemas_defs_refs_recursion_and_strict() {
         let named = json!({"type": "function", "function": {"name": name}});
         let v = s.chat(json!({"messages": user(prompt), "tools": all, "tool_choice": named, "max_tokens": 300, "temperature": 0.7, "seed": 1}));
         check_calls(&v, Some(name));
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"].as_array().unwrap().len(),
+            1,
+            "a named function is called once"
+        );
     }
     let v = s.chat(json!({"messages": user(prompts[0].1), "tools": all, "tool_choice": "required", "max_tokens": 300, "temperature": 0.7, "seed": 2}));
     check_calls(&v, None);

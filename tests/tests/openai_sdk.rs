@@ -1,5 +1,5 @@
-//! The official `openai` Python SDK and LangChain's `ChatOpenAI` (installed in the project venv by `make test`)
-//! against the real server.
+//! The official `openai` Python SDK, LangChain's `ChatOpenAI` and instructor (installed in the project venv by
+//! `make test`) against the real server.
 
 mod common;
 
@@ -24,4 +24,9 @@ fn the_openai_python_sdk_works_unchanged() {
 #[test]
 fn langchain_chat_openai_works_unchanged() {
     run_smoke("langchain_smoke.py");
+}
+
+#[test]
+fn instructor_tools_mode_works_unchanged() {
+    run_smoke("instructor_smoke.py");
 }

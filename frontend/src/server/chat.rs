@@ -373,7 +373,7 @@ pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> 
     let tools = req.tools.as_deref().unwrap_or_default();
     match &mode {
         ToolMode::Off => {}
-        ToolMode::Auto | ToolMode::Required(_) => {
+        ToolMode::Auto | ToolMode::Required | ToolMode::Named(_) => {
             if !constraints.is_empty() {
                 return Err(ApiError::bad_request(
                     "tools with tool_choice auto/required cannot be combined with response_format, regex or json_schema",

@@ -229,8 +229,11 @@ pub enum ToolMode {
     Off,
     /// The model may answer or call.
     Auto,
-    /// The model must call one of these functions.
-    Required(Vec<String>),
+    /// The model must call one or more of the functions (`"required"`).
+    Required,
+    /// The model must call this function, once (a named `tool_choice`, as vLLM and SGLang read it: structured
+    /// output through a function call wants one answer, and a small model otherwise repeats the call).
+    Named(String),
 }
 
 /// Checks `tools` and `tool_choice` and decides the mode.
@@ -259,7 +262,6 @@ pub fn tool_mode(tools: Option<&[Tool]>, choice: Option<&ToolChoice>) -> Result<
             }
         }
     }
-    let names: Vec<String> = tools.iter().map(|t| t.function.name.clone()).collect();
     match choice {
         None if tools.is_empty() => Ok(ToolMode::Off),
         None => Ok(ToolMode::Auto),
@@ -269,33 +271,34 @@ pub fn tool_mode(tools: Option<&[Tool]>, choice: Option<&ToolChoice>) -> Result<
                 Err(ApiError::invalid("tool_choice", format!("tool_choice \"{m}\" needs a non-empty `tools` list")))
             }
             "auto" => Ok(ToolMode::Auto),
-            "required" => Ok(ToolMode::Required(names)),
+            "required" => Ok(ToolMode::Required),
             _ => Err(ApiError::invalid("tool_choice", format!("unknown tool_choice {m:?} (none, auto, required)"))),
         },
         Some(ToolChoice::Named { kind, function }) => {
             if kind != "function" {
                 return Err(ApiError::invalid("tool_choice.type", "tool_choice.type must be \"function\""));
             }
-            if !names.contains(&function.name) {
+            if !tools.iter().any(|t| t.function.name == function.name) {
                 return Err(ApiError::invalid(
                     "tool_choice.function.name",
                     format!("tool_choice names {:?}, which is not in `tools`", function.name),
                 ));
             }
-            Ok(ToolMode::Required(vec![function.name.clone()]))
+            Ok(ToolMode::Named(function.name.clone()))
         }
     }
 }
 
 /// The grammar constraint of `mode` (none when tools are off): calls to the allowed functions in any of
-/// `format`'s answer forms, and free text beside them with `auto`.
+/// `format`'s answer forms (one call for a named function, up to [`MAX_PARALLEL_CALLS`] with `parallel`), and free
+/// text beside them with `auto`.
 pub fn constraint(format: ToolFormat, tools: &[Tool], mode: &ToolMode, parallel: bool) -> Option<Constraint> {
     let functions = tools
         .iter()
         .filter(|t| match mode {
             ToolMode::Off => false,
-            ToolMode::Auto => true,
-            ToolMode::Required(names) => names.contains(&t.function.name),
+            ToolMode::Auto | ToolMode::Required => true,
+            ToolMode::Named(name) => &t.function.name == name,
         })
         .map(|t| ToolFunction {
             name: t.function.name.clone(),
@@ -308,7 +311,7 @@ pub fn constraint(format: ToolFormat, tools: &[Tool], mode: &ToolMode, parallel:
     Some(Constraint::ToolCalls(ToolCalls {
         functions,
         syntaxes: format.answer_forms().into_iter().map(ToolFormat::syntax).collect(),
-        max_calls: if parallel { MAX_PARALLEL_CALLS } else { 1 },
+        max_calls: if parallel && !matches!(mode, ToolMode::Named(_)) { MAX_PARALLEL_CALLS } else { 1 },
         allow_text: *mode == ToolMode::Auto,
     }))
 }
@@ -368,7 +371,7 @@ mod tests {
         assert!(tool_mode(Some(&tools), Some(&choice(json!({"type": "function", "function": {"name": "g"}})))).is_err());
         assert_eq!(
             tool_mode(Some(&tools), Some(&choice(json!({"type": "function", "function": {"name": "f"}})))).unwrap(),
-            ToolMode::Required(vec!["f".into()])
+            ToolMode::Named("f".into())
         );
     }
 }
