@@ -485,6 +485,11 @@ fn models_health_metrics_native_routes_and_openapi() {
     ] {
         assert!(spec["paths"].get(p).is_some(), "{p} not described");
     }
+    // The loaded model's limits, derived from the served model (SmolLM2: 49152 tokens, 8192 context).
+    let common = &spec["components"]["schemas"]["CommonParams"]["properties"];
+    let (_, models) = s.get("/v1/models");
+    assert_eq!(common["max_tokens"]["maximum"], models["data"][0]["max_model_len"].as_u64().unwrap() - 1);
+    assert_eq!(spec["components"]["schemas"]["DetokenizeRequest"]["properties"]["tokens"]["items"]["maximum"], 49151);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use runtime::SamplingParams;
 use serde::{Deserialize, Serialize};
 
 /// Values for the sampling fields a request leaves unset; `None`: OpenAI's default.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingDefaults {
     #[serde(skip_serializing_if = "Option::is_none")]

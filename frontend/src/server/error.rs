@@ -1,6 +1,8 @@
 //! Every error the server answers, in OpenAI's shape, from one mapping.
 
 use warp::http::StatusCode;
+
+use super::api::{ErrorBody, ErrorDetail};
 use warp::reply::Response;
 use warp::Reply;
 
@@ -79,13 +81,15 @@ impl ApiError {
     }
 
     /// The JSON body (also sent inside an SSE stream when a stream fails midway).
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind,
+                param: self.param.clone(),
+                code: self.code,
+            },
+        }
     }
 
     pub fn into_response(self) -> Response {

@@ -41,7 +41,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown:
             },
             () = &mut shutdown => break,
         };
-        let svc = TowerToHyperService::new(warp::service(super::routes(state.clone())));
+        let svc = TowerToHyperService::new(warp::service(super::routes::routes(state.clone())));
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());

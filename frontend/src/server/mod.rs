@@ -4,13 +4,18 @@
 //! 405, 401 and 413, goes through the one error mapping in [`error`]. The model loads in the background after
 //! the socket is bound: `/health` answers 503 until it is ready, and so does every model route.
 
+pub mod api;
 mod chat;
+mod completions;
 pub mod defaults;
 mod edge;
 pub mod error;
+mod generation;
 mod listen;
 mod native;
-pub mod openai;
+pub mod openapi;
+mod prompt;
+mod routes;
 mod sse;
 pub mod tools;
 
@@ -20,18 +25,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use bytes::Bytes;
-use futures_util::StreamExt;
 use grammar::{GrammarCache, Limits, TokenSpace, Vocabulary};
 use runtime::{EngineHandle, ModelExecutor, Policy, SchedulerConfig};
 use tokenizers::Tokenizer;
-use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
-use warp::{Filter, Reply};
+use warp::Reply;
 
 use crate::chat_template::ChatTemplate;
 use crate::load::{chat_template, load_model, DeviceArgs};
-use error::ApiError;
 use tools::ToolFormat;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -283,151 +284,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<Ready> {
     })
 }
 
-/// Every route, as one filter: (method, path, headers, body) to [`handle`].
-fn routes(
-    state: Arc<AppState>,
-) -> impl warp::Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
-    warp::any()
-        .and(warp::method())
-        .and(warp::path::full())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .then(move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
-            let st = state.clone();
-            async move { handle(st, method, path.as_str().to_string(), headers, body).await }
-        })
-}
-
-/// Reads the body, up to the limit.
-async fn read_body<S, B>(mut body: S, limit: usize) -> Result<Bytes, ApiError>
-where
-    S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
-    B: warp::Buf,
-{
-    let mut out = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
-        if out.len() + chunk.remaining() > limit {
-            // Read (a bounded amount of) the rest, so the client gets the 413 rather than a broken pipe.
-            let mut seen = out.len() + chunk.remaining();
-            while let Some(Ok(c)) = body.next().await {
-                seen += c.remaining();
-                if seen > limit.saturating_mul(8).max(64 << 20) {
-                    break;
-                }
-            }
-            return Err(ApiError::too_large(limit));
-        }
-        while chunk.has_remaining() {
-            let c = chunk.chunk();
-            out.extend_from_slice(c);
-            let n = c.len();
-            chunk.advance(n);
-        }
-    }
-    Ok(Bytes::from(out))
-}
-
-/// Routes whose body is a JSON request (checked for its media type).
-const JSON_BODY_ROUTES: &[&str] = &["chat", "completions", "generate", "tokenize", "detokenize"];
-
-/// The route table: (method, path) to a handler name.
-fn route_name(method: &Method, path: &str) -> Result<&'static str, ApiError> {
-    let p = path.trim_end_matches('/');
-    let (allowed, name): (&[Method], &'static str) = match p {
-        "/v1/chat/completions" => (&[Method::POST], "chat"),
-        "/v1/completions" => (&[Method::POST], "completions"),
-        "/v1/models" => (&[Method::GET], "models"),
-        "/health" => (&[Method::GET], "health"),
-        "/metrics" => (&[Method::GET], "metrics"),
-        "/generate" => (&[Method::POST], "generate"),
-        "/flush_cache" => (&[Method::POST, Method::GET], "flush_cache"),
-        "/tokenize" => (&[Method::POST], "tokenize"),
-        "/detokenize" => (&[Method::POST], "detokenize"),
-        "/openapi.json" => (&[Method::GET], "openapi"),
-        _ if p.starts_with("/v1/models/") => (&[Method::GET], "model"),
-        _ => return Err(ApiError::not_found(format!("no route {path}"))),
-    };
-    if allowed.contains(method) {
-        Ok(name)
-    } else {
-        Err(ApiError::method_not_allowed(method.as_str(), path))
-    }
-}
-
-async fn handle<S, B>(state: Arc<AppState>, method: Method, path: String, headers: HeaderMap, body: S) -> Response
-where
-    S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
-    B: warp::Buf,
-{
-    let checked = edge::check_header_size(&headers)
-        .and_then(|()| state.allowed_hosts.check(&headers))
-        .and_then(|()| route_name(&method, &path));
-    let (label, resp) = match checked {
-        Err(e) => ("unknown", e.into_response()),
-        Ok(name) => (name, dispatch(&state, name, &path, &headers, body).await.unwrap_or_else(|e| e.into_response())),
-    };
-    let status = resp.status().as_u16().to_string();
-    state.http_requests.with_label_values(&[label, &status]).inc();
-    if resp.status() == StatusCode::INTERNAL_SERVER_ERROR {
-        tracing::warn!("{method} {path} -> {status}");
-    }
-    resp
-}
-
-async fn dispatch<S, B>(
-    state: &Arc<AppState>,
-    name: &'static str,
-    path: &str,
-    headers: &HeaderMap,
-    body: S,
-) -> Result<Response, ApiError>
-where
-    S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
-    B: warp::Buf,
-{
-    match name {
-        "health" => {
-            return Ok(match (state.ready.get(), state.load_error.get()) {
-                (Some(_), _) => warp::reply::json(&serde_json::json!({"status": "ok"})).into_response(),
-                (None, Some(e)) => ApiError::unavailable(format!("the model failed to load: {e}")).into_response(),
-                (None, None) => ApiError::unavailable("the model is loading").into_response(),
-            })
-        }
-        "metrics" => {
-            let mut text = state.ready.get().map(|r| r.engine.metrics().render()).unwrap_or_default();
-            let mut buf = Vec::new();
-            let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &state.registry.gather(), &mut buf);
-            text.push_str(&String::from_utf8_lossy(&buf));
-            return Ok(warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response());
-        }
-        "openapi" => return Ok(warp::reply::json(&native::openapi()).into_response()),
-        _ => {}
-    }
-    edge::check_api_key(state.api_key.as_deref(), headers)?;
-    if JSON_BODY_ROUTES.contains(&name) {
-        edge::check_json_body(headers)?;
-    }
-    let body = read_body(body, state.max_body).await?;
-    let ready = match (state.ready.get(), state.load_error.get()) {
-        (Some(r), _) => r.clone(),
-        (None, Some(e)) => return Err(ApiError::unavailable(format!("the model failed to load: {e}"))),
-        (None, None) => return Err(ApiError::unavailable("the model is loading; retry when /health answers 200")),
-    };
-    match name {
-        "chat" => chat::chat(ready, &body).await,
-        "completions" => chat::completions(ready, &body).await,
-        "models" => Ok(native::models(&ready)),
-        "model" => native::model(&ready, path.trim_end_matches('/').trim_start_matches("/v1/models/")),
-        "generate" => native::generate(ready, &body).await,
-        "flush_cache" => native::flush_cache(&ready),
-        "tokenize" => native::tokenize(&ready, &body),
-        "detokenize" => native::detokenize(&ready, &body),
-        _ => Err(ApiError::internal(format!("unrouted handler {name}"))),
-    }
-}
-
-/// A JSON reply with a status.
-pub(crate) fn json_reply(v: &serde_json::Value, status: StatusCode) -> Response {
-    warp::reply::with_status(warp::reply::json(v), status).into_response()
+/// A JSON reply, 200.
+pub(crate) fn json_ok<T: serde::Serialize>(body: &T) -> Response {
+    warp::reply::json(body).into_response()
 }

@@ -7,11 +7,13 @@
 
 use std::convert::Infallible;
 
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use runtime::{Event, RequestStream};
 use serde::Serialize;
 use warp::reply::Response;
 use warp::Reply;
+
+use super::error::ApiError;
 
 /// Where a streaming route writes its events.
 pub(crate) struct Sse(tokio::sync::mpsc::Sender<Result<warp::sse::Event, Infallible>>);
@@ -49,11 +51,59 @@ where
 }
 
 /// Several requests' event streams merged into one, each event tagged with its stream's index.
-pub(crate) fn merged(streams: Vec<RequestStream>) -> impl Stream<Item = (usize, Event)> {
+fn merged(streams: Vec<RequestStream>) -> impl Stream<Item = (usize, Event)> {
     stream::select_all(
         streams
             .into_iter()
             .enumerate()
             .map(|(i, s)| Box::pin(stream::unfold(s, move |mut s| async move { s.recv().await.map(|e| ((i, e), s)) }))),
     )
+}
+
+/// A streaming route's side of the one stream loop ([`stream_events`]).
+pub(crate) trait EventStream: Send + 'static {
+    type Chunk: Serialize + Send + Sync + 'static;
+    /// Chunks that go out at once.
+    fn first(&mut self) -> Vec<Self::Chunk>;
+    /// The chunks for one engine event of stream `i`; an `Err` (a generation that failed) ends the stream with
+    /// its error body.
+    fn on_event(&mut self, i: usize, event: Event) -> Result<Vec<Self::Chunk>, ApiError>;
+    /// The chunks after every stream has finished.
+    fn last(self) -> Vec<Self::Chunk>;
+}
+
+/// The stream loop every streaming route runs: `state`'s first chunks; then each engine event of `streams`
+/// (merged, tagged with its stream's index) as the chunks `state` makes of it; once every stream has finished,
+/// its last chunks; then `[DONE]`. The client leaving cancels everything at once (see [`sse_response`]).
+pub(crate) fn stream_events<S: EventStream>(streams: Vec<RequestStream>, mut state: S) -> Response {
+    sse_response(move |tx| async move {
+        for chunk in &state.first() {
+            if !tx.send(chunk).await {
+                return;
+            }
+        }
+        let mut events = Box::pin(merged(streams));
+        while let Some((i, event)) = events.next().await {
+            match state.on_event(i, event) {
+                Ok(chunks) => {
+                    for chunk in &chunks {
+                        if !tx.send(chunk).await {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tx.send(&e.body()).await;
+                    tx.done().await;
+                    return;
+                }
+            }
+        }
+        for chunk in &state.last() {
+            if !tx.send(chunk).await {
+                return;
+            }
+        }
+        tx.done().await;
+    })
 }

@@ -20,8 +20,8 @@ mod stream;
 use grammar::{CallSyntax, Constraint, ToolCalls, ToolFunction};
 use serde_json::{json, Value};
 
+use super::api::chat::{Tool, ToolChoice};
 use super::error::ApiError;
-use super::openai::{Tool, ToolChoice};
 pub use stream::CallScan;
 
 /// How a model writes tool calls: each call is `{"name": <name>, "<arguments_key>": {...}}`, wrapped in the

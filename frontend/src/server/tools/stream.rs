@@ -2,8 +2,7 @@
 //! written and then its arguments in fragments as they are generated (concatenated, exactly the arguments string
 //! of the whole answer).
 
-use serde_json::{json, Value};
-
+use crate::server::api::chat::ToolCallDelta;
 use crate::server::random_id;
 
 /// Reads tool calls out of the output as it grows, so a stream sends each call's id and name as soon as they are
@@ -23,13 +22,12 @@ pub struct CallScan {
 
 impl CallScan {
     /// Tool-call delta entries for what `text` (the whole output so far) adds since the last call.
-    pub fn advance(&mut self, text: &str) -> Vec<Value> {
+    pub fn advance(&mut self, text: &str) -> Vec<ToolCallDelta> {
         let mut out = Vec::new();
         loop {
             if !self.in_args {
                 let Some((name, args_at)) = call_head(&text[self.pos..]) else { return out };
-                out.push(json!({"index": self.calls, "id": random_id("call_"), "type": "function",
-                                "function": {"name": name, "arguments": ""}}));
+                out.push(ToolCallDelta::open(self.calls, random_id("call_"), name));
                 self.pos += args_at;
                 self.in_args = true;
                 self.depth = 0;
@@ -62,7 +60,7 @@ impl CallScan {
                 }
             }
             if end > 0 {
-                out.push(json!({"index": self.calls, "function": {"arguments": &rest[..end]}}));
+                out.push(ToolCallDelta::arguments(self.calls, rest[..end].to_string()));
             }
             self.pos += end;
             if !closed {
@@ -108,14 +106,14 @@ mod tests {
                 cut += 1;
             }
             for d in scan.advance(&text[..cut]) {
-                let k = d["index"].as_u64().unwrap() as usize;
-                if let Some(n) = d["function"]["name"].as_str() {
+                let k = d.index;
+                if let Some(n) = d.function.name {
                     assert_eq!(k, names.len(), "a call opens with its name");
-                    assert!(d["id"].is_string());
-                    names.push(n.to_string());
+                    assert!(d.id.is_some());
+                    names.push(n);
                     args.push(String::new());
                 }
-                args[k].push_str(d["function"]["arguments"].as_str().unwrap());
+                args[k].push_str(&d.function.arguments);
             }
         }
         (names, args)

@@ -1,31 +1,33 @@
-//! OpenAI request shapes (lenient: unknown fields are ignored, `null` means absent) and their validation into the
-//! engine's parameters.
+//! Fields shared by chat and text completions (OpenAI's, and the extras harnesses send), and their reading into
+//! the engine's parameters. Ranges and what fits the context are the engine's to check
+//! ([`runtime::EngineHandle::validate`]); this reads forms (token ids within the vocabulary, `n`, `stop`).
 
 use std::collections::HashMap;
 
 use runtime::{MaxTokens, SamplingParams, StopParams, MAX_TOP_LOGPROBS};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::defaults::SamplingDefaults;
-use super::error::ApiError;
+use crate::server::defaults::SamplingDefaults;
+use crate::server::error::ApiError;
 
 /// `stop`: one string or a list.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum StopField {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: Option<bool>,
 }
 
 /// Fields shared by chat and text completions (OpenAI's plus the extras harnesses send).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct CommonParams {
     pub model: Option<String>,
     pub max_tokens: Option<i64>,
@@ -48,6 +50,7 @@ pub struct CommonParams {
     pub min_tokens: Option<i64>,
     pub ignore_eos: Option<bool>,
     pub regex: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub json_schema: Option<Value>,
     pub stop_token_ids: Option<Vec<u32>>,
     pub skip_special_tokens: Option<bool>,
@@ -185,172 +188,4 @@ pub fn top_logprobs(k: Option<i64>, param: &str) -> Result<usize, ApiError> {
         }
         Some(k) => Ok(k as usize),
     }
-}
-
-/// Message content: a string or a list of parts.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ContentPart {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub text: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct FunctionCallIn {
-    pub name: String,
-    /// A JSON string (OpenAI) or, leniently, an object.
-    pub arguments: Value,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ToolCallIn {
-    pub id: Option<String>,
-    pub function: FunctionCallIn,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: Option<Content>,
-    pub name: Option<String>,
-    pub tool_calls: Option<Vec<ToolCallIn>>,
-    pub tool_call_id: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct FunctionDef {
-    pub name: String,
-    pub description: Option<String>,
-    pub parameters: Option<Value>,
-    pub strict: Option<bool>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Tool {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub function: FunctionDef,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct NamedFunction {
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum ToolChoice {
-    Mode(String),
-    Named {
-        #[serde(rename = "type")]
-        kind: String,
-        function: NamedFunction,
-    },
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct JsonSchemaFormat {
-    pub name: Option<String>,
-    pub schema: Option<Value>,
-    pub strict: Option<bool>,
-    pub description: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ResponseFormat {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub json_schema: Option<JsonSchemaFormat>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatRequest {
-    pub messages: Vec<Message>,
-    /// Filled from the same body by [`parse_request`] (serde's `flatten` would lose the field paths in errors).
-    #[serde(skip)]
-    pub common: CommonParams,
-    pub logprobs: Option<bool>,
-    pub top_logprobs: Option<i64>,
-    pub response_format: Option<ResponseFormat>,
-    pub tools: Option<Vec<Tool>>,
-    pub tool_choice: Option<ToolChoice>,
-    pub parallel_tool_calls: Option<bool>,
-}
-
-/// `prompt` of a text completion: a string, strings, token ids, or lists of token ids.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum PromptField {
-    Text(String),
-    Texts(Vec<String>),
-    Ids(Vec<u32>),
-    IdLists(Vec<Vec<u32>>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct CompletionRequest {
-    pub prompt: PromptField,
-    #[serde(skip)]
-    pub common: CommonParams,
-    pub echo: Option<bool>,
-    pub logprobs: Option<i64>,
-    pub suffix: Option<String>,
-    pub best_of: Option<i64>,
-}
-
-/// Parses a JSON body, naming the offending field in the error.
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    from_value(&json_object(body)?)
-}
-
-/// A request with the common sampling fields: both read from the same body.
-pub trait WithCommon: serde::de::DeserializeOwned {
-    fn set_common(&mut self, c: CommonParams);
-}
-
-impl WithCommon for ChatRequest {
-    fn set_common(&mut self, c: CommonParams) {
-        self.common = c;
-    }
-}
-
-impl WithCommon for CompletionRequest {
-    fn set_common(&mut self, c: CommonParams) {
-        self.common = c;
-    }
-}
-
-pub fn parse_request<T: WithCommon>(body: &[u8]) -> Result<T, ApiError> {
-    let v = json_object(body)?;
-    let mut req: T = from_value(&v)?;
-    req.set_common(from_value(&v)?);
-    Ok(req)
-}
-
-fn json_object(body: &[u8]) -> Result<Value, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
-    }
-    Ok(value)
-}
-
-fn from_value<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        if path == "." {
-            ApiError::bad_request(inner)
-        } else {
-            ApiError::invalid(path.clone(), format!("{path}: {inner}"))
-        }
-    })
 }
