@@ -34,6 +34,8 @@ generate: build
 test: build
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	@# The scheduler's unit tests build without libtorch: runtime's own tree (no `model` feature) holds no tch.
+	@! $(CARGO) tree -p runtime -e normal,build,dev | grep -E "torch-sys|tch v" || (echo "runtime pulls in tch without --features model" && false)
 	RADIXSERVE_MODEL=$(CURDIR)/$(MODEL) $(CARGO) test --release --workspace
 
 lint: setup

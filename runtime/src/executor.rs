@@ -1,47 +1,82 @@
-//! What the scheduler runs a step on: the model and its KV pool, behind a trait so the scheduler's bookkeeping
-//! can also be unit-tested against a scripted executor.
+//! What the scheduler runs a step on: the model and its KV pool, behind a trait over plain types (no tensors), so
+//! the scheduler's bookkeeping is unit-tested against a scripted executor without libtorch
+//! (`cargo test -p runtime --lib`), while [`ModelExecutor`] (feature `model`, on in the workspace through the
+//! frontend) runs the real thing.
 
-use kernels::{KvPool, LlamaModel, LogitsFor, SeqInput};
+/// One sequence of a step: the K/V slots of its tokens so far, the new tokens, where their K/V goes.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqStep<'a> {
+    /// Slots holding the K/V of the tokens before `tokens`, in order.
+    pub context_slots: &'a [u32],
+    /// The new tokens; at least one.
+    pub tokens: &'a [u32],
+    /// Where each new token's K/V goes; as long as `tokens`, disjoint from every context in the batch.
+    pub new_slots: &'a [u32],
+    /// Whether the step returns the logits after the last new token (the sequence's prompt is then computed).
+    pub wants_logits: bool,
+}
 
-/// One forward step over a batch of sequences (see [`kernels::llama`] for the batch rules).
+/// One forward step over a batch of sequences.
 pub trait Executor: Send + 'static {
     /// KV slots in the pool (ids `0..num_slots`).
     fn num_slots(&self) -> usize;
     /// The model's context length.
     fn max_positions(&self) -> usize;
-    /// Runs the batch; returns one host row of logits per sequence whose `logits` is [`LogitsFor::Last`], in
-    /// batch order.
-    fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, String>;
+    /// Runs the batch; returns one host row of logits per sequence that [`SeqStep::wants_logits`], in batch order.
+    fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, String>;
 }
 
-/// The real thing: a Llama-family model and its paged KV pool.
-pub struct ModelExecutor {
-    model: LlamaModel,
-    kv: KvPool,
-}
+#[cfg(feature = "model")]
+pub use model::ModelExecutor;
 
-impl ModelExecutor {
-    pub fn new(model: LlamaModel, num_slots: usize) -> kernels::Result<Self> {
-        let kv = model.new_kv_pool(num_slots)?;
-        Ok(Self { model, kv })
-    }
-}
+#[cfg(feature = "model")]
+mod model {
+    use kernels::{KvPool, LlamaModel, LogitsFor, SeqInput};
 
-impl Executor for ModelExecutor {
-    fn num_slots(&self) -> usize {
-        self.kv.num_slots()
+    use super::{Executor, SeqStep};
+
+    /// The real thing: a Llama-family model and its paged KV pool (see `kernels::llama` for the batch rules).
+    pub struct ModelExecutor {
+        model: LlamaModel,
+        kv: KvPool,
     }
 
-    fn max_positions(&self) -> usize {
-        self.model.max_positions()
+    impl ModelExecutor {
+        pub fn new(model: LlamaModel, num_slots: usize) -> kernels::Result<Self> {
+            let kv = model.new_kv_pool(num_slots)?;
+            Ok(Self { model, kv })
+        }
     }
 
-    fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, String> {
-        debug_assert!(batch.iter().all(|s| s.logits != LogitsFor::All), "the scheduler asks for last rows only");
-        let out = self.model.forward(&mut self.kv, batch).map_err(|e| e.to_string())?;
-        let host = out.tensor.to_device(kernels::Device::Cpu).to_kind(kernels::Kind::Float);
-        let flat = Vec::<f32>::try_from(host.flatten(0, -1)).map_err(|e| format!("reading logits: {e}"))?;
-        let vocab = if out.rows.iter().any(|r| !r.is_empty()) { host.size()[1] as usize } else { 0 };
-        Ok(out.rows.iter().filter(|r| !r.is_empty()).map(|r| flat[r.start * vocab..r.end * vocab].to_vec()).collect())
+    impl Executor for ModelExecutor {
+        fn num_slots(&self) -> usize {
+            self.kv.num_slots()
+        }
+
+        fn max_positions(&self) -> usize {
+            self.model.max_positions()
+        }
+
+        fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, String> {
+            let inputs: Vec<SeqInput<'_>> = batch
+                .iter()
+                .map(|s| SeqInput {
+                    context_slots: s.context_slots,
+                    tokens: s.tokens,
+                    new_slots: s.new_slots,
+                    logits: if s.wants_logits { LogitsFor::Last } else { LogitsFor::None },
+                })
+                .collect();
+            let out = self.model.forward(&mut self.kv, &inputs).map_err(|e| e.to_string())?;
+            let host = out.tensor.to_device(kernels::Device::Cpu).to_kind(kernels::Kind::Float);
+            let flat = Vec::<f32>::try_from(host.flatten(0, -1)).map_err(|e| format!("reading logits: {e}"))?;
+            let vocab = if out.rows.iter().any(|r| !r.is_empty()) { host.size()[1] as usize } else { 0 };
+            Ok(out
+                .rows
+                .iter()
+                .filter(|r| !r.is_empty())
+                .map(|r| flat[r.start * vocab..r.end * vocab].to_vec())
+                .collect())
+        }
     }
 }

@@ -20,7 +20,9 @@ pub use engine::{
     start, EngineHandle, EngineStats, Event, FinishReason, Finished, Output, RequestStream, SubmitError, TokenInfo,
     ValidRequest,
 };
-pub use executor::{Executor, ModelExecutor};
+#[cfg(feature = "model")]
+pub use executor::ModelExecutor;
+pub use executor::{Executor, SeqStep};
 pub use metrics::Metrics;
 pub use params::{ErrorCode, MaxTokens, Request, SamplingParams, StopParams, ValidationError, MAX_TOP_LOGPROBS};
 pub use scheduler::{Policy, Scheduler, SchedulerConfig, SchedulerStats};

@@ -26,12 +26,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use grammar::{Matcher, TokenBitset};
-use kernels::{LogitsFor, SeqInput};
 use radix_cache::{Namespace, NodeHandle, RadixCache, SlotAllocator, SlotId};
 use tokenizers::Tokenizer;
 
 use crate::engine::{Event, FinishReason, Finished, TokenInfo};
-use crate::executor::Executor;
+use crate::executor::{Executor, SeqStep};
 use crate::metrics::Metrics;
 use crate::params::Request;
 use crate::sampler::{self, SamplerState};
@@ -495,16 +494,16 @@ impl<E: Executor> Scheduler<E> {
         self.metrics.batch_size.observe(plan.len() as f64);
         self.metrics.step_tokens.observe(tokens as f64);
         let result = {
-            let inputs: Vec<SeqInput<'_>> = plan
+            let inputs: Vec<SeqStep<'_>> = plan
                 .iter()
                 .map(|p| {
                     let s = &self.running[p.seq];
                     let start = s.slots.len();
-                    SeqInput {
+                    SeqStep {
                         context_slots: &s.slots,
                         tokens: &s.tokens[start..start + p.n],
                         new_slots: &p.new_slots,
-                        logits: if start + p.n == s.tokens.len() { LogitsFor::Last } else { LogitsFor::None },
+                        wants_logits: start + p.n == s.tokens.len(),
                     }
                 })
                 .collect();
@@ -799,7 +798,7 @@ mod tests {
         fn max_positions(&self) -> usize {
             4096
         }
-        fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Vec<Vec<f32>>, String> {
+        fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, String> {
             let mut written = HashSet::new();
             let context: HashSet<u32> = batch.iter().flat_map(|s| s.context_slots.iter().copied()).collect();
             let mut rows = Vec::new();
@@ -817,7 +816,7 @@ mod tests {
                     h = mix(h, t);
                     self.kv[slot as usize] = Some((s.context_slots.len() + j, h));
                 }
-                if s.logits == LogitsFor::Last {
+                if s.wants_logits {
                     let mut row = vec![0.0f32; V];
                     row[(h % V as u64) as usize] = 1.0;
                     rows.push(row);
