@@ -3,6 +3,7 @@
 use regex_syntax::hir::Hir;
 use serde_json::Value;
 
+use super::cx::{memo, Cx};
 use super::ir::{admits, intersect, Array, Node, Object};
 use super::pattern::{string_contents, StringPattern};
 use super::{unsupported, Options};
@@ -50,9 +51,9 @@ fn list(item: R, sep: R) -> R {
 
 /// Any JSON value nested at most `depth` levels: the language of [`crate::constraint::json_value_regex`], with
 /// each level written once.
-fn any_value(depth: u32, ws: &R) -> Result<R> {
-    let string = parsed(crate::JSON_STRING)?;
-    let mut value = alt(vec![string.clone(), parsed(crate::JSON_NUMBER)?, parsed("true|false|null")?]);
+fn any_value(cx: &Cx, depth: u32, ws: &R) -> Result<R> {
+    let string = parsed(cx, crate::JSON_STRING)?;
+    let mut value = alt(vec![string.clone(), parsed(cx, crate::JSON_NUMBER)?, parsed(cx, "true|false|null")?]);
     let sep = cat(vec![ws.clone(), lit(","), ws.clone()]);
     let colon = cat(vec![ws.clone(), lit(":"), ws.clone()]);
     let scalars = value.clone();
@@ -65,53 +66,20 @@ fn any_value(depth: u32, ws: &R) -> Result<R> {
     Ok(value)
 }
 
-thread_local! {
-    /// Parsed regexes of up to 4 KB, across schemas (the last 512).
-    static PARSED: std::cell::RefCell<std::collections::HashMap<String, R>> = Default::default();
-    /// Larger ones (undeclared-key regexes of big objects), for the schema being compiled only: see
-    /// [`forget_large`].
-    static PARSED_LARGE: std::cell::RefCell<std::collections::HashMap<String, R>> = Default::default();
-    /// Undeclared keys of the objects met so far in the schema being compiled, by their declared names (a
-    /// `$ref`'d object is written at every use): see [`forget_large`].
-    static KEYS_EXCEPT: std::cell::RefCell<std::collections::HashMap<Vec<String>, R>> = Default::default();
+/// `re` parsed, once per schema: schemas repeat the same number, integer and undeclared-key regexes (a `$ref`'d
+/// object is written at every use). A hit is the same shared piece, which the NFA compiler then copies instead
+/// of compiling again.
+fn parsed(cx: &Cx, re: &str) -> Result<R> {
+    memo(&cx.parsed, &re.to_string(), || {
+        let hir = crate::grammar::parse(re, &format!("internal regex {re:?}"))?;
+        Ok(R { rx: Rx::hir(hir), size: re.len() })
+    })
 }
 
-/// `re` parsed; kept per thread, since schemas repeat the same number, integer and undeclared-key regexes (a
-/// `$ref`'d object is written at every use). A hit is the same shared piece, which the NFA compiler then copies
-/// instead of compiling again.
-fn parsed(re: &str) -> Result<R> {
-    let cache = if re.len() <= 4096 { &PARSED } else { &PARSED_LARGE };
-    if let Some(r) = cache.with(|m| m.borrow().get(re).cloned()) {
-        return Ok(r);
-    }
-    let hir = crate::grammar::parse(re, &format!("internal regex {re:?}"))?;
-    let r = R { rx: Rx::hir(hir), size: re.len() };
-    cache.with(|m| {
-        let mut m = m.borrow_mut();
-        if m.len() >= 512 {
-            m.clear();
-        }
-        m.insert(re.to_string(), r.clone());
-    });
-    Ok(r)
-}
-
-/// Drops this thread's large parsed regexes (kept only while one schema compiles, so a thread that compiled a
-/// big schema does not hold its pieces).
-pub(crate) fn forget_large() {
-    PARSED_LARGE.with(|m| *m.borrow_mut() = Default::default());
-    KEYS_EXCEPT.with(|m| *m.borrow_mut() = Default::default());
-}
-
-/// A key (quoted) that is none of `names`, kept per schema like [`parsed`]'s large regexes.
-fn undeclared_key(names: &[&str]) -> Result<R> {
+/// A key (quoted) that is none of `names`, once per schema like [`parsed`]'s regexes.
+fn undeclared_key(cx: &Cx, names: &[&str]) -> Result<R> {
     let id: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    if let Some(r) = KEYS_EXCEPT.with(|m| m.borrow().get(&id).cloned()) {
-        return Ok(r);
-    }
-    let r = cat(vec![lit("\""), key_except(names.iter().copied())?, lit("\"")]);
-    KEYS_EXCEPT.with(|m| m.borrow_mut().insert(id, r.clone()));
-    Ok(r)
+    memo(&cx.keys_except, &id, || Ok(cat(vec![lit("\""), key_except(cx, names.iter().copied())?, lit("\"")])))
 }
 
 fn of(hir: Hir) -> R {
@@ -136,7 +104,8 @@ fn weight(h: &Hir) -> usize {
     }
 }
 
-pub(crate) struct Emitter {
+pub(crate) struct Emitter<'a> {
+    cx: &'a Cx,
     any: R,
     ws: R,
     /// `ws , ws`
@@ -153,30 +122,16 @@ pub(crate) struct Emitter {
 /// key has exactly one spelling and can be told apart from the declared ones.
 const KEY_UNIT: &str = r#"(?:[^"\\\x00-\x1F]|\\["\\bfnrt])"#;
 
-impl Emitter {
-    pub fn new(opts: &Options) -> Result<Self> {
-        // Built once per (depth, whitespace) for all threads: the free JSON value is shared by every schema.
-        type Values = std::collections::HashMap<(u32, String), (R, R)>;
-        static FREE_VALUES: std::sync::Mutex<Option<Values>> = std::sync::Mutex::new(None);
-        let key = (opts.any_depth, opts.whitespace.clone());
-        let hit = FREE_VALUES.lock().ok().and_then(|m| m.as_ref().and_then(|m| m.get(&key).cloned()));
-        let (any, ws) = match hit {
-            Some(p) => p,
-            None => {
-                let ws = parsed(&opts.whitespace)?;
-                let p = (any_value(opts.any_depth, &ws)?, ws);
-                if let Ok(mut m) = FREE_VALUES.lock() {
-                    let m = m.get_or_insert_with(Default::default);
-                    if m.len() < 64 {
-                        m.insert(key, p.clone());
-                    }
-                }
-                p
-            }
-        };
+impl<'a> Emitter<'a> {
+    pub fn new(opts: &Options, cx: &'a Cx) -> Result<Self> {
+        // The free JSON value, once per (depth, whitespace) across this schema's attempts.
+        let (any, ws) = memo(&cx.free_values, &(opts.any_depth, opts.whitespace.clone()), || {
+            let ws = parsed(cx, &opts.whitespace)?;
+            Ok((any_value(cx, opts.any_depth, &ws)?, ws))
+        })?;
         let sep = cat(vec![ws.clone(), lit(","), ws.clone()]);
         let colon = cat(vec![ws.clone(), lit(":"), ws.clone()]);
-        Ok(Self { any, ws, sep, colon, strict: opts.strict_properties, free_order: true })
+        Ok(Self { cx, any, ws, sep, colon, strict: opts.strict_properties, free_order: true })
     }
 
     /// The regex for the values `n` admits; `None` when it admits none.
@@ -186,12 +141,12 @@ impl Emitter {
             Node::Never => return Ok(None),
             Node::Null => lit("null"),
             Node::Bool => alt(vec![lit("true"), lit("false")]),
-            Node::Int { lo, hi } => parsed(&crate::numeric::integer_regex(*lo, *hi))?,
+            Node::Int { lo, hi } => parsed(self.cx, &crate::numeric::integer_regex(*lo, *hi))?,
             Node::Num { lo, hi, decimals } => match number(*lo, *hi, *decimals)? {
-                Some(re) => parsed(&re)?,
+                Some(re) => parsed(self.cx, &re)?,
                 None => return Ok(None),
             },
-            Node::Str(s) => match string_contents(s.min, s.max, s.pattern.as_deref(), s.format.as_deref())? {
+            Node::Str(s) => match string_contents(self.cx, s.min, s.max, s.pattern.as_deref(), s.format.as_deref())? {
                 Some(c) => cat(vec![lit("\""), of(c), lit("\"")]),
                 None => return Ok(None),
             },
@@ -396,14 +351,14 @@ impl Emitter {
         }
         for r in &o.required {
             if !props.iter().any(|(k, _)| k == r) {
-                props.push((r.clone(), o.schema_for(r)?));
+                props.push((r.clone(), o.schema_for(self.cx, r)?));
             }
         }
         let mut members: Vec<(R, bool)> = Vec::new();
         for (k, n) in &props {
             let required = o.required.contains(k);
             let name_ok = match &o.names {
-                Some(names) => admits(names, &Value::String(k.clone()))?,
+                Some(names) => admits(self.cx, names, &Value::String(k.clone()))?,
                 None => true,
             };
             let value = if name_ok { self.emit(n)? } else { None };
@@ -434,17 +389,17 @@ impl Emitter {
                 // A declared key matching the pattern could be written twice; the last value must still hold
                 // for the declared schema, so the pattern's schema must imply it.
                 for (k, d) in &o.props {
-                    if StringPattern::new(p)?.is_match(k) && intersect(d.clone(), n.clone())? != *n {
+                    if StringPattern::new(self.cx, p)?.is_match(k) && intersect(self.cx, d.clone(), n.clone())? != *n {
                         return Err(unsupported("patternProperties", &format!("matching the declared {k:?}")));
                     }
                 }
-                if let (Some(v), Some(key)) = (self.emit(n)?, StringPattern::new(p)?.contents(0, None)?) {
+                if let (Some(v), Some(key)) = (self.emit(n)?, StringPattern::new(self.cx, p)?.contents(0, None)?) {
                     extras.push(cat(vec![lit("\""), of(key), lit("\""), self.colon.clone(), v]));
                 }
             }
         } else if let Some(add) = &additional {
             let key = match &o.names {
-                None => Some(undeclared_key(&props.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())?),
+                None => Some(undeclared_key(self.cx, &props.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())?),
                 Some(names) if props.is_empty() => self.emit(names)?,
                 Some(_) => return Err(unsupported("propertyNames", "beside properties and additionalProperties")),
             };
@@ -570,8 +525,8 @@ impl Emitter {
     fn with_patterns(&self, o: &Object, k: &str, n: Node) -> Result<Node> {
         let mut n = n;
         for (p, pn) in &o.patterns {
-            if StringPattern::new(p)?.is_match(k) {
-                n = intersect(n, pn.clone())?;
+            if StringPattern::new(self.cx, p)?.is_match(k) {
+                n = intersect(self.cx, n, pn.clone())?;
             }
         }
         Ok(n)
@@ -583,7 +538,7 @@ impl Emitter {
             return Ok(*n != Node::Never);
         }
         for (p, n) in &o.patterns {
-            if *n != Node::Never && StringPattern::new(p)?.is_match(k) {
+            if *n != Node::Never && StringPattern::new(self.cx, p)?.is_match(k) {
                 return Ok(true);
             }
         }
@@ -611,7 +566,7 @@ impl Emitter {
         Ok(match (a, b) {
             (Node::Consts(vs), b) => {
                 for v in vs {
-                    if admits(b, v)? {
+                    if admits(self.cx, b, v)? {
                         return Ok(false);
                     }
                 }
@@ -619,7 +574,7 @@ impl Emitter {
             }
             (a, Node::Consts(vs)) => {
                 for v in vs {
-                    if admits(a, v)? {
+                    if admits(self.cx, a, v)? {
                         return Ok(false);
                     }
                 }
@@ -667,8 +622,8 @@ impl Emitter {
                     }
                 }
                 for k in &x.required {
-                    let yk = y.schema_for(k)?;
-                    if yk == Node::Never || self.excludes(&x.schema_for(k)?, &yk)? {
+                    let yk = y.schema_for(self.cx, k)?;
+                    if yk == Node::Never || self.excludes(&x.schema_for(self.cx, k)?, &yk)? {
                         return Ok(true);
                     }
                 }
@@ -779,7 +734,7 @@ fn key_literal(k: &str) -> R {
 /// Contents of any key except the given names (keys in the one spelling `KEY_UNIT` allows), built as a tree
 /// over the names' trie: at each node, the end (when no name ends there), a character no name continues with
 /// and then any key units, or a name's next character and on down.
-fn key_except<'k>(names: impl Iterator<Item = &'k str>) -> Result<R> {
+fn key_except<'k>(cx: &Cx, names: impl Iterator<Item = &'k str>) -> Result<R> {
     use regex_syntax::hir::{ClassUnicode, ClassUnicodeRange};
     #[derive(Default)]
     struct Trie {
@@ -815,7 +770,7 @@ fn key_except<'k>(names: impl Iterator<Item = &'k str>) -> Result<R> {
         }
         node.end = true;
     }
-    let units = parsed(&format!("{KEY_UNIT}*"))?;
+    let units = parsed(cx, &format!("{KEY_UNIT}*"))?;
     if root.kids.is_empty() && !root.end {
         return Ok(units);
     }

@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
+use super::cx::Cx;
 use super::pattern::StringPattern;
 use super::{unsupported, Options};
 use crate::error::{Error, Result};
@@ -150,16 +151,16 @@ pub(crate) struct Object {
 
 impl Object {
     /// The schema a value under `key` must satisfy (Never: the key may not appear).
-    pub fn schema_for(&self, key: &str) -> Result<Node> {
+    pub fn schema_for(&self, cx: &Cx, key: &str) -> Result<Node> {
         if let Some((_, n)) = self.props.iter().find(|(k, _)| k == key) {
             return Ok(n.clone());
         }
         let mut node: Option<Node> = None;
         for (p, n) in &self.patterns {
-            if StringPattern::new(p)?.is_match(key) {
+            if StringPattern::new(cx, p)?.is_match(key) {
                 node = Some(match node {
                     None => n.clone(),
-                    Some(m) => intersect(m, n.clone())?,
+                    Some(m) => intersect(cx, m, n.clone())?,
                 });
             }
         }
@@ -192,6 +193,8 @@ fn any_of(mut alts: Vec<Node>) -> Node {
 pub(crate) struct Builder<'a> {
     root: &'a Value,
     opts: &'a Options,
+    /// The compile's budget and shared pieces.
+    cx: &'a Cx,
     /// The `$ref`s being expanded, outermost first.
     refs: Vec<String>,
     /// Nodes built so far (a guard against exponential unrolling).
@@ -209,32 +212,9 @@ type Context = Vec<(String, usize)>;
 /// Most nodes one schema may expand to.
 const MAX_NODES: usize = 200_000;
 
-thread_local! {
-    /// When the trees being built on this thread must be done (see [`set_deadline`]).
-    static DEADLINE: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
-}
-
-/// An error once the tree being built is past its time budget.
-fn in_budget() -> Result<()> {
-    match DEADLINE.with(|d| d.get()) {
-        Some(d) if std::time::Instant::now() > d => Err(Error::too_large(
-            "json schema: its allOf/not/if/$ref combinations take too long to expand (Options::build_budget)",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Starts (with its length) or ends this thread's time budget for building one schema's trees. Without one, a
-/// tree takes as long as it takes ([`Builder::node`] still bounds the subschemas read). `Options::build_budget`
-/// exists because `allOf`, `not` and `if` copy the other side into each alternative they distribute over: one
-/// MaskBench schema (JsonSchemaStore's semgrep) took 23 s and 4 GB per attempt without it.
-pub(crate) fn set_deadline(budget: Option<std::time::Duration>) {
-    DEADLINE.with(|d| d.set(budget.map(|b| std::time::Instant::now() + b)));
-}
-
 impl<'a> Builder<'a> {
-    pub fn new(root: &'a Value, opts: &'a Options) -> Self {
-        Self { root, opts, refs: Vec::new(), built: 0, expanded: HashMap::new(), reach: HashMap::new() }
+    pub fn new(root: &'a Value, opts: &'a Options, cx: &'a Cx) -> Self {
+        Self { root, opts, cx, refs: Vec::new(), built: 0, expanded: HashMap::new(), reach: HashMap::new() }
     }
 
     pub fn node(&mut self, v: &Value) -> Result<Node> {
@@ -242,7 +222,7 @@ impl<'a> Builder<'a> {
         if self.built > MAX_NODES {
             return Err(Error::too_large(format!("json schema expands past {MAX_NODES} subschemas")));
         }
-        in_budget()?;
+        self.cx.in_budget()?;
         let o = match v {
             Value::Bool(true) => return Ok(Node::Any),
             Value::Bool(false) => return Ok(Node::Never),
@@ -268,17 +248,17 @@ impl<'a> Builder<'a> {
         let mut node = self.typed(o)?;
         if let Some(not) = o.get("not") {
             let n = self.negate(not)?;
-            node = intersect(node, n)?;
+            node = intersect(self.cx, node, n)?;
         }
         if let Some(r) = o.get("$ref") {
             let r = r.as_str().ok_or_else(|| Error::syntax("$ref must be a string"))?;
             let target = self.referenced(r)?;
-            node = intersect(node, target)?;
+            node = intersect(self.cx, node, target)?;
         }
         if let Some(all) = o.get("allOf") {
             for s in array_of(all, "allOf")? {
                 let n = self.node(s)?;
-                node = intersect(node, n)?;
+                node = intersect(self.cx, node, n)?;
             }
         }
         for (k, one) in [("anyOf", false), ("oneOf", true)] {
@@ -289,15 +269,15 @@ impl<'a> Builder<'a> {
                 }
                 let nodes = alts.iter().map(|s| self.node(s)).collect::<Result<Vec<_>>>()?;
                 let n = if one { Node::OneOf(nodes) } else { Node::AnyOf(nodes) };
-                node = intersect(node, n)?;
+                node = intersect(self.cx, node, n)?;
             }
         }
         if let Some(c) = o.get("const") {
-            node = intersect(Node::Consts(vec![c.clone()]), node)?;
+            node = intersect(self.cx, Node::Consts(vec![c.clone()]), node)?;
         }
         if let Some(e) = o.get("enum") {
             let values = e.as_array().ok_or_else(|| Error::syntax("json schema: enum must be an array"))?;
-            node = intersect(Node::Consts(values.clone()), node)?;
+            node = intersect(self.cx, Node::Consts(values.clone()), node)?;
         }
         // if/then/else: (if and then) or (not if and else).
         if let Some(cond) = o.get("if") {
@@ -311,8 +291,8 @@ impl<'a> Builder<'a> {
                 Some(e) => self.node(e)?,
                 None => Node::Any,
             };
-            let branches = vec![intersect(yes, then)?, intersect(no, other)?];
-            node = intersect(node, any_of(branches.into_iter().filter(|b| *b != Node::Never).collect()))?;
+            let branches = vec![intersect(self.cx, yes, then)?, intersect(self.cx, no, other)?];
+            node = intersect(self.cx, node, any_of(branches.into_iter().filter(|b| *b != Node::Never).collect()))?;
         }
         Ok(node)
     }
@@ -344,7 +324,7 @@ impl<'a> Builder<'a> {
                 let mut node = Node::Any;
                 for s in array_of(&o["anyOf"], "anyOf")? {
                     let n = self.negate(s)?;
-                    node = intersect(node, n)?;
+                    node = intersect(self.cx, node, n)?;
                 }
                 Ok(node)
             }
@@ -437,7 +417,7 @@ impl<'a> Builder<'a> {
             if self.built > MAX_NODES {
                 return Err(Error::too_large(format!("json schema expands past {MAX_NODES} subschemas")));
             }
-            in_budget()?;
+            self.cx.in_budget()?;
             return Ok(n.clone());
         }
         let target = resolve(self.root, r)?;
@@ -536,8 +516,8 @@ impl<'a> Builder<'a> {
             alts.push(match t {
                 "null" => Node::Null,
                 "boolean" => Node::Bool,
-                "integer" => number(o, true)?,
-                "number" => number(o, false)?,
+                "integer" => number(self.cx, o, true)?,
+                "number" => number(self.cx, o, false)?,
                 "string" => string(o)?,
                 "array" => self.array(o)?,
                 "object" => self.object(o)?,
@@ -584,7 +564,7 @@ impl<'a> Builder<'a> {
         if let Some(p) = o.get("patternProperties") {
             let p = p.as_object().ok_or_else(|| Error::syntax("json schema: patternProperties must be an object"))?;
             for (k, s) in p {
-                StringPattern::new(k)?;
+                StringPattern::new(self.cx, k)?;
                 let n = self.node(s)?;
                 obj.patterns.push((k.clone(), n));
             }
@@ -618,7 +598,7 @@ impl<'a> Builder<'a> {
             let Some(d) = o.get(k) else { continue };
             let d = d.as_object().ok_or_else(|| Error::syntax(format!("json schema: {k} must be an object")))?;
             for (trigger, dep) in d {
-                if matches!(obj.schema_for(trigger)?, Node::Never) {
+                if matches!(obj.schema_for(self.cx, trigger)?, Node::Never) {
                     continue; // the key can never appear
                 }
                 let implied = match dep {
@@ -647,7 +627,7 @@ impl<'a> Builder<'a> {
             for v in variants {
                 let Node::Object(base) = v else { continue };
                 if base.required.contains(&trigger) {
-                    next.push(intersect(Node::Object(base), implied.clone())?);
+                    next.push(intersect(self.cx, Node::Object(base), implied.clone())?);
                     continue;
                 }
                 let mut without = base.clone();
@@ -657,7 +637,7 @@ impl<'a> Builder<'a> {
                 }
                 let mut with = base;
                 with.required.insert(trigger.clone());
-                for n in [Node::Object(without), intersect(Node::Object(with), implied.clone())?] {
+                for n in [Node::Object(without), intersect(self.cx, Node::Object(with), implied.clone())?] {
                     if n != Node::Never {
                         next.push(n);
                     }
@@ -708,7 +688,7 @@ fn number_format_range(f: &str) -> Option<(i128, i128)> {
 }
 
 /// `integer` or `number` with bounds (draft 4 boolean and draft 6+ numeric exclusive bounds) and `multipleOf`.
-fn number(o: &Map<String, Value>, integer: bool) -> Result<Node> {
+fn number(cx: &Cx, o: &Map<String, Value>, integer: bool) -> Result<Node> {
     let flag = |k: &str| matches!(o.get(k), Some(Value::Bool(true)));
     let mut lo: Option<(f64, bool)> = num(o, "minimum")?.map(|m| (m, !flag("exclusiveMinimum")));
     if let Some(x) = num(o, "exclusiveMinimum")? {
@@ -752,7 +732,7 @@ fn number(o: &Map<String, Value>, integer: bool) -> Result<Node> {
     };
     let mut node = if integer { to_int(lo, hi)? } else { Node::Num { lo, hi, decimals } };
     if let (Some((a, b)), Node::Int { .. }) = (range, &node) {
-        node = intersect(node, Node::Int { lo: Some(a), hi: Some(b) })?;
+        node = intersect(cx, node, Node::Int { lo: Some(a), hi: Some(b) })?;
     }
     Ok(node)
 }
@@ -841,9 +821,9 @@ fn tighter_hi(a: Option<(f64, bool)>, b: Option<(f64, bool)>) -> Option<(f64, bo
 }
 
 /// Values admitted by both nodes (`allOf`).
-pub(crate) fn intersect(a: Node, b: Node) -> Result<Node> {
+pub(crate) fn intersect(cx: &Cx, a: Node, b: Node) -> Result<Node> {
     use Node::*;
-    in_budget()?;
+    cx.in_budget()?;
     Ok(match (a, b) {
         (Any, x) | (x, Any) => x,
         (Never, _) | (_, Never) => Never,
@@ -871,13 +851,13 @@ pub(crate) fn intersect(a: Node, b: Node) -> Result<Node> {
                 Null
             }
         }
-        (Except(xs), AnyOf(ys)) | (AnyOf(ys), Except(xs)) => distribute(ys, &Except(xs), false)?,
-        (Except(xs), OneOf(ys)) | (OneOf(ys), Except(xs)) => distribute(ys, &Except(xs), true)?,
+        (Except(xs), AnyOf(ys)) | (AnyOf(ys), Except(xs)) => distribute(cx, ys, &Except(xs), false)?,
+        (Except(xs), OneOf(ys)) | (OneOf(ys), Except(xs)) => distribute(cx, ys, &Except(xs), true)?,
         (Except(xs), x) | (x, Except(xs)) => {
             // A typed node whose values include none of the excluded ones is unchanged.
             let mut hit = false;
             for v in &xs {
-                if admits(&x, v)? {
+                if admits(cx, &x, v)? {
                     hit = true;
                 }
             }
@@ -889,7 +869,7 @@ pub(crate) fn intersect(a: Node, b: Node) -> Result<Node> {
         (Consts(vs), x) | (x, Consts(vs)) => {
             let mut kept = Vec::new();
             for v in vs {
-                if admits(&x, &v)? {
+                if admits(cx, &x, &v)? {
                     kept.push(v);
                 }
             }
@@ -899,8 +879,8 @@ pub(crate) fn intersect(a: Node, b: Node) -> Result<Node> {
                 Consts(kept)
             }
         }
-        (AnyOf(xs), y) | (y, AnyOf(xs)) => distribute(xs, &y, false)?,
-        (OneOf(xs), y) | (y, OneOf(xs)) => distribute(xs, &y, true)?,
+        (AnyOf(xs), y) | (y, AnyOf(xs)) => distribute(cx, xs, &y, false)?,
+        (OneOf(xs), y) | (y, OneOf(xs)) => distribute(cx, xs, &y, true)?,
         (Null, Null) => Null,
         (Bool, Bool) => Bool,
         (Int { lo: a, hi: b }, Int { lo: c, hi: d }) => int(max_opt(a, c), min_opt(b, d)),
@@ -930,27 +910,27 @@ pub(crate) fn intersect(a: Node, b: Node) -> Result<Node> {
             let at = |x: &self::Array, i: usize| x.prefix.get(i).cloned().unwrap_or_else(|| (*x.items).clone());
             let mut prefix = Vec::with_capacity(n);
             for i in 0..n {
-                prefix.push(intersect(at(&a, i), at(&b, i))?);
+                prefix.push(intersect(cx, at(&a, i), at(&b, i))?);
             }
             Array(self::Array {
                 prefix,
-                items: Box::new(intersect(*a.items, *b.items)?),
+                items: Box::new(intersect(cx, *a.items, *b.items)?),
                 min: a.min.max(b.min),
                 max: min_opt(a.max, b.max),
                 unique: a.unique || b.unique,
             })
         }
-        (Object(a), Object(b)) => merge_objects(a, b)?,
+        (Object(a), Object(b)) => merge_objects(cx, a, b)?,
         _ => Never,
     })
 }
 
 /// `xs` (alternatives of an `anyOf`, or of a `oneOf` when `one_of`) each intersected with `y`, the empty ones
 /// dropped.
-fn distribute(xs: Vec<Node>, y: &Node, one_of: bool) -> Result<Node> {
+fn distribute(cx: &Cx, xs: Vec<Node>, y: &Node, one_of: bool) -> Result<Node> {
     let mut out = Vec::new();
     for x in xs {
-        match intersect(x, y.clone())? {
+        match intersect(cx, x, y.clone())? {
             Node::Never => {}
             n => out.push(n),
         }
@@ -970,7 +950,7 @@ fn int(lo: Option<i128>, hi: Option<i128>) -> Node {
     }
 }
 
-fn merge_objects(a: Object, b: Object) -> Result<Node> {
+fn merge_objects(cx: &Cx, a: Object, b: Object) -> Result<Node> {
     if !a.patterns.is_empty() && !b.patterns.is_empty() {
         return Err(unsupported("patternProperties", "on both sides of an allOf"));
     }
@@ -979,7 +959,7 @@ fn merge_objects(a: Object, b: Object) -> Result<Node> {
         if props.iter().any(|(p, _)| p == k) {
             continue;
         }
-        props.push((k.clone(), intersect(a.schema_for(k)?, b.schema_for(k)?)?));
+        props.push((k.clone(), intersect(cx, a.schema_for(cx, k)?, b.schema_for(cx, k)?)?));
     }
     // Keys matching one side's patterns must also satisfy the other side's rule for undeclared keys.
     let (patterns, other_additional) = if a.patterns.is_empty() {
@@ -989,21 +969,22 @@ fn merge_objects(a: Object, b: Object) -> Result<Node> {
     };
     let patterns = match other_additional {
         None => patterns,
-        Some(extra) => {
-            patterns.into_iter().map(|(p, n)| Ok((p, intersect(n, (*extra).clone())?))).collect::<Result<Vec<_>>>()?
-        }
+        Some(extra) => patterns
+            .into_iter()
+            .map(|(p, n)| Ok((p, intersect(cx, n, (*extra).clone())?)))
+            .collect::<Result<Vec<_>>>()?,
     };
     // `Some(Any)` and `None` admit the same; `None` keeps strict mode's reading of an unspecified schema.
     let additional = match (a.additional, b.additional) {
         (None, None) => None,
         (Some(x), None) | (None, Some(x)) if *x == Node::Any => None,
         (Some(x), None) | (None, Some(x)) => Some(x),
-        (Some(x), Some(y)) => Some(Box::new(intersect(*x, *y)?)),
+        (Some(x), Some(y)) => Some(Box::new(intersect(cx, *x, *y)?)),
     };
     let names = match (a.names, b.names) {
         (None, None) => None,
         (Some(x), None) | (None, Some(x)) => Some(x),
-        (Some(x), Some(y)) => Some(Box::new(intersect(*x, *y)?)),
+        (Some(x), Some(y)) => Some(Box::new(intersect(cx, *x, *y)?)),
     };
     let mut required = a.required;
     required.extend(b.required);
@@ -1019,7 +1000,7 @@ fn merge_objects(a: Object, b: Object) -> Result<Node> {
 }
 
 /// Whether `node` admits the JSON value `v`.
-pub(crate) fn admits(node: &Node, v: &Value) -> Result<bool> {
+pub(crate) fn admits(cx: &Cx, node: &Node, v: &Value) -> Result<bool> {
     Ok(match node {
         Node::Any => true,
         Node::Never => false,
@@ -1046,11 +1027,11 @@ pub(crate) fn admits(node: &Node, v: &Value) -> Result<bool> {
                 n >= s.min
                     && s.max.is_none_or(|m| n <= m)
                     && match &s.pattern {
-                        Some(p) => StringPattern::new(p)?.is_match(text),
+                        Some(p) => StringPattern::new(cx, p)?.is_match(text),
                         None => true,
                     }
                     && match &s.format {
-                        Some(f) => super::pattern::format_matches(f, text)?,
+                        Some(f) => super::pattern::format_matches(cx, f, text)?,
                         None => true,
                     }
             }
@@ -1067,7 +1048,7 @@ pub(crate) fn admits(node: &Node, v: &Value) -> Result<bool> {
                 }
                 for (i, x) in items.iter().enumerate() {
                     let s = a.prefix.get(i).unwrap_or(&a.items);
-                    if !admits(s, x)? {
+                    if !admits(cx, s, x)? {
                         return Ok(false);
                     }
                 }
@@ -1086,11 +1067,11 @@ pub(crate) fn admits(node: &Node, v: &Value) -> Result<bool> {
                 }
                 for (k, x) in m {
                     if let Some(names) = &o.names {
-                        if !admits(names, &Value::String(k.clone()))? {
+                        if !admits(cx, names, &Value::String(k.clone()))? {
                             return Ok(false);
                         }
                     }
-                    if !admits(&o.schema_for(k)?, x)? {
+                    if !admits(cx, &o.schema_for(cx, k)?, x)? {
                         return Ok(false);
                     }
                 }
@@ -1102,7 +1083,7 @@ pub(crate) fn admits(node: &Node, v: &Value) -> Result<bool> {
         Node::Except(xs) => !xs.iter().any(|c| json_equal(c, v)),
         Node::AnyOf(xs) => {
             for x in xs {
-                if admits(x, v)? {
+                if admits(cx, x, v)? {
                     return Ok(true);
                 }
             }
@@ -1111,7 +1092,7 @@ pub(crate) fn admits(node: &Node, v: &Value) -> Result<bool> {
         Node::OneOf(xs) => {
             let mut hits = 0;
             for x in xs {
-                if admits(x, v)? {
+                if admits(cx, x, v)? {
                     hits += 1;
                 }
             }

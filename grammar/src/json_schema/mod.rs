@@ -20,6 +20,7 @@
 //! bare alternation, `date-time` without an offset): wrapping it could only refuse more schemas. Its leaf regexes
 //! and eager `Index` remain the baseline MaskBench compares against.
 
+mod cx;
 mod emit;
 mod ir;
 mod pattern;
@@ -106,17 +107,8 @@ pub fn schema_to_hir(schema: &Value, opts: &Options) -> Result<regex_syntax::hir
 /// The regex for `schema` with its shared pieces shared (what a [`crate::Grammar`] compiles; no regex text
 /// written and read again).
 pub fn schema_to_rx(schema: &Value, opts: &Options) -> Result<crate::Rx> {
-    // Building the trees has a time budget, and large parsed pieces are kept while this schema compiles, not
-    // after (however it ends).
-    struct Forget;
-    impl Drop for Forget {
-        fn drop(&mut self) {
-            emit::forget_large();
-            ir::set_deadline(None);
-        }
-    }
-    ir::set_deadline(Some(opts.build_budget));
-    let _forget = Forget;
+    // One context for every attempt: the time budget counts them all, and pieces parsed once serve them all.
+    let cx = cx::Cx::new(opts.build_budget);
     // Past the size limit, narrower readings are tried in turn, each a subset of the last (never accepting
     // more): the schema's own member order instead of any order, then recursion cut one level sooner each time
     // while the attempts stay quick (a schema that takes seconds to outgrow the limit takes gigabytes).
@@ -124,9 +116,9 @@ pub fn schema_to_rx(schema: &Value, opts: &Options) -> Result<crate::Rx> {
     let mut free_order = true;
     let started = std::time::Instant::now();
     loop {
-        let mut emitter = emit::Emitter::new(&opts)?;
+        let mut emitter = emit::Emitter::new(&opts, &cx)?;
         emitter.free_order = free_order;
-        match ir::Builder::new(schema, &opts).node(schema).and_then(|node| emitter.emit(&node)) {
+        match ir::Builder::new(schema, &opts, &cx).node(schema).and_then(|node| emitter.emit(&node)) {
             Err(e) if e.is_too_large() && !opts.strict_properties && free_order => free_order = false,
             Err(e) if e.is_too_large() && opts.max_ref_depth > 1 && started.elapsed() < RETRY_BUDGET => {
                 opts.max_ref_depth -= 1

@@ -2,12 +2,11 @@
 //! embedded between the quotes of a JSON string, plus their character-length bounds so `minLength`/`maxLength`
 //! can be combined with them.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use regex_syntax::hir::{Class, ClassUnicode, ClassUnicodeRange, Hir, HirKind, Look, Repetition};
 
+use super::cx::{memo, Cx};
 use super::unsupported;
 use crate::error::{Error, Result};
 
@@ -108,24 +107,10 @@ pub(crate) struct StringPattern {
     branches: Vec<(bool, Hir, bool)>,
 }
 
-thread_local! {
-    static PATTERNS: RefCell<HashMap<String, Arc<StringPattern>>> = RefCell::new(HashMap::new());
-}
-
 impl StringPattern {
-    pub fn new(p: &str) -> Result<Arc<Self>> {
-        if let Some(c) = PATTERNS.with(|m| m.borrow().get(p).cloned()) {
-            return Ok(c);
-        }
-        let compiled = Arc::new(Self::compile(p)?);
-        PATTERNS.with(|m| {
-            let mut m = m.borrow_mut();
-            if m.len() > 4096 {
-                m.clear();
-            }
-            m.insert(p.to_string(), compiled.clone());
-        });
-        Ok(compiled)
+    /// `p` compiled, once per schema.
+    pub fn new(cx: &Cx, p: &str) -> Result<Arc<Self>> {
+        memo(&cx.patterns, &p.to_string(), || Ok(Arc::new(Self::compile(p)?)))
     }
 
     fn compile(p: &str) -> Result<Self> {
@@ -516,29 +501,20 @@ pub(crate) fn format_is_checked(f: &str) -> Result<bool> {
     }
 }
 
-thread_local! {
-    static FORMATS: RefCell<HashMap<String, Arc<regex_automata::meta::Regex>>> = RefCell::new(HashMap::new());
-}
-
 /// Whether a decoded string is in a checked `format`.
-pub(crate) fn format_matches(f: &str, text: &str) -> Result<bool> {
+pub(crate) fn format_matches(cx: &Cx, f: &str, text: &str) -> Result<bool> {
     let Some(re) = format_regex(f) else { return Ok(true) };
-    let m = match FORMATS.with(|m| m.borrow().get(f).cloned()) {
-        Some(m) => m,
-        None => {
-            let m = Arc::new(
-                regex_automata::meta::Regex::new(&format!("^(?:{re})$"))
-                    .map_err(|e| Error::syntax(format!("format {f:?}: {e}")))?,
-            );
-            FORMATS.with(|c| c.borrow_mut().insert(f.to_string(), m.clone()));
-            m
-        }
-    };
+    let m = memo(&cx.format_matchers, &f.to_string(), || {
+        let m = regex_automata::meta::Regex::new(&format!("^(?:{re})$"))
+            .map_err(|e| Error::syntax(format!("format {f:?}: {e}")))?;
+        Ok(Arc::new(m))
+    })?;
     Ok(m.is_match(text))
 }
 
 /// The contents of a string with these keywords (JSON text between the quotes); `None` when no string fits.
 pub(crate) fn string_contents(
+    cx: &Cx,
     min: u64,
     max: Option<u64>,
     pattern: Option<&str>,
@@ -546,9 +522,9 @@ pub(crate) fn string_contents(
 ) -> Result<Option<Hir>> {
     match (pattern, format) {
         (Some(_), Some(_)) => Err(unsupported("pattern", "beside a checked format")),
-        (Some(p), None) => StringPattern::new(p)?.contents(min, max),
+        (Some(p), None) => StringPattern::new(cx, p)?.contents(min, max),
         (None, Some(f)) => {
-            let hir = format_hir(f)?;
+            let hir = format_hir(cx, f)?;
             let pieces = match hir.kind() {
                 HirKind::Concat(hs) => hs.iter().cloned().map(Piece::Hir).collect(),
                 _ => vec![Piece::Hir(hir)],
@@ -559,17 +535,10 @@ pub(crate) fn string_contents(
     }
 }
 
-thread_local! {
-    static FORMAT_HIRS: RefCell<HashMap<String, Hir>> = RefCell::new(HashMap::new());
-}
-
-/// A format's regex, parsed once per thread.
-fn format_hir(f: &str) -> Result<Hir> {
-    if let Some(h) = FORMAT_HIRS.with(|m| m.borrow().get(f).cloned()) {
-        return Ok(h);
-    }
-    let re = format_regex(f).ok_or_else(|| unsupported("format", &format!("{f:?}")))?;
-    let hir = regex_syntax::Parser::new().parse(&re).map_err(|e| Error::syntax(format!("format {f:?} regex: {e}")))?;
-    FORMAT_HIRS.with(|m| m.borrow_mut().insert(f.to_string(), hir.clone()));
-    Ok(hir)
+/// A format's regex, parsed once per schema.
+fn format_hir(cx: &Cx, f: &str) -> Result<Hir> {
+    memo(&cx.format_hirs, &f.to_string(), || {
+        let re = format_regex(f).ok_or_else(|| unsupported("format", &format!("{f:?}")))?;
+        regex_syntax::Parser::new().parse(&re).map_err(|e| Error::syntax(format!("format {f:?} regex: {e}")))
+    })
 }

@@ -15,11 +15,12 @@ fn err(schema: Value) -> String {
 fn check(schema: Value, ok: &[&str], bad: &[&str]) {
     let re = regex(&schema);
     let opts = Options::default();
-    let node = ir::Builder::new(&schema, &opts).node(&schema).unwrap();
+    let cx = super::cx::Cx::new(opts.build_budget);
+    let node = ir::Builder::new(&schema, &opts, &cx).node(&schema).unwrap();
     for t in ok {
         assert!(re.is_match(t), "{schema} should accept {t}");
         let v: Value = serde_json::from_str(t).unwrap();
-        assert!(ir::admits(&node, &v).unwrap(), "{schema}: node should admit {t}");
+        assert!(ir::admits(&cx, &node, &v).unwrap(), "{schema}: node should admit {t}");
     }
     for t in bad {
         assert!(!re.is_match(t), "{schema} should refuse {t}");
@@ -459,8 +460,9 @@ fn recursion_is_cut_sooner_when_the_regex_grows_too_large() {
         (0..24).map(|i| (format!("child_number_{i}"), json!({"$ref": "#"}))).collect();
     let schema = json!({"type": "object", "properties": props, "additionalProperties": false});
     let deep = Options { max_ref_depth: 3, ..Options::default() };
-    let mut emitter = emit::Emitter::new(&deep).unwrap();
-    let three = ir::Builder::new(&schema, &deep).node(&schema).and_then(|node| emitter.emit(&node));
+    let cx = super::cx::Cx::new(deep.build_budget);
+    let mut emitter = emit::Emitter::new(&deep, &cx).unwrap();
+    let three = ir::Builder::new(&schema, &deep, &cx).node(&schema).and_then(|node| emitter.emit(&node));
     assert!(three.is_err_and(|e| e.is_too_large()), "too large three levels deep");
     let re = schema_to_regex(&schema, r"[ ]?").unwrap();
     let re = regex_automata::meta::Builder::new()
