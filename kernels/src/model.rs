@@ -52,26 +52,30 @@ pub struct SamplingHints {
 }
 
 impl SamplingHints {
-    fn from_gguf(g: &GgufFile) -> Self {
-        let f = |k: &str| g.get(k).and_then(Value::as_f64).map(|v| v as f32);
+    /// From a lookup of numbers by key, given each field's key: temperature, top_p, top_k, min_p, repetition penalty.
+    fn read(num: impl Fn(&str) -> Option<f64>, keys: [&str; 5]) -> Self {
+        let f = |k: &str| num(k).map(|v| v as f32);
         Self {
-            temperature: f("general.sampling.temp"),
-            top_p: f("general.sampling.top_p"),
-            top_k: g.get("general.sampling.top_k").and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok()),
-            min_p: f("general.sampling.min_p"),
-            repetition_penalty: f("general.sampling.penalty_repeat"),
+            temperature: f(keys[0]),
+            top_p: f(keys[1]),
+            top_k: num(keys[2]).filter(|v| v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(v)).map(|v| v as u32),
+            min_p: f(keys[3]),
+            repetition_penalty: f(keys[4]),
         }
     }
 
+    /// GGUF's keys, as llama.cpp writes and reads them.
+    fn from_gguf(g: &GgufFile) -> Self {
+        let keys = ["temp", "top_p", "top_k", "min_p", "penalty_repeat"].map(|k| format!("general.sampling.{k}"));
+        Self::read(|k| g.get(k).and_then(Value::as_f64), keys.each_ref().map(String::as_str))
+    }
+
+    /// `generation_config.json`'s (transformers') names.
     fn from_generation_config(cfg: &Json) -> Self {
-        let f = |k: &str| cfg.get(k).and_then(Json::as_f64).map(|v| v as f32);
-        Self {
-            temperature: f("temperature"),
-            top_p: f("top_p"),
-            top_k: cfg.get("top_k").and_then(Json::as_u64).and_then(|v| u32::try_from(v).ok()),
-            min_p: f("min_p"),
-            repetition_penalty: f("repetition_penalty"),
-        }
+        Self::read(
+            |k| cfg.get(k).and_then(Json::as_f64),
+            ["temperature", "top_p", "top_k", "min_p", "repetition_penalty"],
+        )
     }
 }
 

@@ -540,6 +540,8 @@ fn errors_use_the_openai_shape_and_the_server_keeps_serving() {
     assert_eq!((st, v["error"]["param"].as_str()), (400, Some("max_tokens")), "{v}");
     let (st, v) = s.post("/generate", &json!({"text": "hi", "sampling_params": {"max_new_tokens": 100000}}));
     assert_eq!((st, v["error"]["param"].as_str()), (400, Some("sampling_params.max_new_tokens")), "{v}");
+    let (st, v) = s.post("/generate", &json!({"text": "word ".repeat(9000)}));
+    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("text")), "the prompt's field as given: {v}");
     let (st, v) =
         s.post_raw("/v1/chat/completions", &json!({"model": "gpt-4", "messages": user("hi")}).to_string(), Some(KEY));
     assert_eq!((st, v["error"]["code"].as_str()), (404, Some("model_not_found")));

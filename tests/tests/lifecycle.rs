@@ -200,7 +200,7 @@ fn unset_sampling_fields_take_the_served_defaults() {
     let s =
         start(args(&["--kv-cache-mb", "256", "--sampling-defaults", r#"{"temperature": 0.2, "top_p": 0.9}"#]), true);
     let (_, models) = s.get("/v1/models");
-    assert_eq!(models["data"][0]["sampling_defaults"], json!({"temperature": 0.2f32, "top_p": 0.9f32}), "{models}");
+    assert_eq!(models["data"][0]["sampling_defaults"], json!({"temperature": 0.2, "top_p": 0.9}), "{models}");
     let answer = |extra: serde_json::Value| {
         let mut body = json!({"messages": user("What is the capital of France?"), "max_tokens": 24});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());

@@ -248,7 +248,6 @@ fn load(args: &ServeArgs) -> anyhow::Result<Ready> {
         None => kernels::KvPool::slots_for_budget(model.net.config(), opts.kind, args.kv_cache_mb << 20),
     };
     anyhow::ensure!(slots >= 64, "the KV cache holds only {slots} tokens; give it more memory (--kv-cache-mb)");
-    let max_model_len = model.net.max_positions().min(slots);
     let tokenizer = Arc::new(model.tokenizer);
     let space = TokenSpace::new(Vocabulary::from_tokenizer(&tokenizer, &model.special.eos)?);
     let exec = ModelExecutor::new(model.net, slots)?;
@@ -267,6 +266,8 @@ fn load(args: &ServeArgs) -> anyhow::Result<Ready> {
     if let Some(ws) = &args.json_whitespace {
         grammars = grammars.with_json_whitespace(ws).context("--json-whitespace")?;
     }
+    // Tokens one request may hold: the model's context, or the KV pool if smaller (the engine's own limit).
+    let max_model_len = engine.context_len();
     Ok(Ready {
         engine,
         grammars: Arc::new(grammars),

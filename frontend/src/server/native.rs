@@ -102,8 +102,10 @@ pub async fn generate(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiErr
         seed: sp.seed,
         ..Default::default()
     };
+    // The prompt's field as the client gave it; every other field is one of `sampling_params`.
+    let prompt_param = if req.text.is_some() { "text" } else { "input_ids" };
     let in_sampling = |mut e: ApiError| {
-        if e.param.as_deref().is_some_and(|p| p != "input_ids") {
+        if e.param.as_deref().is_some_and(|p| p != prompt_param) {
             e.param = e.param.map(|p| format!("sampling_params.{p}"));
         }
         e
@@ -125,7 +127,7 @@ pub async fn generate(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiErr
     } else {
         None
     };
-    let mut valid = validate(&ready, prompt, &params, logprobs, "input_ids").map_err(in_sampling)?;
+    let mut valid = validate(&ready, prompt, &params, logprobs, prompt_param).map_err(in_sampling)?;
     if let Some((c, param)) = constraint {
         valid.set_grammar(Some(compile(&ready, c, param).await?));
     }
