@@ -468,6 +468,8 @@ impl<'a> Emitter<'a> {
         }
         // s: members i.. once something is written; f: members i.. when nothing is yet (None: must write).
         let (mut s, mut f, empty_ok) = match (&extra, counted) {
+            // At most none: no member form at all (the form below writes one member before counting the rest).
+            (Some(_), Some((lo, Some(0)))) => (lit(""), None, lo == 0),
             (Some(x), Some((lo, hi))) => {
                 let more =
                     rep(cat(vec![sep.clone(), x.clone()]), lo.saturating_sub(1), hi.map(|h| h.saturating_sub(1)));

@@ -478,3 +478,50 @@ fn recursion_is_cut_sooner_when_the_regex_grows_too_large() {
         assert!(!re.is_match(bad), "{bad}");
     }
 }
+
+/// Issue #20: an object with `maxProperties` (or `minProperties`, `propertyNames`, `additionalProperties: false`)
+/// and no declared `properties`, nested under a declared property, kept its members unbounded.
+#[test]
+fn count_and_name_bounds_of_an_undeclared_object_hold_when_nested() {
+    let nested = |inner: Value| json!({"type": "object", "properties": {"params": inner}});
+    check(
+        nested(json!({"type": "object", "maxProperties": 0})),
+        &[r#"{"params": {}}"#, "{}"],
+        &[r#"{"params": {"key": "value"}}"#],
+    );
+    check(
+        nested(json!({"type": "object", "maxProperties": 1})),
+        &[r#"{"params": {}}"#, r#"{"params": {"a": 1}}"#],
+        &[r#"{"params": {"a": 1, "b": 2}}"#],
+    );
+    check(nested(json!({"type": "object", "minProperties": 1})), &[r#"{"params": {"a": 1}}"#], &[r#"{"params": {}}"#]);
+    // No object has at least one member and at most none: `params` cannot be written.
+    check(
+        nested(json!({"type": "object", "minProperties": 1, "maxProperties": 0})),
+        &["{}"],
+        &[r#"{"params": {}}"#, r#"{"params": {"a": 1}}"#],
+    );
+    check(
+        nested(json!({"type": "object", "additionalProperties": false})),
+        &[r#"{"params": {}}"#],
+        &[r#"{"params": {"a": 1}}"#],
+    );
+    check(
+        nested(json!({"type": "object", "propertyNames": {"maxLength": 2}})),
+        &[r#"{"params": {"ab": 1}}"#],
+        &[r#"{"params": {"abc": 1}}"#],
+    );
+}
+
+/// The same shape for arrays: `maxItems: 0` (alone, beside `prefixItems`, nested) leaves only the empty array.
+#[test]
+fn max_items_zero_leaves_only_the_empty_array() {
+    let nested = |inner: Value| json!({"type": "object", "properties": {"xs": inner}});
+    check(nested(json!({"type": "array", "maxItems": 0})), &[r#"{"xs": []}"#], &[r#"{"xs": [1]}"#]);
+    check(
+        nested(json!({"type": "array", "prefixItems": [{"type": "integer"}], "maxItems": 0})),
+        &[r#"{"xs": []}"#],
+        &[r#"{"xs": [1]}"#],
+    );
+    check(json!({"type": "array", "items": {"type": "integer"}, "maxItems": 0}), &["[]"], &["[1]", "[1, 2]"]);
+}
