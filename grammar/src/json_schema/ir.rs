@@ -728,7 +728,8 @@ fn number(cx: &Cx, o: &Map<String, Value>, integer: bool) -> Result<Node> {
         }
         let l = lo.map(|(v, incl)| if incl { v.ceil() as i128 } else { v.floor() as i128 + 1 });
         let h = hi.map(|(v, incl)| if incl { v.floor() as i128 } else { v.ceil() as i128 - 1 });
-        Ok(Node::Int { lo: l, hi: h })
+        // An empty range is no value (`int`), not a regex of nothing that matches the empty output.
+        Ok(int(l, h))
     };
     let mut node = if integer { to_int(lo, hi)? } else { Node::Num { lo, hi, decimals } };
     if let (Some((a, b)), Node::Int { .. }) = (range, &node) {

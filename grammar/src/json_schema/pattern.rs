@@ -461,10 +461,13 @@ fn format_regex(f: &str) -> Option<String> {
         "date" => DATE.into(),
         "time" => TIME.into(),
         "uuid" => UUID.into(),
+        // Lengths a regex can bound without counting across dots, stricter than RFC 5321's 64-octet local part
+        // and 253-octet domain (validators check both): up to four atoms of 15 (63 at most) before the @, up to
+        // three labels before a TLD of at most 24 letters (the longest in use) after it (216 at most).
         "email" | "idn-email" => format!(
-            r"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~-]+)*@(?:{LABEL}\.)+[A-Za-z]{{2,63}}"
+            r"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~-]{{1,15}}(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~-]{{1,15}}){{0,3}}@(?:{LABEL}\.){{1,3}}[A-Za-z]{{2,24}}"
         ),
-        "hostname" | "idn-hostname" => format!(r"{LABEL}(?:\.{LABEL})*"),
+        "hostname" | "idn-hostname" => format!(r"{LABEL}(?:\.{LABEL}){{0,3}}"),
         "ipv4" => format!(r"{OCTET}(?:\.{OCTET}){{3}}"),
         "ipv6" => [
             format!("(?:{H16}:){{7}}{H16}"),
@@ -520,6 +523,10 @@ pub(crate) fn string_contents(
     pattern: Option<&str>,
     format: Option<&str>,
 ) -> Result<Option<Hir>> {
+    if max.is_some_and(|m| m < min) {
+        // No length fits: no string (a repetition {min,max} with max < min is not "nothing").
+        return Ok(None);
+    }
     match (pattern, format) {
         (Some(_), Some(_)) => Err(unsupported("pattern", "beside a checked format")),
         (Some(p), None) => StringPattern::new(cx, p)?.contents(min, max),

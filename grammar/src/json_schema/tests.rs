@@ -525,3 +525,28 @@ fn max_items_zero_leaves_only_the_empty_array() {
     );
     check(json!({"type": "array", "items": {"type": "integer"}, "maxItems": 0}), &["[]"], &["[1]", "[1, 2]"]);
 }
+
+/// An integer range with no member is no value: refused at the top (no output is JSON), left out where optional.
+/// (It compiled to a regex matching only the empty output; found by tests/soundness.rs.)
+#[test]
+fn an_empty_integer_range_admits_nothing() {
+    assert!(err(json!({"type": "integer", "minimum": 4, "maximum": 2})).contains("no value"));
+    assert!(err(json!({"type": "integer", "exclusiveMinimum": 3, "exclusiveMaximum": 4})).contains("no value"));
+    check(
+        json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 4, "maximum": 2}}}),
+        &["{}"],
+        &[r#"{"n": 3}"#, r#"{"n": }"#],
+    );
+}
+
+/// Likewise a string whose length bounds cross (found by tests/soundness.rs: it admitted two characters).
+#[test]
+fn crossed_string_length_bounds_admit_nothing() {
+    assert!(err(json!({"type": "string", "minLength": 2, "maxLength": 1})).contains("no value"));
+    check(
+        json!({"type": "object", "properties": {"s": {"type": "string", "minLength": 3, "maxLength": 2, "pattern": "^a+$"}}}),
+        &["{}"],
+        &[r#"{"s": "aa"}"#, r#"{"s": "aaa"}"#],
+    );
+    assert!(err(json!({"allOf": [{"type": "string", "minLength": 3}, {"maxLength": 2}]})).contains("no value"));
+}
