@@ -10,10 +10,11 @@ use super::api::chat::{
     AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChatRequest, ChunkChoice, Delta,
     FunctionCall, ToolCall, ToolCallDelta,
 };
-use super::api::{parse_request, Usage};
+use super::api::parse_request;
 use super::error::ApiError;
 use super::generation::{
-    chat_logprob, check_model, collect, compile, encode, extra_constraints, failed, schema_text, submit, validate,
+    chat_logprob, check_model, collect, compile, encode, extra_constraints, failed, schema_text, submit, usage,
+    validate,
 };
 use super::prompt::render_chat;
 use super::sse::{stream_events, EventStream};
@@ -83,7 +84,7 @@ pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> 
         created: head.created,
         model: head.model,
         choices,
-        usage: usage(prompt_tokens, &fins),
+        usage: usage(prompt_tokens, fins.len(), &fins),
         system_fingerprint: None,
     }))
 }
@@ -138,12 +139,6 @@ struct Head {
     id: String,
     model: String,
     created: u64,
-}
-
-/// Usage over `n` samples of one prompt: the prompt counts once, with what the cache gave its first sample.
-fn usage(prompt_tokens: usize, fins: &[Finished]) -> Usage {
-    let completion: usize = fins.iter().map(|f| f.completion_tokens).sum();
-    Usage::new(prompt_tokens, completion, fins.first().map_or(0, |f| f.cached_tokens))
 }
 
 /// Turns one choice's engine events into chat output, deciding early whether the output is text or tool calls.
@@ -317,6 +312,6 @@ impl EventStream for ChatStream {
             return Vec::new();
         }
         let fins: Vec<Finished> = self.fins.iter().flatten().cloned().collect();
-        vec![ChatChunk { usage: Some(Some(usage(self.prompt_tokens, &fins))), ..self.chunk(Vec::new()) }]
+        vec![ChatChunk { usage: Some(Some(usage(self.prompt_tokens, fins.len(), &fins))), ..self.chunk(Vec::new()) }]
     }
 }

@@ -7,10 +7,10 @@ use warp::reply::Response;
 
 use super::api::common::top_logprobs;
 use super::api::completions::{Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptField};
-use super::api::{parse_request, Usage};
+use super::api::parse_request;
 use super::error::ApiError;
 use super::generation::{
-    check_model, collect, compile, completion_logprobs, encode, extra_constraints, failed, submit, validate,
+    check_model, collect, compile, completion_logprobs, encode, extra_constraints, failed, submit, usage, validate,
 };
 use super::sse::{stream_events, EventStream};
 use super::{json_ok, now_secs, random_id, Ready};
@@ -101,14 +101,6 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
         fins.push(fin);
     }
     Ok(json_ok(&Completion { choices, usage: Some(Some(usage(prompt_tokens, params.n, &fins))), ..head }))
-}
-
-/// Usage over several prompts of `n` samples each, `fins` in choice order: each prompt counts once, and its
-/// first sample reports what the cache gave it.
-fn usage(prompt_tokens: usize, n: usize, fins: &[Finished]) -> Usage {
-    let completion: usize = fins.iter().map(|f| f.completion_tokens).sum();
-    let cached: usize = fins.iter().step_by(n.max(1)).map(|f| f.cached_tokens).sum();
-    Usage::new(prompt_tokens, completion, cached)
 }
 
 /// The streamed answer: echoed prompts first, then text (and logprobs) as it is generated, a finish per choice,

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::api::common::{CommonParams, Params};
 use super::api::completions::CompletionLogprobs;
-use super::api::{TokenLogprob, TopLogprob};
+use super::api::{TokenLogprob, TopLogprob, Usage};
 use super::error::ApiError;
 use super::Ready;
 
@@ -114,6 +114,14 @@ pub(crate) fn failed(fin: &Finished) -> Result<(), ApiError> {
         FinishReason::Error(m) => Err(ApiError::internal(format!("generation failed: {m}"))),
         _ => Ok(()),
     }
+}
+
+/// Usage over several prompts of `n` samples each, `fins` in choice order: each prompt counts once, and its
+/// first sample reports what the cache gave it.
+pub(crate) fn usage(prompt_tokens: usize, n: usize, fins: &[Finished]) -> Usage {
+    let completion: usize = fins.iter().map(|f| f.completion_tokens).sum();
+    let cached: usize = fins.iter().step_by(n.max(1)).map(|f| f.cached_tokens).sum();
+    Usage::new(prompt_tokens, completion, cached)
 }
 
 /// A token as text and bytes, for logprobs.
