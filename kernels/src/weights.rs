@@ -140,7 +140,13 @@ impl SafeTensorFiles {
         Ok(Self { maps, index })
     }
 
-    fn load(&self, name: &str) -> Result<Tensor> {
+    /// Whether a tensor of that (Hugging Face) name is in the files.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// Loads the tensor of that (Hugging Face) name as f32 on the CPU.
+    pub fn load(&self, name: &str) -> Result<Tensor> {
         let &i = self.index.get(name).ok_or_else(|| Error::format(format!("missing tensor {name}")))?;
         let st = SafeTensors::deserialize(&self.maps[i]).map_err(|e| Error::format(e.to_string()))?;
         let view = st.tensor(name).map_err(|e| Error::format(format!("{name}: {e}")))?;

@@ -15,3 +15,11 @@ pub fn model_path() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
 }
+
+/// The embedding model the tests run on: `RADIXSERVE_EMBED_MODEL`, or the all-MiniLM-L6-v2 folder that `make test`
+/// fetches.
+pub fn embed_model_path() -> PathBuf {
+    std::env::var_os("RADIXSERVE_EMBED_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("models/all-MiniLM-L6-v2"))
+}
