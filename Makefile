@@ -6,6 +6,8 @@
 RADIXSERVE_CACHE ?= $(HOME)/.cache/radixserve
 export RADIXSERVE_CACHE
 MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+# The embedding model `make serve` serves beside the chat model (EMBED_MODEL= to serve the chat model alone).
+EMBED_MODEL ?= models/all-MiniLM-L6-v2
 HOST ?= 127.0.0.1
 PORT ?= 30000
 DATA ?= ../shared/maskbench/dev
@@ -13,7 +15,7 @@ CARGO ?= cargo
 BIN := bin/radixserve
 TARGET := $(RADIXSERVE_CACHE)/target/release
 
-.PHONY: setup build serve generate test lint fmt bench-model bench-runtime bench-compare maskbench fixtures model-qwen clean
+.PHONY: setup build serve generate test lint fmt bench-model bench-runtime bench-compare bench-embed maskbench fixtures model-qwen clean
 
 setup:
 	@tools/setup.sh venv model minilm cargo llama3
@@ -26,7 +28,7 @@ build: setup
 SAMPLING_DEFAULTS ?= $(if $(filter models/SmolLM2-135M-Instruct.Q4_1.gguf,$(MODEL)),{"temperature": 0.2, "top_p": 0.9},model)
 
 serve: build
-	$(BIN) serve --model $(MODEL) --host $(HOST) --port $(PORT) --sampling-defaults '$(SAMPLING_DEFAULTS)'
+	$(BIN) serve --model $(MODEL) $(if $(EMBED_MODEL),--model $(EMBED_MODEL)) --host $(HOST) --port $(PORT) --sampling-defaults '$(SAMPLING_DEFAULTS)'
 
 generate: build
 	$(BIN) generate --model $(MODEL) --chat --prompt "$(or $(PROMPT),What is the capital of France?)"
@@ -56,6 +58,12 @@ bench-runtime: build
 # (builds the peers once, ~30 min; then about 10 min). Writes bench-out/compare/{results.jsonl,serving.svg}.
 bench-compare: build
 	tools/bench_compare.sh
+
+# Embedding throughput (batch 1, 8, 32 of 128-token passages) and latency against sentence-transformers, side by
+# side at the same torch threads; then peak memory of one server with both models against two servers.
+bench-embed: build
+	.venv/bin/pip install -q sentence-transformers==6.3.0
+	.venv/bin/python tools/bench_embed.py --bin $(BIN)
 
 # MaskBench on a folder of MaskBench files (default: the shared dev split) with the Llama 3 tokenizer; outlines-core's
 # Index runs side by side on the first OUTLINES_SAMPLE schemas (it takes 10-40 s per schema on a 128k vocabulary),

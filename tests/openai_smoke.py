@@ -124,6 +124,15 @@ def main(base_url: str, api_key: str) -> None:
 
     # Legacy completions.
     c = client.completions.create(model=model, prompt="The capital of France is", max_tokens=5, temperature=0)
+    # Prompt logprobs, as lm-evaluation-harness asks for them: echo, logprobs, max_tokens 0.
+    scored = client.completions.create(model=model, prompt="The capital of France is Paris", echo=True, logprobs=2,
+                                       max_tokens=0, temperature=0)
+    lp = scored.choices[0].logprobs
+    assert scored.choices[0].text == "The capital of France is Paris", scored
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None, lp
+    assert all(isinstance(x, float) and x <= 0 for x in lp.token_logprobs[1:]), lp
+    assert all(len(t) == 2 for t in lp.top_logprobs[1:]), lp
+    assert scored.usage.completion_tokens == 0
     assert "Paris" in c.choices[0].text, c
 
     # Errors arrive as the SDK's typed exceptions.

@@ -72,6 +72,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
                 write!(lock, "{text}").context("stdout")?;
                 lock.flush().ok();
             }
+            Some(Event::PromptLogprobs(_)) => {}
             Some(Event::Finished(fin)) => break fin,
             None => anyhow::bail!("the engine stopped before the answer finished"),
         }

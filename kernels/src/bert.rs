@@ -50,7 +50,7 @@ fn absolute() -> String {
 impl BertConfig {
     pub fn from_json(text: &str) -> Result<Self> {
         let cfg: Self = serde_json::from_str(text).map_err(|e| Error::format(format!("config.json: {e}")))?;
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(Error::format(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads
@@ -133,7 +133,10 @@ impl BertModel {
         for l in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
             let lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-                Ok(Linear::new(get(&format!("{p}.{name}.weight"), &[out, inp])?, Some(get(&format!("{p}.{name}.bias"), &[out])?)))
+                Ok(Linear::new(
+                    get(&format!("{p}.{name}.weight"), &[out, inp])?,
+                    Some(get(&format!("{p}.{name}.bias"), &[out])?),
+                ))
             };
             let q = lin("attention.self.query", h, h)?;
             let k = lin("attention.self.key", h, h)?;

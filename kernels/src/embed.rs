@@ -90,7 +90,10 @@ impl Pooling {
 enum Net {
     Bert(BertModel),
     /// A decoder and a scratch KV pool as large as one call's tokens (nothing is kept between calls).
-    Decoder { model: Box<LlamaModel>, kv: KvPool },
+    Decoder {
+        model: Box<LlamaModel>,
+        kv: KvPool,
+    },
 }
 
 /// A model that turns token sequences into vectors.
@@ -189,7 +192,12 @@ impl EmbeddingModel {
 
     /// A decoder model (GGUF or Hugging Face folder) as an embedder: `pooling` (default last token) over its final
     /// hidden states (after the final norm), scaled to unit length.
-    pub fn load_decoder(path: &Path, opts: LoadOptions, pooling: Option<Pooling>, progress: Progress<'_>) -> Result<Self> {
+    pub fn load_decoder(
+        path: &Path,
+        opts: LoadOptions,
+        pooling: Option<Pooling>,
+        progress: Progress<'_>,
+    ) -> Result<Self> {
         let m = Model::load(path, opts, progress)?;
         let kv = m.net.new_kv_pool(DECODER_CALL_TOKENS)?;
         let max_tokens = m.net.max_positions().min(DECODER_CALL_TOKENS);
@@ -246,7 +254,7 @@ impl EmbeddingModel {
             if normalize {
                 // torch.nn.functional.normalize: x / max(||x||, 1e-12)
                 let norm = (&v * &v).f_sum_dim_intlist([1i64].as_slice(), true, Kind::Float)?.sqrt().clamp_min(1e-12);
-                v = v / norm;
+                v /= norm;
             }
             let dim = v.size()[1] as usize;
             let flat = Vec::<f32>::try_from(v.flatten(0, -1)).map_err(Error::from)?;
@@ -280,7 +288,12 @@ impl EmbeddingModel {
                     let inputs: Vec<SeqInput<'_>> = batch[start..end]
                         .iter()
                         .zip(&slots)
-                        .map(|(s, sl)| SeqInput { context_slots: &[], tokens: s, new_slots: sl, logits: LogitsFor::All })
+                        .map(|(s, sl)| SeqInput {
+                            context_slots: &[],
+                            tokens: s,
+                            new_slots: sl,
+                            logits: LogitsFor::All,
+                        })
                         .collect();
                     let out = model.forward_hidden(kv, &inputs)?;
                     result.extend(tch::no_grad(|| finish(&out.tensor, &out.rows))?);

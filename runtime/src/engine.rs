@@ -69,6 +69,9 @@ pub enum Event {
         text: String,
         tokens: Vec<TokenInfo>,
     },
+    /// The prompt's tokens with their logprobs (the first has none), when the request asked for them; sent once,
+    /// before any `Delta`.
+    PromptLogprobs(Vec<TokenInfo>),
     Finished(Finished),
 }
 
@@ -181,6 +184,8 @@ impl RequestStream {
 pub struct Output {
     pub text: String,
     pub tokens: Vec<TokenInfo>,
+    /// The prompt's logprobs, when asked for ([`Request::prompt_logprobs`]).
+    pub prompt: Vec<TokenInfo>,
     pub finished: Option<Finished>,
 }
 
@@ -191,6 +196,10 @@ impl Output {
             Event::Delta { text, tokens } => {
                 self.text.push_str(&text);
                 self.tokens.extend(tokens);
+                false
+            }
+            Event::PromptLogprobs(p) => {
+                self.prompt = p;
                 false
             }
             Event::Finished(f) => {
@@ -314,7 +323,9 @@ impl EngineHandle {
             return Err(ValidationError::invalid("prompt", "the prompt is empty"));
         }
         let limit = self.context_len();
-        if req.prompt.len() >= limit {
+        // Scoring a prompt (prompt logprobs, max_tokens 0) needs no room for a generated token.
+        let scoring = req.prompt_logprobs.is_some() && req.stop.max_tokens == MaxTokens::Given(0);
+        if req.prompt.len() > limit || (req.prompt.len() == limit && !scoring) {
             return Err(ValidationError::context_length(
                 "prompt",
                 format!(
@@ -326,7 +337,13 @@ impl EngineHandle {
         }
         let room = limit - req.prompt.len();
         let max_tokens = match req.stop.max_tokens {
-            MaxTokens::Given(0) => return Err(ValidationError::invalid("max_tokens", "max_tokens must be at least 1")),
+            MaxTokens::Given(0) if scoring => 0,
+            MaxTokens::Given(0) => {
+                return Err(ValidationError::invalid(
+                    "max_tokens",
+                    "max_tokens must be at least 1 (0 only scores a prompt: /v1/completions with echo)",
+                ))
+            }
             MaxTokens::Given(n) if n > room => {
                 return Err(ValidationError::context_length(
                     "max_tokens",
@@ -338,7 +355,7 @@ impl EngineHandle {
                 ))
             }
             MaxTokens::Given(n) => n,
-            MaxTokens::UpTo(n) => n.clamp(1, room),
+            MaxTokens::UpTo(n) => n.clamp(1, room.max(1)),
         };
         if req.stop.min_tokens > max_tokens {
             return Err(ValidationError::invalid(
@@ -346,7 +363,7 @@ impl EngineHandle {
                 format!("min_tokens ({}) must not exceed max_tokens ({max_tokens})", req.stop.min_tokens),
             ));
         }
-        if let Some(k) = req.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+        if let Some(k) = req.logprobs.or(req.prompt_logprobs).filter(|&k| k > MAX_TOP_LOGPROBS) {
             return Err(ValidationError::invalid(
                 "top_logprobs",
                 format!("top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {k}"),

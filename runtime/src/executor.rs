@@ -14,6 +14,8 @@ pub struct SeqStep<'a> {
     pub new_slots: &'a [u32],
     /// Whether the step returns the logits after the last new token (the sequence's prompt is then computed).
     pub wants_logits: bool,
+    /// Whether the step returns the logits after *every* new token (prompt logprobs); overrides `wants_logits`.
+    pub all_logits: bool,
 }
 
 /// One forward step over a batch of sequences.
@@ -22,7 +24,8 @@ pub trait Executor: Send + 'static {
     fn num_slots(&self) -> usize;
     /// The model's context length.
     fn max_positions(&self) -> usize;
-    /// Runs the batch; returns one host row of logits per sequence that [`SeqStep::wants_logits`], in batch order.
+    /// Runs the batch; returns host rows of logits in batch order: one per new token of a sequence with
+    /// [`SeqStep::all_logits`], else one for a sequence that [`SeqStep::wants_logits`], else none.
     fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, String>;
 }
 
@@ -64,19 +67,20 @@ mod model {
                     context_slots: s.context_slots,
                     tokens: s.tokens,
                     new_slots: s.new_slots,
-                    logits: if s.wants_logits { LogitsFor::Last } else { LogitsFor::None },
+                    logits: if s.all_logits {
+                        LogitsFor::All
+                    } else if s.wants_logits {
+                        LogitsFor::Last
+                    } else {
+                        LogitsFor::None
+                    },
                 })
                 .collect();
             let out = self.model.forward(&mut self.kv, &inputs).map_err(|e| e.to_string())?;
             let host = out.tensor.to_device(kernels::Device::Cpu).to_kind(kernels::Kind::Float);
             let flat = Vec::<f32>::try_from(host.flatten(0, -1)).map_err(|e| format!("reading logits: {e}"))?;
             let vocab = if out.rows.iter().any(|r| !r.is_empty()) { host.size()[1] as usize } else { 0 };
-            Ok(out
-                .rows
-                .iter()
-                .filter(|r| !r.is_empty())
-                .map(|r| flat[r.start * vocab..r.end * vocab].to_vec())
-                .collect())
+            Ok(out.rows.iter().flat_map(|r| r.clone()).map(|i| flat[i * vocab..(i + 1) * vocab].to_vec()).collect())
         }
     }
 }

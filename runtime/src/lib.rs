@@ -8,6 +8,7 @@
 //!
 //! See [`scheduler`] for what one step does and how KV slots move between requests and the radix cache.
 
+pub mod embed;
 mod engine;
 pub mod executor;
 pub mod metrics;
@@ -16,6 +17,7 @@ pub mod sampler;
 pub mod scheduler;
 pub mod text;
 
+pub use embed::{start_embedder, EmbedConfig, EmbedHandle, EmbedSubmitError, EmbedTicket, Embedder, ValidEmbed};
 pub use engine::{
     start, EngineHandle, EngineStats, Event, FinishReason, Finished, Output, RequestStream, SubmitError, TokenInfo,
     ValidRequest,

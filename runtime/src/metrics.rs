@@ -105,6 +105,11 @@ impl Metrics {
         }
     }
 
+    /// Every metric, as Prometheus families (to be labelled and merged with other engines').
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

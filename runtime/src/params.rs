@@ -215,6 +215,11 @@ pub struct Request {
     pub stop: StopParams,
     /// Report the chosen token's logprob and this many alternatives (0..=20) per token; `None` for no logprobs.
     pub logprobs: Option<usize>,
+    /// Report every prompt token's logprob (given the tokens before it) and this many alternatives, in one
+    /// [`crate::Event::PromptLogprobs`] before the first generated token. The prompt is then computed in full:
+    /// positions the radix cache holds are recomputed (their logits are not kept), so a cached prefix gives the
+    /// same values as a cold one. With it, `max_tokens` may be 0 (score the prompt, generate nothing).
+    pub prompt_logprobs: Option<usize>,
     /// Constrain the output to this grammar (compiled by the caller, off the scheduler thread).
     pub grammar: Option<Arc<Grammar>>,
     /// Skip special tokens when turning ids into text.
@@ -228,6 +233,7 @@ impl Request {
             sampling: SamplingParams::default(),
             stop: StopParams::default(),
             logprobs: None,
+            prompt_logprobs: None,
             grammar: None,
             skip_special_tokens: true,
         }

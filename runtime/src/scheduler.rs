@@ -117,6 +117,9 @@ pub(crate) struct Seq {
     stops: StopStrings,
     arrival: Instant,
     last_token_at: Option<Instant>,
+    /// Prompt logprobs computed so far (positions 1.. of the prompt), until sent.
+    prompt_lps: Vec<TokenInfo>,
+    prompt_lps_sent: bool,
 }
 
 impl Seq {
@@ -139,6 +142,8 @@ impl Seq {
             stops,
             arrival: Instant::now(),
             last_token_at: None,
+            prompt_lps: Vec::new(),
+            prompt_lps_sent: false,
             req,
             tx,
         }
@@ -155,6 +160,12 @@ impl Seq {
 
     fn pending(&self) -> usize {
         self.tokens.len() - self.slots.len()
+    }
+
+    /// Whether the prompt's logprobs are asked for and not yet sent: the prompt is then computed in full, with the
+    /// logits of every position.
+    fn wants_prompt_logprobs(&self) -> bool {
+        self.req.prompt_logprobs.is_some() && !self.prompt_lps_sent
     }
 
     fn cancelled(&self) -> bool {
@@ -373,7 +384,11 @@ impl<E: Executor> Scheduler<E> {
             }
             let Some(mut seq) = self.waiting.pop_front() else { break };
             // Match the prompt (all but its last token: that one must be computed for its logits).
-            let (matched, node) = if self.cfg.enable_cache {
+            // Prompt logprobs need every position's logits: the cached part is recomputed, not matched.
+            if seq.wants_prompt_logprobs() {
+                seq.prompt_lps.clear();
+            }
+            let (matched, node) = if self.cfg.enable_cache && !seq.wants_prompt_logprobs() {
                 let m = self.mem.cache.match_prefix(NS, &seq.tokens[..seq.tokens.len() - 1]);
                 self.mem.cache.lock(m.node).expect("fresh handle");
                 seq.slots = m.slots.iter().map(|s| s.0).collect();
@@ -504,6 +519,7 @@ impl<E: Executor> Scheduler<E> {
                         tokens: &s.tokens[start..start + p.n],
                         new_slots: &p.new_slots,
                         wants_logits: start + p.n == s.tokens.len(),
+                        all_logits: s.wants_prompt_logprobs() && start < s.prompt_len,
                     }
                 })
                 .collect();
@@ -531,13 +547,44 @@ impl<E: Executor> Scheduler<E> {
         for p in &plan {
             let seq = &mut self.running[p.seq];
             let was_prompt = p.n > 1;
+            let start = seq.slots.len();
             seq.slots.extend_from_slice(&p.new_slots);
-            if seq.slots.len() < seq.tokens.len() {
-                continue; // a prompt chunk that is not the last
-            }
-            let row = rows.next().expect("one row per sequence at its end");
+            let row = if seq.wants_prompt_logprobs() && start < seq.prompt_len {
+                // A row per new token: the one at position `pos` scores the prompt token at `pos + 1`; the row of
+                // the prompt's last token is the sampling row.
+                let k = seq.req.prompt_logprobs.unwrap_or(0);
+                let mut last = None;
+                for pos in start..start + p.n {
+                    let row = rows.next().expect("a row per new token with all_logits");
+                    match seq.tokens.get(pos + 1).filter(|_| pos + 1 < seq.prompt_len) {
+                        Some(&next) => {
+                            let (lp, top) = sampler::logprobs(&row, next, k);
+                            seq.prompt_lps.push(TokenInfo { id: next, logprob: Some(lp), top_logprobs: top });
+                        }
+                        None => last = Some(row),
+                    }
+                }
+                if seq.slots.len() < seq.tokens.len() {
+                    continue;
+                }
+                let mut all = vec![TokenInfo { id: seq.tokens[0], logprob: None, top_logprobs: Vec::new() }];
+                all.append(&mut seq.prompt_lps);
+                let _ = seq.tx.send(Event::PromptLogprobs(all));
+                seq.prompt_lps_sent = true;
+                last.expect("the prompt's last position has a row")
+            } else {
+                if seq.slots.len() < seq.tokens.len() {
+                    continue; // a prompt chunk that is not the last
+                }
+                rows.next().expect("one row per sequence at its end")
+            };
             if was_prompt && self.cfg.enable_cache {
                 self.mem.cache_and_unpin(&mut self.running[p.seq], true);
+            }
+            if self.running[p.seq].max_tokens == 0 {
+                // Scoring only (prompt logprobs with max_tokens 0): nothing is generated.
+                done.push((p.seq, FinishReason::Length));
+                continue;
             }
             if let Some(reason) = self.sample_and_emit(p.seq, row) {
                 done.push((p.seq, reason));
@@ -811,15 +858,21 @@ mod tests {
                     assert_eq!(pos, i, "context slot {slot} holds position {pos}, used at {i}");
                     h = hash;
                 }
+                let row_of = |h: u64| {
+                    let mut row = vec![0.0f32; V];
+                    row[(h % V as u64) as usize] = 1.0;
+                    row
+                };
                 for (j, (&t, &slot)) in s.tokens.iter().zip(s.new_slots).enumerate() {
                     assert!(written.insert(slot) && !context.contains(&slot), "slot {slot} reused within a step");
                     h = mix(h, t);
                     self.kv[slot as usize] = Some((s.context_slots.len() + j, h));
+                    if s.all_logits {
+                        rows.push(row_of(h));
+                    }
                 }
-                if s.wants_logits {
-                    let mut row = vec![0.0f32; V];
-                    row[(h % V as u64) as usize] = 1.0;
-                    rows.push(row);
+                if s.wants_logits && !s.all_logits {
+                    rows.push(row_of(h));
                 }
             }
             Ok(rows)
@@ -864,10 +917,55 @@ mod tests {
         while let Ok(ev) = rx.try_recv() {
             match ev {
                 Event::Delta { tokens, .. } => ids.extend(tokens.iter().map(|t| t.id)),
+                Event::PromptLogprobs(_) => {}
                 Event::Finished(f) => return (ids, f.reason),
             }
         }
         panic!("not finished");
+    }
+
+    /// Prompt logprobs come whole, once, before the output, whatever the chunking; a prompt served from the
+    /// cache gives the same values as a cold one (its positions are recomputed); `max_tokens` 0 only scores.
+    #[test]
+    fn prompt_logprobs_are_whole_and_the_same_cold_or_cached() {
+        let prompt: Vec<u32> = (0..40).map(|i| (i * 7 % EOS as usize) as u32).collect();
+        let run = |s: &mut Scheduler<Scripted>, max_tokens: usize| {
+            let mut req = Request::new(prompt.clone());
+            req.sampling = SamplingParams::greedy();
+            req.stop.max_tokens = crate::MaxTokens::Given(max_tokens);
+            req.prompt_logprobs = Some(2);
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            s.enqueue(Seq::new(0, req, tx, max_tokens));
+            while s.step() {}
+            let mut events = Vec::new();
+            while let Ok(ev) = rx.try_recv() {
+                events.push(ev);
+            }
+            events
+        };
+        for cfg in [SchedulerConfig::default(), SchedulerConfig { step_tokens: 7, ..Default::default() }] {
+            let (mut s, _) = scheduler(256, cfg);
+            let cold = run(&mut s, 3);
+            // Cached now: the same prompt again, and once scoring only.
+            let warm = run(&mut s, 3);
+            let score = run(&mut s, 0);
+            check_memory(&s);
+            let Event::PromptLogprobs(p) = &cold[0] else { panic!("prompt logprobs come first: {cold:?}") };
+            assert_eq!(p.len(), prompt.len());
+            assert_eq!(p[0].logprob, None);
+            assert_eq!(p.iter().map(|t| t.id).collect::<Vec<_>>(), prompt);
+            assert!(p[1..].iter().all(|t| t.logprob.is_some() && t.top_logprobs.len() == 2));
+            assert_eq!(cold.iter().filter(|e| matches!(e, Event::PromptLogprobs(_))).count(), 1);
+            assert_eq!(cold, warm, "a cached prompt scores as a cold one");
+            assert_eq!(score[0], cold[0]);
+            match score.last() {
+                Some(Event::Finished(f)) => {
+                    assert_eq!((f.reason.clone(), f.completion_tokens), (FinishReason::Length, 0));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(!score.iter().any(|e| matches!(e, Event::Delta { .. })), "nothing generated");
+        }
     }
 
     fn check_memory(s: &Scheduler<Scripted>) {

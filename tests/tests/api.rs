@@ -506,7 +506,9 @@ fn errors_use_the_openai_shape_and_the_server_keeps_serving() {
     let m = &s.model;
     bad("{not json", 400, "not valid JSON");
     bad(r#"[1, 2]"#, 400, "JSON object");
-    bad(r#"{"model": "x"}"#, 400, "messages");
+    // The model is resolved first (as vLLM does): an unknown one is a 404 whatever else is wrong.
+    bad(r#"{"model": "x"}"#, 404, "does not exist");
+    bad(&json!({"model": m}).to_string(), 400, "messages");
     let v = bad(&json!({"messages": user("hi"), "temperature": "hot"}).to_string(), 400, "temperature");
     assert_eq!(v["error"]["param"], "temperature");
     bad(&json!({"messages": user("hi"), "temperature": -0.5}).to_string(), 400, "temperature");
@@ -636,7 +638,7 @@ fn aborts(s: &common::Server) -> u64 {
     m.as_str()
         .unwrap()
         .lines()
-        .find(|l| l.starts_with("radixserve_requests_total{finish_reason=\"abort\"}"))
+        .find(|l| l.starts_with(&format!("radixserve_requests_total{{model=\"{}\",finish_reason=\"abort\"}}", s.model)))
         .and_then(|l| l.split_whitespace().last())
         .map_or(0, |v| v.parse().unwrap())
 }

@@ -98,12 +98,18 @@ fn computed_tokens(s: &common::Server) -> f64 {
     metric(s, "radixserve_step_tokens_sum")
 }
 
+/// A series of the (one) served model: `name` is the family, optionally with `{label="value"}` (the `model` label
+/// every engine series carries is matched whatever its value).
 fn metric(s: &common::Server, name: &str) -> f64 {
+    let (family, label) = match name.split_once('{') {
+        Some((f, l)) => (f, l.trim_end_matches('}')),
+        None => (name, ""),
+    };
     let (_, m) = s.get("/metrics");
     m.as_str()
         .unwrap()
         .lines()
-        .find(|l| l.starts_with(name))
+        .find(|l| l.strip_prefix(family).is_some_and(|rest| rest.starts_with("{model=\"") && rest.contains(label)))
         .and_then(|l| l.split_whitespace().last())
         .map_or(0.0, |v| v.parse().unwrap())
 }

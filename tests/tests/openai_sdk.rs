@@ -30,3 +30,8 @@ fn langchain_chat_openai_works_unchanged() {
 fn instructor_tools_mode_works_unchanged() {
     run_smoke("instructor_smoke.py");
 }
+
+#[test]
+fn embeddings_with_the_sdk_and_langchain_and_a_rag_round_trip() {
+    run_smoke("embeddings_smoke.py");
+}

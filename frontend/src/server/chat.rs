@@ -36,7 +36,7 @@ pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> 
     let constraint = constraint(&ready, &req, &mode)?;
     let text = render_chat(&ready, &req, &mode)?;
     let prompt = encode(&ready, &text, false)?;
-    let mut valid = validate(&ready, prompt, &params, logprobs, "messages")?;
+    let mut valid = validate(&ready, prompt, &params, logprobs, None, "messages")?;
     if let Some((c, param)) = constraint {
         valid.set_grammar(Some(compile(&ready, c, param).await?));
     }
@@ -282,6 +282,7 @@ impl EventStream for ChatStream {
                     out.push(self.text(i, shown, lp));
                 }
             }
+            Event::PromptLogprobs(_) => {}
             Event::Finished(fin) => {
                 failed(&fin)?;
                 let r = &mut self.readers[i];

@@ -27,9 +27,13 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
     let params = req.common.params(ready.vocab_size, &ready.sampling_defaults)?;
     let logprobs = req.logprobs.map(|k| top_logprobs(Some(k), "logprobs")).transpose()?;
     let echo = req.echo.unwrap_or(false);
-    if echo && logprobs.is_some() {
-        return Err(ApiError::invalid("echo", "echo with logprobs (prompt logprobs) is not supported"));
-    }
+    // Echo with logprobs scores the prompt too (lm-evaluation-harness' loglikelihood); with max_tokens 0 it only
+    // scores. The engine then recomputes any cached prefix, so the values do not depend on the cache.
+    let prompt_logprobs = if echo && (logprobs.is_some() || params.stop.max_tokens == runtime::MaxTokens::Given(0)) {
+        Some(logprobs.unwrap_or(0))
+    } else {
+        None
+    };
     let prompts: Vec<Vec<u32>> = match &req.prompt {
         PromptField::Text(s) => vec![encode(&ready, s, true)?],
         PromptField::Texts(v) => v.iter().map(|s| encode(&ready, s, true)).collect::<Result<_, _>>()?,
@@ -48,7 +52,7 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
     }
     let mut valid = prompts
         .iter()
-        .map(|p| validate(&ready, p.clone(), &params, logprobs, "prompt"))
+        .map(|p| validate(&ready, p.clone(), &params, logprobs, prompt_logprobs, "prompt"))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some((c, param)) = constraints.pop() {
         let grammar = compile(&ready, c, param).await?;
@@ -83,6 +87,7 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
             prompt_tokens,
             n: params.n,
             logprobs: logprobs.is_some(),
+            prompt_logprobs: prompt_logprobs.is_some(),
             head: Completion { usage, ..head },
         };
         return Ok(stream_events(streams, state));
@@ -91,7 +96,15 @@ pub async fn completions(ready: Arc<Ready>, body: &[u8]) -> Result<Response, Api
     let mut fins = Vec::new();
     for (index, (stream, echo)) in streams.into_iter().zip(echoes).enumerate() {
         let (out, fin) = collect(stream).await?;
-        let logprobs = logprobs.map(|_| completion_logprobs(&ready, &out.tokens, echo.len()));
+        let logprobs = logprobs.map(|_| {
+            let mut lp = completion_logprobs(&ready, &out.prompt, 0);
+            let generated = completion_logprobs(&ready, &out.tokens, echo.len());
+            lp.tokens.extend(generated.tokens);
+            lp.token_logprobs.extend(generated.token_logprobs);
+            lp.top_logprobs.extend(generated.top_logprobs);
+            lp.text_offset.extend(generated.text_offset);
+            lp
+        });
         choices.push(CompletionChoice {
             index,
             text: format!("{echo}{}", out.text),
@@ -114,6 +127,8 @@ struct CompletionStream {
     prompt_tokens: usize,
     n: usize,
     logprobs: bool,
+    /// The echoed prompt goes out with its logprobs once the engine has scored it, not at once.
+    prompt_logprobs: bool,
     head: Completion,
 }
 
@@ -137,12 +152,19 @@ impl EventStream for CompletionStream {
 
     fn first(&mut self) -> Vec<Completion> {
         self.offsets.iter_mut().zip(&self.echoes).for_each(|(o, e)| *o = e.len());
+        if self.prompt_logprobs {
+            return Vec::new();
+        }
         let echoes = self.echoes.iter().enumerate().filter(|(_, e)| !e.is_empty());
         echoes.map(|(i, e)| self.chunk(i, e.clone(), None, None)).collect()
     }
 
     fn on_event(&mut self, i: usize, event: Event) -> Result<Vec<Completion>, ApiError> {
         Ok(match event {
+            Event::PromptLogprobs(prompt) => {
+                let lp = self.logprobs.then(|| completion_logprobs(&self.ready, &prompt, 0));
+                vec![self.chunk(i, self.echoes[i].clone(), lp, None)]
+            }
             Event::Delta { text, tokens } => {
                 let lp = self.logprobs.then(|| completion_logprobs(&self.ready, &tokens, self.offsets[i]));
                 self.offsets[i] += text.len();

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use grammar::{Constraint, Grammar};
-use indexmap::IndexMap;
 use runtime::{FinishReason, Finished, Output, Request, RequestStream, TokenInfo, ValidRequest};
 use serde_json::Value;
 
@@ -82,12 +81,14 @@ pub(crate) fn validate(
     prompt: Vec<u32>,
     params: &Params,
     logprobs: Option<usize>,
+    prompt_logprobs: Option<usize>,
     prompt_param: &str,
 ) -> Result<ValidRequest, ApiError> {
     let mut req = Request::new(prompt);
     req.sampling = params.sampling.clone();
     req.stop = params.stop.clone();
     req.logprobs = logprobs;
+    req.prompt_logprobs = prompt_logprobs;
     req.skip_special_tokens = params.skip_special_tokens;
     ready
         .engine
@@ -150,7 +151,8 @@ pub(crate) fn chat_logprob(ready: &Ready, t: &TokenInfo) -> TokenLogprob {
     TokenLogprob { token, logprob: t.logprob.unwrap_or(0.0), bytes, top_logprobs }
 }
 
-/// Legacy completions logprobs for `tokens` whose text starts at `offset` in the choice's text.
+/// Legacy completions logprobs for `tokens` whose text starts at `offset` in the choice's text. A token without
+/// a logprob (an echoed prompt's first) gets `null` for it and for its alternatives, as OpenAI's did.
 pub(crate) fn completion_logprobs(ready: &Ready, tokens: &[TokenInfo], mut offset: usize) -> CompletionLogprobs {
     let mut lp = CompletionLogprobs::default();
     for t in tokens {
@@ -160,7 +162,7 @@ pub(crate) fn completion_logprobs(ready: &Ready, tokens: &[TokenInfo], mut offse
         lp.tokens.push(s);
         lp.token_logprobs.push(t.logprob);
         lp.top_logprobs
-            .push(t.top_logprobs.iter().map(|&(id, v)| (token_text(ready, id).0, v)).collect::<IndexMap<_, _>>());
+            .push(t.logprob.map(|_| t.top_logprobs.iter().map(|&(id, v)| (token_text(ready, id).0, v)).collect()));
     }
     lp
 }

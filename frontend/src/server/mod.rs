@@ -9,9 +9,11 @@ mod chat;
 mod completions;
 pub mod defaults;
 mod edge;
+pub mod embeddings;
 pub mod error;
 mod generation;
 mod listen;
+pub mod models;
 mod native;
 pub mod openapi;
 mod prompt;
@@ -21,7 +23,7 @@ pub mod tools;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -33,19 +35,33 @@ use warp::Reply;
 
 use crate::chat_template::ChatTemplate;
 use crate::load::{chat_template, load_model, DeviceArgs};
+use models::{ModelKind, Served};
 use tools::ToolFormat;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// A `.gguf` file or a Hugging Face model folder.
+    /// A model to serve, `[ID=]PATH`: a `.gguf` file or a Hugging Face folder (repeatable). A BERT folder (a
+    /// sentence-transformers model) serves /v1/embeddings; anything else chat and completions.
+    #[arg(long = "model", value_name = "[ID=]PATH", value_parser = models::ModelSpec::parse_arg)]
+    pub model: Vec<models::ModelSpec>,
+    /// A decoder model served as an embedder (pooled final hidden states, as vLLM's `--convert embed`),
+    /// `[ID=]PATH` (repeatable).
+    #[arg(long = "embedding-model", value_name = "[ID=]PATH", value_parser = models::ModelSpec::parse_arg)]
+    pub embedding_model: Vec<models::ModelSpec>,
+    /// A TOML file of `[[model]]` tables (id, path, kind, kv_cache_mb, sampling_defaults, pooling), served after
+    /// the --model ones.
     #[arg(long)]
-    pub model: PathBuf,
+    pub models: Option<PathBuf>,
+    /// Pooling of embedding models that do not say: mean, cls, last, max (default: the model's own; last token
+    /// for decoders).
+    #[arg(long)]
+    pub pooling: Option<kernels::Pooling>,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// 0 picks a free port (the address is printed).
     #[arg(long, default_value_t = 30000)]
     pub port: u16,
-    /// The model id clients use (default: the file name without extension).
+    /// The id clients use for the first model (default: the file name without extension).
     #[arg(long)]
     pub served_model_name: Option<String>,
     /// Require `Authorization: Bearer <key>` on every route but /health, /metrics and /openapi.json.
@@ -121,8 +137,8 @@ pub struct Ready {
 }
 
 pub struct AppState {
-    ready: OnceLock<Arc<Ready>>,
-    load_error: OnceLock<String>,
+    /// Every served model in the order given; the first of each kind answers requests that name none.
+    models: Vec<models::ModelSlot>,
     api_key: Option<String>,
     allowed_hosts: edge::AllowedHosts,
     max_body: usize,
@@ -162,22 +178,38 @@ impl RunningServer {
         }
     }
 
-    /// Waits until the model is loaded (or failed to load).
+    /// Waits until every model is loaded (or one failed to load).
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         loop {
-            if self.state.ready.get().is_some() {
-                return Ok(());
+            if let Some((id, Err(e))) = self.state.models.iter().find_map(|m| Some((&m.id, m.state.get()?))) {
+                anyhow::bail!("model {id} failed to load: {e}");
             }
-            if let Some(e) = self.state.load_error.get() {
-                anyhow::bail!("model failed to load: {e}");
+            if self.state.models.iter().all(|m| m.state.get().is_some()) {
+                return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 }
 
-/// Binds the socket, starts loading the model in the background and serves until stopped.
+/// Every model the arguments name: `--model`, then `--embedding-model`, then the `--models` file.
+fn model_specs(args: &ServeArgs) -> anyhow::Result<Vec<models::ModelSpec>> {
+    let mut specs = args.model.clone();
+    specs.extend(
+        args.embedding_model.iter().cloned().map(|m| models::ModelSpec { kind: Some(ModelKind::Embedding), ..m }),
+    );
+    if let Some(f) = &args.models {
+        specs.extend(models::read_models_file(f)?);
+    }
+    if let (Some(name), Some(first)) = (&args.served_model_name, specs.first_mut()) {
+        first.id = Some(name.clone());
+    }
+    Ok(specs)
+}
+
+/// Binds the socket, starts loading the models in the background (one after another) and serves until stopped.
 pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
+    let slots = models::slots(model_specs(&args)?)?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("bad --host/--port {}:{}", args.host, args.port))?;
@@ -190,8 +222,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
     )?;
     registry.register(Box::new(http_requests.clone()))?;
     let state = Arc::new(AppState {
-        ready: OnceLock::new(),
-        load_error: OnceLock::new(),
+        models: slots,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         allowed_hosts: edge::AllowedHosts::new(args.allowed_hosts.as_deref(), addr.ip()),
         max_body: args.max_body_bytes,
@@ -199,14 +230,28 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
         registry,
     });
     let loader = state.clone();
-    tokio::task::spawn_blocking(move || match load(&args) {
-        Ok(r) => {
-            tracing::info!("model {} ready ({} KV slots)", r.model_id, r.engine.num_slots());
-            let _ = loader.ready.set(Arc::new(r));
-        }
-        Err(e) => {
-            tracing::error!("loading the model failed: {e:#}");
-            let _ = loader.load_error.set(format!("{e:#}"));
+    tokio::task::spawn_blocking(move || {
+        for slot in &loader.models {
+            let loaded = match slot.kind {
+                ModelKind::Chat => load(&args, slot).map(|r| {
+                    tracing::info!("chat model {} ready ({} KV slots)", r.model_id, r.engine.num_slots());
+                    Served::Chat(Arc::new(r))
+                }),
+                ModelKind::Embedding => load_embedder(&args, slot).map(|r| {
+                    tracing::info!(
+                        "embedding model {} ready ({} dimensions, {} pooling, inputs up to {} tokens)",
+                        r.model_id,
+                        r.dim,
+                        r.pooling.as_str(),
+                        r.max_tokens
+                    );
+                    Served::Embedding(Arc::new(r))
+                }),
+            };
+            if let Err(e) = &loaded {
+                tracing::error!("loading the model {} failed: {e:#}", slot.id);
+            }
+            let _ = slot.state.set(loaded.map_err(|e| format!("{e:#}")));
         }
     });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -235,17 +280,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-fn load(args: &ServeArgs) -> anyhow::Result<Ready> {
+fn load(args: &ServeArgs, slot: &models::ModelSlot) -> anyhow::Result<Ready> {
+    let spec = &slot.spec;
     let opts = args.device.options()?;
-    let model = load_model(&args.model, opts)?;
+    let model = load_model(&spec.path, opts)?;
     let template = chat_template(&model)?;
-    let sampling_defaults = defaults::SamplingDefaults::resolve(&args.sampling_defaults, &model.sampling)?;
-    tracing::info!("sampling defaults for fields a request leaves unset: {}", sampling_defaults.describe());
+    let source = spec.sampling_defaults.as_ref().unwrap_or(&args.sampling_defaults);
+    let sampling_defaults = defaults::SamplingDefaults::resolve(source, &model.sampling)?;
+    tracing::info!(
+        "{}: sampling defaults for fields a request leaves unset: {}",
+        slot.id,
+        sampling_defaults.describe()
+    );
     let template_source = model.chat_template.clone().unwrap_or_default();
-    let model_id = args.served_model_name.clone().unwrap_or_else(|| model.name.clone());
-    let slots = match args.max_total_tokens {
+    let model_id = slot.id.clone();
+    let slots = match spec.max_total_tokens.or(args.max_total_tokens) {
         Some(n) => n,
-        None => kernels::KvPool::slots_for_budget(model.net.config(), opts.kind, args.kv_cache_mb << 20),
+        None => kernels::KvPool::slots_for_budget(
+            model.net.config(),
+            opts.kind,
+            spec.kv_cache_mb.unwrap_or(args.kv_cache_mb) << 20,
+        ),
     };
     anyhow::ensure!(slots >= 64, "the KV cache holds only {slots} tokens; give it more memory (--kv-cache-mb)");
     let tokenizer = Arc::new(model.tokenizer);
@@ -275,13 +330,42 @@ fn load(args: &ServeArgs) -> anyhow::Result<Ready> {
         tokenizer,
         template,
         template_has_tools: template_source.contains("tools"),
-        tool_format: args.tool_call_parser.unwrap_or_else(|| ToolFormat::detect(&template_source)),
+        tool_format: spec
+            .tool_call_parser
+            .or(args.tool_call_parser)
+            .unwrap_or_else(|| ToolFormat::detect(&template_source)),
         model_id,
         max_model_len,
         vocab_size,
         created: now_secs(),
         grammar_timeout: std::time::Duration::from_secs(args.grammar_timeout_s.max(1)),
         sampling_defaults,
+    })
+}
+
+/// Loads an embedding model and starts its engine.
+fn load_embedder(args: &ServeArgs, slot: &models::ModelSlot) -> anyhow::Result<models::EmbedReady> {
+    let opts = args.device.options()?;
+    let pooling = slot.spec.pooling.or(args.pooling);
+    let model = kernels::EmbeddingModel::load(&slot.spec.path, opts, pooling, &mut |_, _| {})
+        .with_context(|| format!("loading the embedding model {}", slot.spec.path.display()))?;
+    let tokenizer = Arc::new(model.tokenizer.clone());
+    let (max_tokens, dim, pooling, normalize) = (model.max_tokens, model.dim(), model.pooling, model.normalize);
+    let cfg = runtime::EmbedConfig {
+        max_queued: args.max_queued_requests,
+        step_tokens: args.chunked_prefill_size.max(max_tokens).max(16) * 8,
+        max_batch: args.max_running_requests.max(1),
+    };
+    let engine = runtime::start_embedder(model, cfg)?;
+    Ok(models::EmbedReady {
+        engine,
+        tokenizer,
+        model_id: slot.id.clone(),
+        created: now_secs(),
+        max_tokens,
+        dim,
+        pooling,
+        normalize,
     })
 }
 

@@ -6,42 +6,111 @@ use grammar::Constraint;
 use runtime::{Event, FinishReason, Finished};
 use serde_json::Value;
 use warp::reply::Response;
+use warp::Reply;
 
 use super::api::common::{top_logprobs, CommonParams};
 use super::api::models::{ModelCard, ModelList};
 use super::api::native::{
-    DetokenizeRequest, DetokenizeResponse, GenerateRequest, GenerateResponse, Matched, Message, MetaInfo, NativeFinish,
-    TokenizeRequest, TokenizeResponse,
+    DetokenizeRequest, DetokenizeResponse, GenerateRequest, GenerateResponse, Health, Matched, Message, MetaInfo,
+    NativeFinish, TokenizeRequest, TokenizeResponse,
 };
 use super::api::parse_body;
 use super::error::ApiError;
 use super::generation::{collect, compile, encode, failed, validate};
+use super::models::{ModelSlot, Served};
 use super::sse::{stream_events, EventStream};
 use super::{json_ok, Ready};
 
-fn model_card(ready: &Ready) -> ModelCard {
-    ModelCard {
-        id: ready.model_id.clone(),
+fn model_card(slot: &ModelSlot) -> ModelCard {
+    let mut card = ModelCard {
+        id: slot.id.clone(),
         object: "model",
-        created: ready.created,
+        created: 0,
         owned_by: "radixserve",
-        root: ready.model_id.clone(),
+        root: slot.id.clone(),
         parent: None,
-        max_model_len: ready.max_model_len,
-        sampling_defaults: ready.sampling_defaults.clone(),
+        kind: slot.kind,
+        status: "loading",
+        max_model_len: None,
+        sampling_defaults: None,
+        dimensions: None,
+        pooling: None,
+    };
+    match slot.state.get() {
+        None => {}
+        Some(Err(_)) => card.status = "failed",
+        Some(Ok(Served::Chat(r))) => {
+            card.status = "ready";
+            card.created = r.created;
+            card.max_model_len = Some(r.max_model_len);
+            card.sampling_defaults = Some(r.sampling_defaults.clone());
+        }
+        Some(Ok(Served::Embedding(e))) => {
+            card.status = "ready";
+            card.created = e.created;
+            card.max_model_len = Some(e.max_tokens);
+            card.dimensions = Some(e.dim);
+            card.pooling = Some(e.pooling.as_str());
+        }
     }
+    card
 }
 
-pub fn models(ready: &Ready) -> Response {
-    json_ok(&ModelList { object: "list", data: vec![model_card(ready)] })
+pub fn models(slots: &[ModelSlot]) -> Response {
+    json_ok(&ModelList { object: "list", data: slots.iter().map(model_card).collect() })
 }
 
-pub fn model(ready: &Ready, id: &str) -> Result<Response, ApiError> {
-    if id == ready.model_id {
-        Ok(json_ok(&model_card(ready)))
+pub fn model(slots: &[ModelSlot], id: &str) -> Result<Response, ApiError> {
+    let slot = slots.iter().find(|s| s.id == id).ok_or_else(|| ApiError::model_not_found(id))?;
+    Ok(json_ok(&model_card(slot)))
+}
+
+/// 200 when every model is ready; else 503 naming those that are not.
+pub fn health(slots: &[ModelSlot]) -> Response {
+    let not_ready: Vec<String> = slots
+        .iter()
+        .filter_map(|s| match s.state.get() {
+            Some(Ok(_)) => None,
+            Some(Err(e)) => Some(format!("`{}` failed to load: {e}", s.id)),
+            None => Some(format!("`{}` is loading", s.id)),
+        })
+        .collect();
+    if not_ready.is_empty() {
+        json_ok(&Health { status: "ok" })
     } else {
-        Err(ApiError::model_not_found(id))
+        ApiError { retry_after: Some(5), ..ApiError::unavailable(format!("not ready: {}", not_ready.join("; "))) }
+            .into_response()
     }
+}
+
+/// Every loaded model's engine metrics, each series labelled with its `model`, then the server's own.
+pub fn metrics(slots: &[ModelSlot], server: &prometheus::Registry) -> Response {
+    let mut families: Vec<prometheus::proto::MetricFamily> = Vec::new();
+    for slot in slots {
+        let gathered = match slot.state.get() {
+            Some(Ok(Served::Chat(r))) => r.engine.metrics().gather(),
+            Some(Ok(Served::Embedding(e))) => e.engine.metrics().gather(),
+            _ => continue,
+        };
+        for mut fam in gathered {
+            for m in fam.mut_metric().iter_mut() {
+                let mut labels = m.get_label().to_vec();
+                let mut l = prometheus::proto::LabelPair::default();
+                l.set_name("model".into());
+                l.set_value(slot.id.clone());
+                labels.insert(0, l);
+                m.set_label(labels);
+            }
+            match families.iter_mut().find(|f| f.name() == fam.name()) {
+                Some(f) => f.mut_metric().extend(fam.take_metric()),
+                None => families.push(fam),
+            }
+        }
+    }
+    families.extend(server.gather());
+    let mut buf = Vec::new();
+    let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut buf);
+    warp::reply::with_header(buf, "content-type", "text/plain; version=0.0.4").into_response()
 }
 
 pub fn flush_cache(ready: &Ready) -> Result<Response, ApiError> {
@@ -127,7 +196,7 @@ pub async fn generate(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiErr
     } else {
         None
     };
-    let mut valid = validate(&ready, prompt, &params, logprobs, prompt_param).map_err(in_sampling)?;
+    let mut valid = validate(&ready, prompt, &params, logprobs, None, prompt_param).map_err(in_sampling)?;
     if let Some((c, param)) = constraint {
         valid.set_grammar(Some(compile(&ready, c, param).await?));
     }
@@ -178,6 +247,7 @@ impl EventStream for GenerateStream {
 
     fn on_event(&mut self, _: usize, event: Event) -> Result<Vec<GenerateResponse>, ApiError> {
         let meta_info = match event {
+            Event::PromptLogprobs(_) => return Ok(Vec::new()),
             Event::Delta { text, tokens } => {
                 self.text.push_str(&text);
                 self.ids.extend(tokens.iter().map(|t| t.id));

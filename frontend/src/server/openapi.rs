@@ -7,6 +7,7 @@ use utoipa::OpenApi;
 use super::api::chat::{ChatChunk, ChatCompletion, ChatRequest};
 use super::api::common::{CommonParams, MAX_N};
 use super::api::completions::{Completion, CompletionRequest};
+use super::api::embeddings::{EmbeddingRequest, EmbeddingResponse};
 use super::api::models::{ModelCard, ModelList};
 use super::api::native::{
     DetokenizeRequest, DetokenizeResponse, GenerateRequest, GenerateResponse, Health, Message, TokenizeRequest,
@@ -31,6 +32,14 @@ fn chat() {}
     (status = 503, body = ErrorBody)))]
 #[allow(dead_code)]
 fn completions() {}
+
+/// Embeddings of one or more inputs, from an embedding model (the first served when `model` is absent).
+#[utoipa::path(post, path = "/v1/embeddings", request_body = EmbeddingRequest, responses(
+    (status = 200, body = EmbeddingResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+    (status = 503, body = ErrorBody)))]
+#[allow(dead_code)]
+fn embeddings() {}
 
 /// The served models.
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)))]
@@ -68,7 +77,7 @@ fn detokenize() {}
 #[allow(dead_code)]
 fn flush_cache() {}
 
-/// 200 once the model is loaded, 503 before.
+/// 200 once every model is loaded, 503 (naming those that are not) before.
 #[utoipa::path(get, path = "/health", responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 #[allow(dead_code)]
 fn health() {}
@@ -89,7 +98,20 @@ fn openapi() {}
         title = "radixserve",
         description = "OpenAI-compatible LLM serving with prefix caching and structured generation."
     ),
-    paths(chat, completions, models, model, generate, tokenize, detokenize, flush_cache, health, metrics, openapi),
+    paths(
+        chat,
+        completions,
+        embeddings,
+        models,
+        model,
+        generate,
+        tokenize,
+        detokenize,
+        flush_cache,
+        health,
+        metrics,
+        openapi
+    ),
     components(schemas(CommonParams, ChatChunk))
 )]
 struct ApiDoc;
@@ -181,7 +203,15 @@ mod tests {
     #[test]
     fn the_document_is_derived_and_carries_the_models_limits() {
         let doc = document(Some(Limits { vocab_size: 1000, max_model_len: 4096 }));
-        for path in ["/v1/chat/completions", "/v1/completions", "/v1/models", "/generate", "/tokenize", "/health"] {
+        for path in [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/models",
+            "/generate",
+            "/tokenize",
+            "/health",
+        ] {
             assert!(doc["paths"][path].is_object(), "{path}");
         }
         let s = &doc["components"]["schemas"];

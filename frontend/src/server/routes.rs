@@ -8,11 +8,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::reply::Response;
-use warp::{Filter, Reply};
+use warp::Filter;
 
-use super::api::native::Health;
 use super::error::ApiError;
-use super::{chat, completions, edge, json_ok, native, openapi, AppState};
+use super::models::{self, ModelKind, Served};
+use super::{chat, completions, edge, embeddings, json_ok, native, openapi, AppState};
 
 /// Every route, as one filter: (method, path, headers, body) to [`handle`].
 pub(super) fn routes(
@@ -60,7 +60,7 @@ where
 }
 
 /// Routes whose body is a JSON request (checked for its media type).
-const JSON_BODY_ROUTES: &[&str] = &["chat", "completions", "generate", "tokenize", "detokenize"];
+const JSON_BODY_ROUTES: &[&str] = &["chat", "completions", "embeddings", "generate", "tokenize", "detokenize"];
 
 /// The route table: (method, path) to a handler name.
 fn route_name(method: &Method, path: &str) -> Result<&'static str, ApiError> {
@@ -68,6 +68,7 @@ fn route_name(method: &Method, path: &str) -> Result<&'static str, ApiError> {
     let (allowed, name): (&[Method], &'static str) = match p {
         "/v1/chat/completions" => (&[Method::POST], "chat"),
         "/v1/completions" => (&[Method::POST], "completions"),
+        "/v1/embeddings" => (&[Method::POST], "embeddings"),
         "/v1/models" => (&[Method::GET], "models"),
         "/health" => (&[Method::GET], "health"),
         "/metrics" => (&[Method::GET], "metrics"),
@@ -118,23 +119,15 @@ where
     B: warp::Buf,
 {
     match name {
-        "health" => {
-            return Ok(match (state.ready.get(), state.load_error.get()) {
-                (Some(_), _) => json_ok(&Health { status: "ok" }),
-                (None, Some(e)) => ApiError::unavailable(format!("the model failed to load: {e}")).into_response(),
-                (None, None) => ApiError::unavailable("the model is loading").into_response(),
-            })
-        }
-        "metrics" => {
-            let mut text = state.ready.get().map(|r| r.engine.metrics().render()).unwrap_or_default();
-            let mut buf = Vec::new();
-            let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &state.registry.gather(), &mut buf);
-            text.push_str(&String::from_utf8_lossy(&buf));
-            return Ok(warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response());
-        }
+        "health" => return Ok(native::health(&state.models)),
+        "metrics" => return Ok(native::metrics(&state.models, &state.registry)),
         "openapi" => {
-            let limits =
-                state.ready.get().map(|r| openapi::Limits { vocab_size: r.vocab_size, max_model_len: r.max_model_len });
+            let limits = match models::resolve(&state.models, ModelKind::Chat, None) {
+                Ok(Served::Chat(r)) => {
+                    Some(openapi::Limits { vocab_size: r.vocab_size, max_model_len: r.max_model_len })
+                }
+                _ => None,
+            };
             return Ok(json_ok(&openapi::document(limits)));
         }
         _ => {}
@@ -144,20 +137,41 @@ where
         edge::check_json_body(headers)?;
     }
     let body = read_body(body, state.max_body).await?;
-    let ready = match (state.ready.get(), state.load_error.get()) {
-        (Some(r), _) => r.clone(),
-        (None, Some(e)) => return Err(ApiError::unavailable(format!("the model failed to load: {e}"))),
-        (None, None) => return Err(ApiError::unavailable("the model is loading; retry when /health answers 200")),
+    match name {
+        "models" => return Ok(native::models(&state.models)),
+        "model" => return native::model(&state.models, path.trim_end_matches('/').trim_start_matches("/v1/models/")),
+        "embeddings" => {
+            return match models::resolve(&state.models, ModelKind::Embedding, peek_model(&body).as_deref())? {
+                Served::Embedding(e) => embeddings::embeddings(e.clone(), &body).await,
+                Served::Chat(_) => Err(ApiError::internal("an embedding slot holds a chat model")),
+            }
+        }
+        _ => {}
+    }
+    let ready = match models::resolve(&state.models, ModelKind::Chat, peek_model(&body).as_deref())? {
+        Served::Chat(r) => r.clone(),
+        Served::Embedding(_) => return Err(ApiError::internal("a chat slot holds an embedding model")),
     };
     match name {
         "chat" => chat::chat(ready, &body).await,
         "completions" => completions::completions(ready, &body).await,
-        "models" => Ok(native::models(&ready)),
-        "model" => native::model(&ready, path.trim_end_matches('/').trim_start_matches("/v1/models/")),
         "generate" => native::generate(ready, &body).await,
         "flush_cache" => native::flush_cache(&ready),
         "tokenize" => native::tokenize(&ready, &body),
         "detokenize" => native::detokenize(&ready, &body),
         _ => Err(ApiError::internal(format!("unrouted handler {name}"))),
+    }
+}
+
+/// The `model` a JSON body names, if it is a JSON object with a string `model` (anything else: none, and the
+/// handler's own parsing says what is wrong with the body).
+fn peek_model(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        model: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Peek>(body).ok()?.model? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
     }
 }

@@ -41,11 +41,19 @@ pub fn start(args: ServeArgs, wait: bool) -> Server {
     Server { base, model: String::new(), _rt: rt, _server: server }
 }
 
-/// The shared server of a test binary: API key set, 512 MiB of KV cache.
+/// The id of the embedding model the shared server serves beside the chat model.
+pub const EMBED_ID: &str = "minilm";
+
+/// The shared server of a test binary: the chat model (first, 512 MiB of KV cache) and all-MiniLM-L6-v2 as
+/// `minilm`, API key set.
 pub fn server() -> &'static Server {
     static S: OnceLock<Server> = OnceLock::new();
     S.get_or_init(|| {
-        let mut s = start(args(&["--api-key", KEY, "--kv-cache-mb", "512", "--max-body-bytes", "1048576"]), true);
+        let embed = format!("{EMBED_ID}={}", radixserve_tests::embed_model_path().display());
+        let mut s = start(
+            args(&["--api-key", KEY, "--kv-cache-mb", "512", "--max-body-bytes", "1048576", "--model", &embed]),
+            true,
+        );
         let (st, v) = s.get("/v1/models");
         assert_eq!(st, 200);
         s.model = v["data"][0]["id"].as_str().unwrap().to_string();

@@ -127,7 +127,8 @@ impl CommonParams {
             if self.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
         let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
             None => MaxTokens::UpTo(DEFAULT_MAX_TOKENS),
-            Some(m) if m < 1 => {
+            // 0 is the engine's to judge: it scores a prompt (completions with echo), else it is refused.
+            Some(m) if m < 0 => {
                 let param = max_tokens_param;
                 return Err(ApiError::invalid(param, format!("{param} must be at least 1, got {m}")));
             }

@@ -69,7 +69,8 @@ pub struct CompletionChoice {
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<Option<f32>>,
+    /// `null` at the prompt's first token (echoed prompt logprobs).
     #[schema(value_type = Vec<Object>)]
-    pub top_logprobs: Vec<IndexMap<String, f32>>,
+    pub top_logprobs: Vec<Option<IndexMap<String, f32>>>,
     pub text_offset: Vec<usize>,
 }
