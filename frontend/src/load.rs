@@ -29,8 +29,7 @@ impl DeviceArgs {
             Some(d) => kernels::torch::parse_kind(d)?,
             None => kernels::torch::default_kind(device),
         };
-        kernels::torch::set_threads(self.threads);
-        Ok(LoadOptions { device, kind })
+        Ok(LoadOptions { device, kind, threads: self.threads })
     }
 }
 

@@ -92,6 +92,8 @@ pub struct BertModel {
     layers: Vec<Layer>,
     /// `gelu` is erf GELU; the `*tanh`/`gelu_new` variants use the tanh approximation.
     gelu_tanh: bool,
+    /// libtorch threads of the thread that runs the model (0: one per core).
+    threads: usize,
 }
 
 impl std::fmt::Debug for BertModel {
@@ -109,7 +111,7 @@ pub struct Hidden {
 
 impl BertModel {
     /// Loads the weights of a Hugging Face `BertModel` (names with or without the `bert.` prefix).
-    pub fn load(cfg: BertConfig, st: &SafeTensorFiles, device: Device, kind: Kind) -> Result<Self> {
+    pub fn load(cfg: BertConfig, st: &SafeTensorFiles, device: Device, kind: Kind, threads: usize) -> Result<Self> {
         let prefix = if st.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
         let put = |t: Tensor| -> Result<Tensor> { Ok(t.f_to_kind(kind)?.f_to_device(device)?) };
         let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
@@ -156,6 +158,7 @@ impl BertModel {
         }
         Ok(Self {
             gelu_tanh: cfg.hidden_act != "gelu",
+            threads,
             cfg,
             device,
             kind,
@@ -206,6 +209,7 @@ impl BertModel {
             ids.extend(s.iter().map(|&t| t as i64));
             pos.extend(0..s.len() as i64);
         }
+        crate::torch::ensure_threads(self.threads);
         let tensor = tch::no_grad(|| self.forward_rows(&ids, &pos, &rows))?;
         Ok(Hidden { tensor, rows })
     }

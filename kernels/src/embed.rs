@@ -128,6 +128,8 @@ impl EmbeddingModel {
     /// Loads a sentence-transformers folder (or a plain Hugging Face BERT folder: mean pooling, normalized).
     /// `pooling` overrides what the folder declares.
     pub fn load_encoder(dir: &Path, opts: LoadOptions, pooling: Option<Pooling>) -> Result<Self> {
+        // On one libtorch thread: see `torch::Threads`.
+        let _one = crate::torch::Threads::hold(1);
         let read_json = |f: &str| -> Result<Option<Json>> {
             let p = dir.join(f);
             if !p.exists() {
@@ -178,7 +180,7 @@ impl EmbeddingModel {
         tok.with_truncation(None).map_err(|e| Error::tokenizer(e.to_string()))?;
         tok.with_padding(None);
         let st = SafeTensorFiles::open_folder(dir)?;
-        let net = BertModel::load(cfg, &st, opts.device, opts.kind)?;
+        let net = BertModel::load(cfg, &st, opts.device, opts.kind, opts.threads)?;
         Ok(Self {
             name: folder_name(dir),
             path: dir.to_path_buf(),

@@ -79,6 +79,8 @@ pub struct LlamaModel {
     sin: Tensor,
     /// Use the fused CPU kernels of [`crate::cpu_attention`] (f32 on CPU only).
     fused: bool,
+    /// libtorch threads of the thread that runs the model (0: one per core).
+    threads: usize,
 }
 
 impl std::fmt::Debug for LlamaModel {
@@ -158,6 +160,7 @@ impl LlamaModel {
         progress(total, total);
         Ok(Self {
             fused: device == Device::Cpu && kind == Kind::Float,
+            threads: 0,
             device,
             kind,
             embed,
@@ -185,6 +188,11 @@ impl LlamaModel {
         self.fused = on && self.device == Device::Cpu && self.kind == Kind::Float;
     }
 
+    /// libtorch threads for the thread that runs the model (0: one per core); set on that thread at each step.
+    pub fn set_threads(&mut self, n: usize) {
+        self.threads = n;
+    }
+
     /// Longest sequence the position tables cover.
     pub fn max_positions(&self) -> usize {
         self.cos.size()[0] as usize
@@ -198,10 +206,13 @@ impl LlamaModel {
     /// Runs one forward step over a batch; see the module docs.
     pub fn forward(&self, kv: &mut KvPool, batch: &[SeqInput<'_>]) -> Result<Logits> {
         let plan = Plan::new(self, kv, batch)?;
+        // Steps of up to MAX_ROWS tokens do every matrix product in our kernels; libtorch's remaining ops there are
+        // small element-wise ones that run faster on one thread than with a thread wake-up per op.
+        crate::torch::ensure_threads(self.threads);
         let _one_thread = (self.device == Device::Cpu
             && plan.n_tokens as usize <= crate::cpu_gemm::MAX_ROWS
             && crate::cpu_gemm::available())
-        .then(TorchThreads::one);
+        .then(|| crate::torch::Threads::hold(1));
         tch::no_grad(|| {
             let hidden = self.forward_planned(kv, &plan)?;
             let tensor = match hidden.tensor {
@@ -216,10 +227,13 @@ impl LlamaModel {
     /// for instead of their logits: `[rows, hidden_size]`, float32 (embeddings from a decoder).
     pub fn forward_hidden(&self, kv: &mut KvPool, batch: &[SeqInput<'_>]) -> Result<Logits> {
         let plan = Plan::new(self, kv, batch)?;
+        // Steps of up to MAX_ROWS tokens do every matrix product in our kernels; libtorch's remaining ops there are
+        // small element-wise ones that run faster on one thread than with a thread wake-up per op.
+        crate::torch::ensure_threads(self.threads);
         let _one_thread = (self.device == Device::Cpu
             && plan.n_tokens as usize <= crate::cpu_gemm::MAX_ROWS
             && crate::cpu_gemm::available())
-        .then(TorchThreads::one);
+        .then(|| crate::torch::Threads::hold(1));
         tch::no_grad(|| {
             let hidden = self.forward_planned(kv, &plan)?;
             let tensor = match hidden.tensor {
@@ -338,25 +352,6 @@ impl LlamaModel {
 struct HiddenRows {
     tensor: Option<Tensor>,
     rows: Vec<Range<usize>>,
-}
-
-/// Holds libtorch to one intra-op thread until dropped. Steps of up to [`crate::cpu_gemm::MAX_ROWS`] tokens do
-/// every matrix product in our kernels; libtorch's remaining ops there are small element-wise ones that run
-/// faster on one thread than with a thread wake-up per op.
-struct TorchThreads(i32);
-
-impl TorchThreads {
-    fn one() -> Self {
-        let before = tch::get_num_threads();
-        tch::set_num_threads(1);
-        Self(before)
-    }
-}
-
-impl Drop for TorchThreads {
-    fn drop(&mut self) {
-        tch::set_num_threads(self.0);
-    }
 }
 
 fn check_shape(name: &str, t: &Tensor, want: &[usize]) -> Result<()> {

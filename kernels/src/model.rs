@@ -17,12 +17,14 @@ use crate::weights::{SafeTensorFiles, WeightSource};
 pub struct LoadOptions {
     pub device: Device,
     pub kind: Kind,
+    /// libtorch intra-op threads of the thread that runs the model (0: one per core).
+    pub threads: usize,
 }
 
 impl Default for LoadOptions {
     /// f32 on the CPU: the only fast choice on CPUs without bf16 hardware.
     fn default() -> Self {
-        Self { device: Device::Cpu, kind: Kind::Float }
+        Self { device: Device::Cpu, kind: Kind::Float, threads: 0 }
     }
 }
 
@@ -88,6 +90,8 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads a `.gguf` file or a Hugging Face model folder.
     pub fn load(path: &Path, opts: LoadOptions, progress: Progress<'_>) -> Result<Self> {
+        // On one libtorch thread: see `torch::Threads`.
+        let _one = crate::torch::Threads::hold(1);
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_string());
         if path.is_dir() {
             Self::load_hf(path, name, opts, progress)
@@ -105,7 +109,8 @@ impl Model {
         let chat_template = g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_owned);
         let sampling = SamplingHints::from_gguf(&g);
         let src = WeightSource::Gguf(g);
-        let net = LlamaModel::load(cfg, &src, opts.device, opts.kind, progress)?;
+        let mut net = LlamaModel::load(cfg, &src, opts.device, opts.kind, progress)?;
+        net.set_threads(opts.threads);
         Ok(Self { name, path: path.to_path_buf(), net, tokenizer, special, chat_template, sampling })
     }
 
@@ -144,7 +149,8 @@ impl Model {
         };
         let sampling = SamplingHints::from_generation_config(&gen_cfg);
         let src = WeightSource::SafeTensors(SafeTensorFiles::open_folder(dir)?);
-        let net = LlamaModel::load(cfg, &src, opts.device, opts.kind, progress)?;
+        let mut net = LlamaModel::load(cfg, &src, opts.device, opts.kind, progress)?;
+        net.set_threads(opts.threads);
         Ok(Self { name, path: dir.to_path_buf(), net, tokenizer, special, chat_template, sampling })
     }
 }

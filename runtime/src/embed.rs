@@ -186,6 +186,7 @@ pub fn start_embedder<E: Embedder>(mut model: E, cfg: EmbedConfig) -> std::io::R
             sh.metrics.batch_size.observe(batch.len() as f64);
             sh.metrics.step_tokens.observe(tokens as f64);
             sh.metrics.prompt_tokens.inc_by(tokens as u64);
+            let t0 = Instant::now();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.embed(&batch)))
                 .unwrap_or_else(|_| Err("internal error in the embedding model".into()))
                 .and_then(|v| {
@@ -195,6 +196,7 @@ pub fn start_embedder<E: Embedder>(mut model: E, cfg: EmbedConfig) -> std::io::R
                         Err(format!("the model returned {} vectors for {} inputs", v.len(), batch.len()))
                     }
                 });
+            tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, inputs = batch.len(), tokens, "embedding step");
             let mut done = Vec::new();
             match result {
                 Ok(vectors) => {

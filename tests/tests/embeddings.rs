@@ -233,3 +233,30 @@ fn health_names_the_model_that_is_not_ready() {
     let (st, v) = srv.post("/v1/embeddings", &json!({"model": "broken", "input": "hi"}));
     assert_eq!(st, 400, "a chat-kind slot: {v}");
 }
+
+/// SmolLM2 served as an embedder (`--embedding-model`, last-token pooling): its vectors are transformers' final
+/// hidden states, pooled and normalized (the fixture `kernels` checks in process), and it cannot chat.
+#[test]
+fn a_decoder_served_as_an_embedder() {
+    let path = radixserve_tests::model_path();
+    let argv = ["--embedding-model", &format!("smol-embed={}", path.display())];
+    let srv = common::start(common::args(&argv), true);
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(radixserve_tests::repo_root().join("kernels/testdata/smollm2_embed_reference.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let cases = fx["cases"].as_array().unwrap();
+    let inputs: Vec<&Value> = cases.iter().map(|c| &c["ids"]).collect();
+    let (st, v) = srv.post("/v1/embeddings", &json!({"model": "smol-embed", "input": inputs}));
+    assert_eq!(st, 200, "{v}");
+    for (d, c) in v["data"].as_array().unwrap().iter().zip(cases) {
+        let got = floats(&d["embedding"]);
+        assert_eq!(got.len(), 576);
+        assert!(max_diff(&got, &floats(&c["last"])) <= 1e-5, "{}", c["text"]);
+    }
+    let (st, e) = srv.post("/v1/chat/completions", &json!({"model": "smol-embed", "messages": common::user("hi")}));
+    assert_eq!(st, 400, "{e}");
+    let (_, models) = srv.get("/v1/models");
+    assert_eq!(models["data"][1]["pooling"], "last");
+}

@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
     kernels::torch::init_process();
     let args = Args::parse();
     kernels::torch::set_threads(args.threads);
-    let opts = LoadOptions::default();
+    let opts = LoadOptions { threads: args.threads, ..LoadOptions::default() };
     let model = Model::load(&args.model, opts, &mut |_, _| {})?;
     let cfg = model.net.config().clone();
     let params = cfg.matmul_params() as f64;

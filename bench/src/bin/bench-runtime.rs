@@ -54,7 +54,8 @@ struct Setup {
 
 impl Setup {
     fn engine(&self, cfg: SchedulerConfig) -> anyhow::Result<EngineHandle> {
-        let model = Model::load(&self.args.model, LoadOptions::default(), &mut |_, _| {})?;
+        let opts = LoadOptions { threads: self.args.threads, ..LoadOptions::default() };
+        let model = Model::load(&self.args.model, opts, &mut |_, _| {})?;
         let exec = ModelExecutor::new(model.net, 16384)?;
         Ok(runtime::start(exec, cfg, self.tokenizer.clone(), self.eos.clone())?)
     }

@@ -96,7 +96,7 @@ fn token_inputs(model: &EmbedReady, input: &EmbeddingInput) -> Result<Vec<Vec<u3
         let enc = model.tokenizer.encode(s, true).map_err(|e| ApiError::bad_request(format!("tokenizing: {e}")))?;
         Ok(enc.get_ids().to_vec())
     };
-    let vocab = model.tokenizer.get_vocab_size(true) as u32;
+    let vocab = model.vocab_size;
     let check_ids = |i: usize, ids: &[u32]| -> Result<Vec<u32>, ApiError> {
         if ids.is_empty() {
             return Err(ApiError::invalid("input", format!("input[{i}] is an empty list of tokens")));

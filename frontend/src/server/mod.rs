@@ -359,6 +359,7 @@ fn load_embedder(args: &ServeArgs, slot: &models::ModelSlot) -> anyhow::Result<m
     let engine = runtime::start_embedder(model, cfg)?;
     Ok(models::EmbedReady {
         engine,
+        vocab_size: tokenizer.get_vocab_size(true) as u32,
         tokenizer,
         model_id: slot.id.clone(),
         created: now_secs(),

@@ -159,6 +159,9 @@ pub fn read_models_file(path: &Path) -> anyhow::Result<Vec<ModelSpec>> {
 pub struct EmbedReady {
     pub engine: runtime::EmbedHandle,
     pub tokenizer: Arc<tokenizers::Tokenizer>,
+    /// Token ids are below this (the tokenizer's count, added tokens included; computed once: the tokenizer
+    /// builds a map to count them).
+    pub vocab_size: u32,
     pub model_id: String,
     pub created: u64,
     /// The longest input, in tokens.
@@ -246,4 +249,51 @@ pub fn slots(specs: Vec<ModelSpec>) -> anyhow::Result<Vec<ModelSlot>> {
         }
     }
     Ok(slots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_models_file_gives_every_field_and_refuses_unknown_ones() {
+        let dir = std::env::temp_dir().join(format!("radixserve-models-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("models.toml");
+        std::fs::write(
+            &file,
+            r#"
+[[model]]
+id = "chat"
+path = "chat.gguf"
+kind = "chat"
+kv_cache_mb = 256
+sampling_defaults = { temperature = 0.2, top_p = 0.9 }
+tool_call_parser = "hermes"
+
+[[model]]
+path = "embed-folder"
+kind = "embedding"
+pooling = "cls"
+"#,
+        )
+        .unwrap();
+        let specs = read_models_file(&file).unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!((specs[0].id(), specs[0].kind(), specs[0].kv_cache_mb), ("chat".into(), ModelKind::Chat, Some(256)));
+        assert_eq!(specs[0].path, dir.join("chat.gguf"), "relative to the file");
+        assert!(matches!(&specs[0].sampling_defaults, Some(DefaultsSource::Values(v)) if v.temperature == Some(0.2)));
+        assert_eq!(
+            (specs[1].id(), specs[1].kind(), specs[1].pooling),
+            ("embed-folder".into(), ModelKind::Embedding, Some(Pooling::Cls))
+        );
+        std::fs::write(&file, "[[model]]\npath = \"x\"\nkv_cache = 1\n").unwrap();
+        assert!(read_models_file(&file).unwrap_err().to_string().contains("kv_cache"));
+        std::fs::write(&file, "[[model]]\npath = \"x\"\npooling = \"median\"\n").unwrap();
+        assert!(read_models_file(&file).unwrap_err().to_string().contains("median"));
+        let dup = slots(vec![ModelSpec::parse_arg("a=x.gguf").unwrap(), ModelSpec::parse_arg("a=y.gguf").unwrap()]);
+        assert!(dup.err().unwrap().to_string().contains("`a`"));
+        assert_eq!(ModelSpec::parse_arg("models/a=b.gguf").unwrap().id(), "a=b", "a path with '=' and no id");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
