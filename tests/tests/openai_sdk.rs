@@ -35,3 +35,8 @@ fn instructor_tools_mode_works_unchanged() {
 fn embeddings_with_the_sdk_and_langchain_and_a_rag_round_trip() {
     run_smoke("embeddings_smoke.py");
 }
+
+#[test]
+fn the_responses_api_with_the_sdk_and_the_agents_sdk() {
+    run_smoke("responses_smoke.py");
+}

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use grammar::Constraint;
-use runtime::{Event, FinishReason, Finished};
+use runtime::{Event, FinishReason, Finished, ValidRequest};
 use warp::reply::Response;
 
 use super::api::chat::{
     AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChatRequest, ChunkChoice, Delta,
     FunctionCall, ToolCall, ToolCallDelta,
 };
+use super::api::common::Params;
 use super::api::parse_request;
 use super::error::ApiError;
 use super::generation::{
@@ -21,9 +22,17 @@ use super::sse::{stream_events, EventStream};
 use super::tools::{self, tool_mode, CallScan, ToolFormat, ToolMode};
 use super::{json_ok, now_secs, random_id, Ready};
 
-pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> {
-    let req: ChatRequest = parse_request(body)?;
-    check_model(&ready, req.common.model.as_deref())?;
+/// A chat request checked, rendered, tokenized and constrained: ready to submit (chat completions and the
+/// Responses API both go through it).
+pub(crate) struct Prepared {
+    pub valid: ValidRequest,
+    pub mode: ToolMode,
+    pub params: Params,
+    pub logprobs: Option<usize>,
+}
+
+pub(crate) async fn prepare(ready: &Ready, req: &ChatRequest) -> Result<Prepared, ApiError> {
+    check_model(ready, req.common.model.as_deref())?;
     let params = req.common.params(ready.vocab_size, &ready.sampling_defaults)?;
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (true, k) => Some(super::api::common::top_logprobs(k, "top_logprobs")?),
@@ -33,13 +42,19 @@ pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> 
         (false, _) => None,
     };
     let mode = tool_mode(req.tools.as_deref(), req.tool_choice.as_ref())?;
-    let constraint = constraint(&ready, &req, &mode)?;
-    let text = render_chat(&ready, &req, &mode)?;
-    let prompt = encode(&ready, &text, false)?;
-    let mut valid = validate(&ready, prompt, &params, logprobs, None, "messages")?;
+    let constraint = constraint(ready, req, &mode)?;
+    let text = render_chat(ready, req, &mode)?;
+    let prompt = encode(ready, &text, false)?;
+    let mut valid = validate(ready, prompt, &params, logprobs, None, "messages")?;
     if let Some((c, param)) = constraint {
-        valid.set_grammar(Some(compile(&ready, c, param).await?));
+        valid.set_grammar(Some(compile(ready, c, param).await?));
     }
+    Ok(Prepared { valid, mode, params, logprobs })
+}
+
+pub async fn chat(ready: Arc<Ready>, body: &[u8]) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse_request(body)?;
+    let Prepared { valid, mode, params, logprobs } = prepare(&ready, &req).await?;
     let prompt_tokens = valid.request().prompt.len();
     let streams = submit(&ready, &valid, params.n)?;
     let readers: Vec<ChoiceReader> =
@@ -142,8 +157,8 @@ struct Head {
 }
 
 /// Turns one choice's engine events into chat output, deciding early whether the output is text or tool calls.
-struct ChoiceReader {
-    index: usize,
+pub(crate) struct ChoiceReader {
+    pub index: usize,
     mode: ToolMode,
     /// The forms a call may be written in.
     forms: Vec<ToolFormat>,
@@ -151,20 +166,20 @@ struct ChoiceReader {
     pending: String,
     /// Known to be text: stream it as it comes.
     is_text: bool,
-    with_logprobs: bool,
+    pub with_logprobs: bool,
     /// Streaming tool calls: where the scan of `pending` is and what it has sent.
     scan: CallScan,
 }
 
 /// The end of a choice.
-struct ChoiceEnd {
-    content: String,
-    calls: Vec<(String, String)>,
-    finish_reason: &'static str,
+pub(crate) struct ChoiceEnd {
+    pub content: String,
+    pub calls: Vec<(String, String)>,
+    pub finish_reason: &'static str,
 }
 
 impl ChoiceReader {
-    fn new(index: usize, mode: ToolMode, format: ToolFormat, with_logprobs: bool) -> Self {
+    pub fn new(index: usize, mode: ToolMode, format: ToolFormat, with_logprobs: bool) -> Self {
         let is_text = mode == ToolMode::Off;
         Self {
             index,
@@ -178,7 +193,7 @@ impl ChoiceReader {
     }
 
     /// Text that can be shown now.
-    fn push(&mut self, text: &str) -> String {
+    pub fn push(&mut self, text: &str) -> String {
         if self.is_text {
             return text.to_string();
         }
@@ -191,7 +206,7 @@ impl ChoiceReader {
     }
 
     /// Tool-call deltas for the output so far (streaming; empty while the output is, or may be, text).
-    fn call_deltas(&mut self) -> Vec<ToolCallDelta> {
+    pub fn call_deltas(&mut self) -> Vec<ToolCallDelta> {
         if self.is_text || ToolFormat::starts_call(&self.forms, &self.pending) != Some(true) {
             return Vec::new();
         }
@@ -199,11 +214,11 @@ impl ChoiceReader {
     }
 
     /// Calls the scan has opened (streamed) so far.
-    fn calls_streamed(&self) -> usize {
+    pub fn calls_streamed(&self) -> usize {
         self.scan.calls + usize::from(self.scan.in_args)
     }
 
-    fn finish(&mut self, fin: &Finished) -> ChoiceEnd {
+    pub fn finish(&mut self, fin: &Finished) -> ChoiceEnd {
         let rest = std::mem::take(&mut self.pending);
         let finish_reason = fin.reason.label();
         if !self.is_text && fin.reason != FinishReason::Length {

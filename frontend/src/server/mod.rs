@@ -17,8 +17,10 @@ pub mod models;
 mod native;
 pub mod openapi;
 mod prompt;
+mod responses;
 mod routes;
 mod sse;
+pub mod store;
 pub mod tools;
 
 use std::net::SocketAddr;
@@ -96,6 +98,16 @@ pub struct ServeArgs {
     /// localhost, 127.0.0.1 and [::1] (a guard against DNS rebinding; name yours here to reach it by another name).
     #[arg(long)]
     pub allowed_hosts: Option<String>,
+    /// Where the Responses API keeps stored responses (an embedded database, `responses.redb`), so chains survive a
+    /// restart. Default: `$RADIXSERVE_CACHE/state`, else `~/.cache/radixserve/state`. One server per folder.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Most stored responses kept (the oldest go first).
+    #[arg(long, default_value_t = 100_000)]
+    pub responses_max_count: usize,
+    /// Stored responses older than this many seconds are dropped (default 30 days, as OpenAI keeps them).
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    pub responses_max_age_s: u64,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
@@ -139,6 +151,8 @@ pub struct Ready {
 pub struct AppState {
     /// Every served model in the order given; the first of each kind answers requests that name none.
     models: Vec<models::ModelSlot>,
+    /// Stored responses of the Responses API.
+    responses: Arc<store::ResponseStore>,
     api_key: Option<String>,
     allowed_hosts: edge::AllowedHosts,
     max_body: usize,
@@ -207,9 +221,26 @@ fn model_specs(args: &ServeArgs) -> anyhow::Result<Vec<models::ModelSpec>> {
     Ok(specs)
 }
 
+/// `$RADIXSERVE_CACHE/state`, else `~/.cache/radixserve/state`, else `./radixserve-state`.
+fn default_state_dir() -> PathBuf {
+    if let Some(c) = std::env::var_os("RADIXSERVE_CACHE") {
+        return PathBuf::from(c).join("state");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache/radixserve/state"),
+        None => PathBuf::from("radixserve-state"),
+    }
+}
+
 /// Binds the socket, starts loading the models in the background (one after another) and serves until stopped.
 pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
     let slots = models::slots(model_specs(&args)?)?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let responses = Arc::new(store::ResponseStore::open(
+        &state_dir,
+        args.responses_max_count,
+        std::time::Duration::from_secs(args.responses_max_age_s),
+    )?);
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("bad --host/--port {}:{}", args.host, args.port))?;
@@ -223,6 +254,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
     registry.register(Box::new(http_requests.clone()))?;
     let state = Arc::new(AppState {
         models: slots,
+        responses,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         allowed_hosts: edge::AllowedHosts::new(args.allowed_hosts.as_deref(), addr.ip()),
         max_body: args.max_body_bytes,

@@ -13,6 +13,7 @@ use super::api::native::{
     DetokenizeRequest, DetokenizeResponse, GenerateRequest, GenerateResponse, Health, Message, TokenizeRequest,
     TokenizeResponse,
 };
+use super::api::responses::{Deleted, InputItemList, ResponseObject, ResponsesRequest};
 use super::api::ErrorBody;
 
 // Each route's documentation; the handlers live in their own files and read these types.
@@ -40,6 +41,33 @@ fn completions() {}
     (status = 503, body = ErrorBody)))]
 #[allow(dead_code)]
 fn embeddings() {}
+
+/// A model response (OpenAI's Responses API); with `stream: true`, server-sent typed events (`event:` names,
+/// each with a `sequence_number`) ending in `response.completed`.
+#[utoipa::path(post, path = "/v1/responses", request_body = ResponsesRequest, responses(
+    (status = 200, body = ResponseObject), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+    (status = 503, body = ErrorBody)))]
+#[allow(dead_code)]
+fn responses_create() {}
+
+/// A stored response.
+#[utoipa::path(get, path = "/v1/responses/{response_id}", params(("response_id" = String, Path)), responses(
+    (status = 200, body = ResponseObject), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn responses_get() {}
+
+/// Deletes a stored response.
+#[utoipa::path(delete, path = "/v1/responses/{response_id}", params(("response_id" = String, Path)), responses(
+    (status = 200, body = Deleted), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn responses_delete() {}
+
+/// The input items of a stored response, newest first.
+#[utoipa::path(get, path = "/v1/responses/{response_id}/input_items", params(("response_id" = String, Path)),
+    responses((status = 200, body = InputItemList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[allow(dead_code)]
+fn responses_input_items() {}
 
 /// The served models.
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)))]
@@ -102,6 +130,10 @@ fn openapi() {}
         chat,
         completions,
         embeddings,
+        responses_create,
+        responses_get,
+        responses_delete,
+        responses_input_items,
         models,
         model,
         generate,
@@ -207,6 +239,7 @@ mod tests {
             "/v1/chat/completions",
             "/v1/completions",
             "/v1/embeddings",
+            "/v1/responses",
             "/v1/models",
             "/generate",
             "/tokenize",

@@ -12,7 +12,7 @@ use warp::Filter;
 
 use super::error::ApiError;
 use super::models::{self, ModelKind, Served};
-use super::{chat, completions, edge, embeddings, json_ok, native, openapi, AppState};
+use super::{chat, completions, edge, embeddings, json_ok, native, openapi, responses, AppState};
 
 /// Every route, as one filter: (method, path, headers, body) to [`handle`].
 pub(super) fn routes(
@@ -60,7 +60,8 @@ where
 }
 
 /// Routes whose body is a JSON request (checked for its media type).
-const JSON_BODY_ROUTES: &[&str] = &["chat", "completions", "embeddings", "generate", "tokenize", "detokenize"];
+const JSON_BODY_ROUTES: &[&str] =
+    &["chat", "completions", "embeddings", "responses", "generate", "tokenize", "detokenize"];
 
 /// The route table: (method, path) to a handler name.
 fn route_name(method: &Method, path: &str) -> Result<&'static str, ApiError> {
@@ -69,6 +70,9 @@ fn route_name(method: &Method, path: &str) -> Result<&'static str, ApiError> {
         "/v1/chat/completions" => (&[Method::POST], "chat"),
         "/v1/completions" => (&[Method::POST], "completions"),
         "/v1/embeddings" => (&[Method::POST], "embeddings"),
+        "/v1/responses" => (&[Method::POST], "responses"),
+        _ if p.starts_with("/v1/responses/") && p.ends_with("/input_items") => (&[Method::GET], "response_input_items"),
+        _ if p.starts_with("/v1/responses/") => (&[Method::GET, Method::DELETE], "response"),
         "/v1/models" => (&[Method::GET], "models"),
         "/health" => (&[Method::GET], "health"),
         "/metrics" => (&[Method::GET], "metrics"),
@@ -97,7 +101,9 @@ where
         .and_then(|()| route_name(&method, &path));
     let (label, resp) = match checked {
         Err(e) => ("unknown", e.into_response()),
-        Ok(name) => (name, dispatch(&state, name, &path, &headers, body).await.unwrap_or_else(|e| e.into_response())),
+        Ok(name) => {
+            (name, dispatch(&state, &method, name, &path, &headers, body).await.unwrap_or_else(|e| e.into_response()))
+        }
     };
     let status = resp.status().as_u16().to_string();
     state.http_requests.with_label_values(&[label, &status]).inc();
@@ -109,6 +115,7 @@ where
 
 async fn dispatch<S, B>(
     state: &Arc<AppState>,
+    method: &Method,
     name: &'static str,
     path: &str,
     headers: &HeaderMap,
@@ -137,7 +144,14 @@ where
         edge::check_json_body(headers)?;
     }
     let body = read_body(body, state.max_body).await?;
+    let response_id = || {
+        let rest = path.trim_end_matches('/').trim_start_matches("/v1/responses/");
+        rest.trim_end_matches("/input_items").to_string()
+    };
     match name {
+        "response" if *method == Method::DELETE => return responses::delete(&state.responses, &response_id()).await,
+        "response" => return responses::retrieve(&state.responses, &response_id()).await,
+        "response_input_items" => return responses::input_items(&state.responses, &response_id()).await,
         "models" => return Ok(native::models(&state.models)),
         "model" => return native::model(&state.models, path.trim_end_matches('/').trim_start_matches("/v1/models/")),
         "embeddings" => {
@@ -154,6 +168,7 @@ where
     };
     match name {
         "chat" => chat::chat(ready, &body).await,
+        "responses" => responses::create(ready, state.responses.clone(), &body).await,
         "completions" => completions::completions(ready, &body).await,
         "generate" => native::generate(ready, &body).await,
         "flush_cache" => native::flush_cache(&ready),

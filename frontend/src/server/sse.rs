@@ -19,10 +19,14 @@ use super::error::ApiError;
 pub(crate) struct Sse(tokio::sync::mpsc::Sender<Result<warp::sse::Event, Infallible>>);
 
 impl Sse {
-    /// Sends one `data:` event; false once the client is gone.
-    pub async fn send<T: Serialize>(&self, v: &T) -> bool {
+    /// Sends one event with an `event:` name; false once the client is gone.
+    pub async fn send_named<T: Serialize>(&self, name: Option<&str>, v: &T) -> bool {
         let data = serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-        self.0.send(Ok(warp::sse::Event::default().data(data))).await.is_ok()
+        let mut ev = warp::sse::Event::default().data(data);
+        if let Some(n) = name {
+            ev = ev.event(n);
+        }
+        self.0.send(Ok(ev)).await.is_ok()
     }
 
     /// The closing `data: [DONE]`.
@@ -70,6 +74,12 @@ pub(crate) trait EventStream: Send + 'static {
     fn on_event(&mut self, i: usize, event: Event) -> Result<Vec<Self::Chunk>, ApiError>;
     /// The chunks after every stream has finished.
     fn last(self) -> Vec<Self::Chunk>;
+    /// The SSE `event:` name of a chunk (none: a bare `data:` event, as chat completions send).
+    fn event_name(_chunk: &Self::Chunk) -> Option<&'static str> {
+        None
+    }
+    /// Whether the stream ends with `data: [DONE]` (chat and completions do; the Responses API does not).
+    const DONE: bool = true;
 }
 
 /// The stream loop every streaming route runs: `state`'s first chunks; then each engine event of `streams`
@@ -78,7 +88,7 @@ pub(crate) trait EventStream: Send + 'static {
 pub(crate) fn stream_events<S: EventStream>(streams: Vec<RequestStream>, mut state: S) -> Response {
     sse_response(move |tx| async move {
         for chunk in &state.first() {
-            if !tx.send(chunk).await {
+            if !tx.send_named(S::event_name(chunk), chunk).await {
                 return;
             }
         }
@@ -87,23 +97,27 @@ pub(crate) fn stream_events<S: EventStream>(streams: Vec<RequestStream>, mut sta
             match state.on_event(i, event) {
                 Ok(chunks) => {
                     for chunk in &chunks {
-                        if !tx.send(chunk).await {
+                        if !tx.send_named(S::event_name(chunk), chunk).await {
                             return;
                         }
                     }
                 }
                 Err(e) => {
-                    tx.send(&e.body()).await;
-                    tx.done().await;
+                    tx.send_named(Some("error").filter(|_| !S::DONE), &e.body()).await;
+                    if S::DONE {
+                        tx.done().await;
+                    }
                     return;
                 }
             }
         }
         for chunk in &state.last() {
-            if !tx.send(chunk).await {
+            if !tx.send_named(S::event_name(chunk), chunk).await {
                 return;
             }
         }
-        tx.done().await;
+        if S::DONE {
+            tx.done().await;
+        }
     })
 }

@@ -17,6 +17,16 @@ pub struct Server {
     _server: RunningServer,
 }
 
+/// A fresh folder for one server's stored responses (each server needs its own).
+pub fn state_dir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("radixserve-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Server arguments: the chat model, port 0, its own state folder (unless `extra` names one), then `extra`.
 pub fn args(extra: &[&str]) -> ServeArgs {
     #[derive(clap::Parser)]
     struct Cli {
@@ -26,6 +36,9 @@ pub fn args(extra: &[&str]) -> ServeArgs {
     let model = radixserve_tests::model_path();
     let mut argv =
         vec!["radixserve".to_string(), "--model".into(), model.display().to_string(), "--port".into(), "0".into()];
+    if !extra.contains(&"--state-dir") {
+        argv.extend(["--state-dir".to_string(), state_dir().display().to_string()]);
+    }
     argv.extend(extra.iter().map(|s| s.to_string()));
     <Cli as clap::Parser>::parse_from(argv).serve
 }

@@ -10,6 +10,7 @@ pub mod completions;
 pub mod embeddings;
 pub mod models;
 pub mod native;
+pub mod responses;
 
 use serde::Serialize;
 use serde_json::Value;
