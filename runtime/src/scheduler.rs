@@ -289,6 +289,7 @@ impl<E: Executor> Scheduler<E> {
         self.metrics.running.set(self.running.len() as i64);
         self.metrics.queued.set(self.waiting.len() as i64);
         self.metrics.kv_slots_used.set(self.mem.alloc.used_count() as i64);
+        self.metrics.kv_slots_in_use.set((self.mem.alloc.used_count() - self.mem.cache.evictable_size()) as i64);
         self.metrics.cached_tokens.set(self.mem.cache.total_size() as i64);
     }
 

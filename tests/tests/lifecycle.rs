@@ -223,3 +223,56 @@ fn unset_sampling_fields_take_the_served_defaults() {
     }
     assert!(differs > 0, "the request's own values win");
 }
+
+/// SIGTERM under load: readiness goes 503 at once and new work gets 503 with `Retry-After`, liveness stays 200,
+/// every admitted request finishes, and the process exits 0.
+#[test]
+fn sigterm_drains_then_exits_zero() {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("radixserve");
+    let mut child = Command::new(&bin)
+        .args(["serve", "--model"])
+        .arg(radixserve_tests::model_path())
+        .args(["--port", "0", "--kv-cache-mb", "256", "--shutdown-grace-s", "60", "--state-dir"])
+        .arg(common::state_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let base = first.strip_prefix("radixserve listening on ").unwrap_or_else(|| panic!("{first}")).to_string();
+    assert!(lines.next().unwrap().unwrap().contains("ready"));
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let get = |path: &str| agent.get(format!("{base}{path}")).call().unwrap().status().as_u16();
+    let post = |stream: bool| {
+        let body =
+            json!({"messages": user("Tell a long story."), "max_tokens": 64, "ignore_eos": true, "stream": stream});
+        let mut r = agent
+            .post(format!("{base}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .unwrap();
+        let retry = r.headers().get("retry-after").is_some();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap(), retry)
+    };
+    std::thread::scope(|scope| {
+        let running: Vec<_> = (0..4).map(|i| scope.spawn(move || post(i % 2 == 0))).collect();
+        // Let them be admitted, then SIGTERM.
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(get("/health"), 503, "readiness fails while draining");
+        assert_eq!(get("/live"), 200, "liveness holds while draining");
+        let (st, body, retry) = post(false);
+        assert_eq!((st, retry), (503, true), "{body}");
+        for r in running {
+            let (st, body, _) = r.join().unwrap();
+            assert_eq!(st, 200, "an admitted request finishes: {body}");
+            assert!(body.contains("\"completion_tokens\":64") || body.contains("[DONE]"), "{body}");
+        }
+    });
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "exit status after draining");
+}

@@ -40,3 +40,25 @@ fn embeddings_with_the_sdk_and_langchain_and_a_rag_round_trip() {
 fn the_responses_api_with_the_sdk_and_the_agents_sdk() {
     run_smoke("responses_smoke.py");
 }
+
+/// schemathesis (its own venv, set up by `make test`) fuzzes the embeddings and Responses routes from our OpenAPI
+/// document: no input gives a 5xx.
+#[test]
+fn schemathesis_finds_no_server_error_on_the_embeddings_and_responses_routes() {
+    let s = common::server();
+    let cache = std::env::var_os("RADIXSERVE_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/radixserve"));
+    let st = cache.join("schemathesis-venv/bin/schemathesis");
+    assert!(st.exists(), "{} is missing: run `make setup` (make test does)", st.display());
+    let out = Command::new(st)
+        .args(["run", &format!("{}/openapi.json", s.base), "--experimental=openapi-3.1"])
+        .args(["--checks", "not_a_server_error", "--hypothesis-max-examples", "60", "--hypothesis-deadline=None"])
+        .args(["--hypothesis-seed", "7", "--endpoint", "^/v1/(responses|embeddings)"])
+        .args(["-H", &format!("Authorization: Bearer {}", common::KEY)])
+        .output()
+        .unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("not_a_server_error") && log.contains("5 passed"), "{log}");
+}

@@ -11,6 +11,7 @@ pub mod defaults;
 mod edge;
 pub mod embeddings;
 pub mod error;
+mod fleet;
 mod generation;
 mod listen;
 pub mod models;
@@ -108,6 +109,13 @@ pub struct ServeArgs {
     /// Stored responses older than this many seconds are dropped (default 30 days, as OpenAI keeps them).
     #[arg(long, default_value_t = 30 * 24 * 3600)]
     pub responses_max_age_s: u64,
+    /// Tokens per KV block as routers see it: `vllm:cache_config_info`'s `block_size` and the pages KV-cache
+    /// events describe (the radix cache itself shares prefixes of any length).
+    #[arg(long, default_value_t = 16)]
+    pub page_size: usize,
+    /// On SIGTERM: seconds running requests get to finish before the server exits.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_s: u64,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
@@ -146,6 +154,9 @@ pub struct Ready {
     pub created: u64,
     pub grammar_timeout: std::time::Duration,
     pub sampling_defaults: defaults::SamplingDefaults,
+    /// The model's file or folder, and its architecture (SGLang's `/model_info`).
+    pub model_path: PathBuf,
+    pub arch: kernels::Arch,
 }
 
 pub struct AppState {
@@ -153,11 +164,26 @@ pub struct AppState {
     models: Vec<models::ModelSlot>,
     /// Stored responses of the Responses API.
     responses: Arc<store::ResponseStore>,
+    /// The options in force (SGLang's `/server_info`).
+    args: ServeArgs,
+    /// Set on SIGTERM: readiness answers 503 and new requests are refused while running ones finish.
+    draining: std::sync::atomic::AtomicBool,
     api_key: Option<String>,
     allowed_hosts: edge::AllowedHosts,
     max_body: usize,
     http_requests: prometheus::IntCounterVec,
     registry: prometheus::Registry,
+}
+
+impl AppState {
+    /// Whether no engine has anything to do (nothing queued, nothing running).
+    fn idle(&self) -> bool {
+        self.models.iter().all(|m| match m.state.get() {
+            Some(Ok(Served::Chat(r))) => r.engine.waiting() == 0 && r.engine.metrics().running.get() == 0,
+            Some(Ok(Served::Embedding(e))) => e.engine.in_engine() == 0,
+            _ => true,
+        })
+    }
 }
 
 /// An id for a response or a call: `prefix` and 24 random letters and digits.
@@ -189,6 +215,23 @@ impl RunningServer {
         }
         if let Some(t) = self.task.take() {
             let _ = t.await;
+        }
+    }
+
+    /// Drains: readiness answers 503 and new work is refused (503 with `Retry-After`) while what every engine
+    /// has been given finishes, up to `grace`.
+    pub async fn drain(&self, grace: std::time::Duration) {
+        self.state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + grace;
+        // Idle twice in a row, 50 ms apart: a request between its admission and the step that counts it as
+        // running is seen by one check or the other.
+        let mut idle_checks = 0;
+        while tokio::time::Instant::now() < deadline && idle_checks < 2 {
+            idle_checks = if self.state.idle() { idle_checks + 1 } else { 0 };
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if !self.state.idle() {
+            tracing::warn!("the shutdown grace period ended with requests still running");
         }
     }
 
@@ -255,6 +298,8 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
     let state = Arc::new(AppState {
         models: slots,
         responses,
+        args: args.clone(),
+        draining: std::sync::atomic::AtomicBool::new(false),
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         allowed_hosts: edge::AllowedHosts::new(args.allowed_hosts.as_deref(), addr.ip()),
         max_body: args.max_body_bytes,
@@ -305,7 +350,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => { server.stop().await; return Ok(()); }
         }
         println!("radixserve ready on http://{}/v1", server.addr);
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {
+                let grace = std::time::Duration::from_secs(server.state.args.shutdown_grace_s);
+                tracing::info!("SIGTERM: draining (up to {} s for running requests)", grace.as_secs());
+                server.drain(grace).await;
+            }
+        }
         tracing::info!("shutting down");
         server.stop().await;
         Ok(())
@@ -335,6 +388,7 @@ fn load(args: &ServeArgs, slot: &models::ModelSlot) -> anyhow::Result<Ready> {
         ),
     };
     anyhow::ensure!(slots >= 64, "the KV cache holds only {slots} tokens; give it more memory (--kv-cache-mb)");
+    let (model_path, arch) = (model.path.clone(), model.net.config().arch);
     let tokenizer = Arc::new(model.tokenizer);
     let space = TokenSpace::new(Vocabulary::from_tokenizer(&tokenizer, &model.special.eos)?);
     let exec = ModelExecutor::new(model.net, slots)?;
@@ -372,6 +426,8 @@ fn load(args: &ServeArgs, slot: &models::ModelSlot) -> anyhow::Result<Ready> {
         created: now_secs(),
         grammar_timeout: std::time::Duration::from_secs(args.grammar_timeout_s.max(1)),
         sampling_defaults,
+        model_path,
+        arch,
     })
 }
 

@@ -84,7 +84,7 @@ pub fn health(slots: &[ModelSlot]) -> Response {
 }
 
 /// Every loaded model's engine metrics, each series labelled with its `model`, then the server's own.
-pub fn metrics(slots: &[ModelSlot], server: &prometheus::Registry) -> Response {
+pub fn metrics(slots: &[ModelSlot], server: &prometheus::Registry, page_size: usize) -> Response {
     let mut families: Vec<prometheus::proto::MetricFamily> = Vec::new();
     for slot in slots {
         let gathered = match slot.state.get() {
@@ -110,6 +110,7 @@ pub fn metrics(slots: &[ModelSlot], server: &prometheus::Registry) -> Response {
     families.extend(server.gather());
     let mut buf = Vec::new();
     let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut buf);
+    buf.extend_from_slice(super::fleet::protocol_metrics(slots, page_size).as_bytes());
     warp::reply::with_header(buf, "content-type", "text/plain; version=0.0.4").into_response()
 }
 

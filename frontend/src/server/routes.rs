@@ -12,7 +12,7 @@ use warp::Filter;
 
 use super::error::ApiError;
 use super::models::{self, ModelKind, Served};
-use super::{chat, completions, edge, embeddings, json_ok, native, openapi, responses, AppState};
+use super::{chat, completions, edge, embeddings, fleet, json_ok, native, openapi, responses, AppState};
 
 /// Every route, as one filter: (method, path, headers, body) to [`handle`].
 pub(super) fn routes(
@@ -60,14 +60,32 @@ where
 }
 
 /// Routes whose body is a JSON request (checked for its media type).
-const JSON_BODY_ROUTES: &[&str] =
-    &["chat", "completions", "embeddings", "responses", "generate", "tokenize", "detokenize"];
+const JSON_BODY_ROUTES: &[&str] = &[
+    "chat",
+    "completions",
+    "embeddings",
+    "responses",
+    "generate",
+    "tokenize",
+    "detokenize",
+    "render_chat",
+    "render_completions",
+];
+
+/// Routes that start work on a model: refused while the server drains.
+const WORK_ROUTES: &[&str] = &["chat", "completions", "embeddings", "responses", "generate", "health_generate"];
 
 /// The route table: (method, path) to a handler name.
 fn route_name(method: &Method, path: &str) -> Result<&'static str, ApiError> {
     let p = path.trim_end_matches('/');
     let (allowed, name): (&[Method], &'static str) = match p {
         "/v1/chat/completions" => (&[Method::POST], "chat"),
+        "/v1/chat/completions/render" => (&[Method::POST], "render_chat"),
+        "/v1/completions/render" => (&[Method::POST], "render_completions"),
+        "/model_info" | "/get_model_info" => (&[Method::GET], "model_info"),
+        "/server_info" | "/get_server_info" => (&[Method::GET], "server_info"),
+        "/health_generate" => (&[Method::GET], "health_generate"),
+        "/live" => (&[Method::GET], "live"),
         "/v1/completions" => (&[Method::POST], "completions"),
         "/v1/embeddings" => (&[Method::POST], "embeddings"),
         "/v1/responses" => (&[Method::POST], "responses"),
@@ -125,9 +143,16 @@ where
     S: futures_util::Stream<Item = Result<B, warp::Error>> + Unpin,
     B: warp::Buf,
 {
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
     match name {
+        // Liveness: the process answers (until it exits, draining included).
+        "live" => return Ok(json_ok(&super::api::native::Health { status: "ok" })),
+        // Readiness: 503 while loading and while draining.
+        "health" if draining => {
+            return Err(ApiError { retry_after: Some(5), ..ApiError::unavailable("the server is shutting down") })
+        }
         "health" => return Ok(native::health(&state.models)),
-        "metrics" => return Ok(native::metrics(&state.models, &state.registry)),
+        "metrics" => return Ok(native::metrics(&state.models, &state.registry, state.args.page_size)),
         "openapi" => {
             let limits = match models::resolve(&state.models, ModelKind::Chat, None) {
                 Ok(Served::Chat(r)) => {
@@ -143,6 +168,12 @@ where
     if JSON_BODY_ROUTES.contains(&name) {
         edge::check_json_body(headers)?;
     }
+    if draining && WORK_ROUTES.contains(&name) {
+        return Err(ApiError {
+            retry_after: Some(5),
+            ..ApiError::unavailable("the server is shutting down; retry on another replica")
+        });
+    }
     let body = read_body(body, state.max_body).await?;
     let response_id = || {
         let rest = path.trim_end_matches('/').trim_start_matches("/v1/responses/");
@@ -153,6 +184,9 @@ where
         "response" => return responses::retrieve(&state.responses, &response_id()).await,
         "response_input_items" => return responses::input_items(&state.responses, &response_id()).await,
         "models" => return Ok(native::models(&state.models)),
+        "model_info" => return fleet::model_info(state),
+        "server_info" => return fleet::server_info(state),
+        "health_generate" => return fleet::health_generate(state).await,
         "model" => return native::model(&state.models, path.trim_end_matches('/').trim_start_matches("/v1/models/")),
         "embeddings" => {
             return match models::resolve(&state.models, ModelKind::Embedding, peek_model(&body).as_deref())? {
@@ -168,6 +202,8 @@ where
     };
     match name {
         "chat" => chat::chat(ready, &body).await,
+        "render_chat" => fleet::render_chat(ready, &body).await,
+        "render_completions" => fleet::render_completions(ready, &body).await,
         "responses" => responses::create(ready, state.responses.clone(), &body).await,
         "completions" => completions::completions(ready, &body).await,
         "generate" => native::generate(ready, &body).await,
