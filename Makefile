@@ -15,7 +15,7 @@ CARGO ?= cargo
 BIN := bin/radixserve
 TARGET := $(RADIXSERVE_CACHE)/target/release
 
-.PHONY: setup build serve generate test lint fmt bench-model bench-runtime bench-compare bench-embed maskbench fixtures model-qwen clean
+.PHONY: setup build serve generate test lint fmt bench-model bench-runtime bench-compare bench-embed bench-fleet maskbench fixtures model-qwen clean
 
 setup:
 	@tools/setup.sh venv model minilm cargo llama3
@@ -64,6 +64,11 @@ bench-compare: build
 bench-embed: build
 	.venv/bin/pip install -q sentence-transformers==6.3.0
 	.venv/bin/python tools/bench_embed.py --bin $(BIN)
+
+# Two replicas (one thread each) behind the SGLang Model Gateway: cache_aware against round_robin on a shared-prefix
+# workload larger than one replica's cache, side by side in one run; then one replica alone.
+bench-fleet: build
+	.venv/bin/python tools/bench_fleet.py --bin $(BIN)
 
 # MaskBench on a folder of MaskBench files (default: the shared dev split) with the Llama 3 tokenizer; outlines-core's
 # Index runs side by side on the first OUTLINES_SAMPLE schemas (it takes 10-40 s per schema on a 128k vocabulary),
