@@ -38,6 +38,7 @@ test: build
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	@# The scheduler's unit tests build without libtorch: runtime's own tree (no `model` feature) holds no tch.
 	@! $(CARGO) tree -p runtime -e normal,build,dev | grep -E "torch-sys|tch v" || (echo "runtime pulls in tch without --features model" && false)
+	.venv/bin/python tools/validate_deploy.py $(BIN)
 	RADIXSERVE_MODEL=$(CURDIR)/$(MODEL) $(CARGO) test --release --workspace
 
 lint: setup
