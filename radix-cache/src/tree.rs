@@ -39,6 +39,9 @@ use crate::policy::{EvictionPolicy, Lru, NodeStats};
 
 const NO_PARENT: u32 = u32::MAX;
 
+/// Told a node's whole path from the root and where the node's own tokens begin in it.
+pub type PathObserver<'a> = dyn FnMut(&[u32], usize) + 'a;
+
 /// An error from the cache; nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheError {
@@ -473,6 +476,17 @@ impl RadixCache {
     /// Frees at least `n` tokens (or every evictable one) from unlocked leaves in policy order; their slots are
     /// appended to `out` for the caller to free. Returns the number of tokens freed.
     pub fn evict(&mut self, n: usize, out: &mut Vec<SlotId>) -> usize {
+        self.evict_observed(n, out, None)
+    }
+
+    /// [`evict`](Self::evict), telling `observer` of each evicted leaf: the tokens of its whole path from the root
+    /// (its ancestors' and its own) and where its own begin (KV-cache events need the prefix a block hashes over).
+    pub fn evict_observed(
+        &mut self,
+        n: usize,
+        out: &mut Vec<SlotId>,
+        mut observer: Option<&mut PathObserver<'_>>,
+    ) -> usize {
         let mut freed = 0;
         while freed < n {
             let Some(Reverse(e)) = self.heap.pop() else { break };
@@ -481,6 +495,12 @@ impl RadixCache {
                 && self.policy.key(&self.node(e.index).stats) == e.key;
             if !valid {
                 continue;
+            }
+            if let Some(f) = observer.as_mut() {
+                let mut path = self.path_to(self.node(e.index).parent);
+                let start = path.len();
+                path.extend_from_slice(&self.node(e.index).key);
+                f(&path, start);
             }
             let node = self.release_node(e.index);
             let len = node.key.len();
@@ -506,6 +526,38 @@ impl RadixCache {
                 self.heap.push(Reverse(HeapEntry { key, index: i, generation }));
             }
         }
+    }
+
+    /// The tokens from the root to the end of node `i`.
+    fn path_to(&self, mut i: u32) -> Vec<u32> {
+        let mut parts: Vec<&[u32]> = Vec::new();
+        while i != NO_PARENT {
+            let n = self.node(i);
+            parts.push(&n.key);
+            i = n.parent;
+        }
+        parts.iter().rev().flat_map(|k| k.iter().copied()).collect()
+    }
+
+    /// Calls `f` with the tokens of every node's path from the root of `ns` and where the node's own tokens begin
+    /// (depth first): what the tree holds, for checking an external index of it (KV-cache events).
+    pub fn for_each_path(&self, ns: Namespace, f: &mut dyn FnMut(&[u32], usize)) {
+        let Some(&root) = self.roots.get(&ns) else { return };
+        let mut path = Vec::new();
+        self.visit_paths(root, &mut path, f);
+    }
+
+    fn visit_paths(&self, i: u32, path: &mut Vec<u32>, f: &mut dyn FnMut(&[u32], usize)) {
+        let n = self.node(i);
+        let start = path.len();
+        path.extend_from_slice(&n.key);
+        if !n.key.is_empty() {
+            f(path, start);
+        }
+        for &c in n.children.values() {
+            self.visit_paths(c, path, f);
+        }
+        path.truncate(start);
     }
 
     /// Heap entries, stale ones included (for tests of the heap's bound).

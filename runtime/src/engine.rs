@@ -218,6 +218,7 @@ enum Command {
     Submit(Box<Seq>),
     FlushCache(mpsc::Sender<bool>),
     Stats(mpsc::Sender<EngineStats>),
+    KvBlocks(mpsc::Sender<Vec<u64>>),
 }
 
 /// A snapshot of the scheduler's counters.
@@ -277,6 +278,9 @@ pub fn start<E: Executor>(
             Command::Submit(seq) => sched.enqueue(*seq),
             Command::FlushCache(reply) => {
                 let _ = reply.send(sched.flush_cache());
+            }
+            Command::KvBlocks(reply) => {
+                let _ = reply.send(sched.kv_blocks());
             }
             Command::Stats(reply) => {
                 let _ = reply.send(EngineStats {
@@ -416,6 +420,14 @@ impl EngineHandle {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The hashes of every whole block the radix cache holds, sorted (see `kv_events`; blocks of the events'
+    /// page size, or single tokens when events are off).
+    pub fn kv_blocks(&self) -> Option<Vec<u64>> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Command::KvBlocks(tx)).ok()?;
+        rx.recv().ok()
     }
 
     /// The model's context length.

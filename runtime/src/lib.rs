@@ -11,6 +11,7 @@
 pub mod embed;
 mod engine;
 pub mod executor;
+pub mod kv_events;
 pub mod metrics;
 mod params;
 pub mod sampler;

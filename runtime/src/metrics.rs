@@ -27,6 +27,9 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub step_tokens: Histogram,
     pub retractions: IntCounter,
+    /// KV-cache events handed to the publisher, and dropped because it was behind.
+    pub kv_events: IntCounter,
+    pub kv_events_dropped: IntCounter,
     pub requests: IntCounterVec,
 }
 
@@ -103,6 +106,11 @@ impl Metrics {
             retractions: reg!(IntCounter::new(
                 "retractions_total",
                 "Running requests pre-empted for KV memory and requeued."
+            )),
+            kv_events: reg!(IntCounter::new("kv_events_total", "KV-cache events handed to the publisher.")),
+            kv_events_dropped: reg!(IntCounter::new(
+                "kv_events_dropped_total",
+                "KV-cache events dropped because the publisher was behind (it never holds up a step)."
             )),
             requests: reg!(IntCounterVec::new(
                 Opts::new("requests_total", "Finished requests by finish reason."),

@@ -31,6 +31,7 @@ use tokenizers::Tokenizer;
 
 use crate::engine::{Event, FinishReason, Finished, TokenInfo};
 use crate::executor::{Executor, SeqStep};
+use crate::kv_events::{self, KvEvent, KvEventBatch, KvEventSink};
 use crate::metrics::Metrics;
 use crate::params::Request;
 use crate::sampler::{self, SamplerState};
@@ -71,6 +72,8 @@ pub struct SchedulerConfig {
     pub lpm_max_queue: usize,
     /// Append grammar-forced text without sampling.
     pub jump_forward: bool,
+    /// Where KV-cache events go (none: not collected).
+    pub kv_events: Option<KvEventSink>,
 }
 
 impl Default for SchedulerConfig {
@@ -83,6 +86,7 @@ impl Default for SchedulerConfig {
             policy: Policy::Lpm,
             lpm_max_queue: 128,
             jump_forward: true,
+            kv_events: None,
         }
     }
 }
@@ -203,6 +207,8 @@ struct Memory {
     cache: RadixCache,
     alloc: SlotAllocator,
     enable_cache: bool,
+    /// KV-cache events of this step, when they are published (`SchedulerConfig::kv_events`): page size and events.
+    events: Option<(usize, Vec<KvEvent>)>,
     freed: Vec<SlotId>,
 }
 
@@ -218,12 +224,19 @@ impl<E: Executor> Scheduler<E> {
         let n = exec.num_slots();
         metrics.kv_slots_total.set(n as i64);
         let enable_cache = cfg.enable_cache;
+        let events = cfg.kv_events.as_ref().map(|s| (s.page_size.max(1), Vec::new()));
         Self {
             exec,
             cfg,
             tokenizer,
             eos,
-            mem: Memory { cache: RadixCache::new(1), alloc: SlotAllocator::new(n), enable_cache, freed: Vec::new() },
+            mem: Memory {
+                cache: RadixCache::new(1),
+                alloc: SlotAllocator::new(n),
+                enable_cache,
+                freed: Vec::new(),
+                events,
+            },
             waiting: VecDeque::new(),
             running: Vec::new(),
             not_admitted: None,
@@ -281,8 +294,42 @@ impl<E: Executor> Scheduler<E> {
             return false;
         }
         self.mem.free_collected();
+        if let Some((_, events)) = &mut self.mem.events {
+            events.push(KvEvent::AllBlocksCleared);
+        }
+        self.publish_events();
         self.update_gauges();
         true
+    }
+
+    /// Hands this step's KV-cache events to the publisher without waiting; a full channel drops them (counted).
+    fn publish_events(&mut self) {
+        let (Some(sink), Some((_, events))) = (&self.cfg.kv_events, &mut self.mem.events) else { return };
+        if events.is_empty() {
+            return;
+        }
+        let events = std::mem::take(events);
+        let n = events.len() as u64;
+        let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        if sink.offer(KvEventBatch { ts, events }) {
+            self.metrics.kv_events.inc_by(n);
+        } else {
+            self.metrics.kv_events_dropped.inc_by(n);
+        }
+    }
+
+    /// The hashes of every whole block the radix cache holds (what a consumer of the KV-cache events should have
+    /// rebuilt), with the events' page size (1 when they are off).
+    pub fn kv_blocks(&self) -> Vec<u64> {
+        let page = self.mem.events.as_ref().map_or(1, |(p, _)| *p);
+        let mut out = Vec::new();
+        self.mem.cache.for_each_path(NS, &mut |path, start| {
+            if let Some(KvEvent::BlockRemoved { hashes }) = kv_events::removed(path, start, page) {
+                out.extend(hashes);
+            }
+        });
+        out.sort_unstable();
+        out
     }
 
     fn update_gauges(&self) {
@@ -307,6 +354,7 @@ impl<E: Executor> Scheduler<E> {
             return !self.is_idle();
         }
         self.run(plan);
+        self.publish_events();
         self.update_gauges();
         true
     }
@@ -450,7 +498,7 @@ impl<E: Executor> Scheduler<E> {
             let free = self.mem.alloc.free_count();
             if free < need {
                 self.mem.freed.clear();
-                self.mem.cache.evict(need - free, &mut self.mem.freed);
+                self.mem.evict(need - free);
                 self.mem.free_collected();
             }
             if self.mem.alloc.free_count() >= need {
@@ -759,6 +807,9 @@ impl Memory {
         }
         let ids = to_ids(&seq.slots);
         let out = self.cache.insert(NS, &seq.tokens[..n], &ids).expect("one slot per token");
+        if let Some((page, events)) = &mut self.events {
+            events.extend(kv_events::stored(&seq.tokens[..out.inserted_len], out.cached_len, out.inserted_len, *page));
+        }
         // Slots the cache already had for [tree_len, cached_len) are duplicates; past inserted_len they are ours.
         let dup_end = out.cached_len.max(seq.tree_len);
         let mut to_free: Vec<SlotId> = ids[seq.tree_len..dup_end].to_vec();
@@ -788,6 +839,20 @@ impl Memory {
         self.alloc.free(&to_ids(&seq.slots[seq.tree_len..])).expect("own slots are allocated");
         seq.slots.truncate(seq.tree_len);
         self.unpin(seq);
+    }
+
+    /// Evicts at least `n` tokens from the cache into `freed`, noting the blocks that go when events are on.
+    fn evict(&mut self, n: usize) {
+        match &mut self.events {
+            None => {
+                self.cache.evict(n, &mut self.freed);
+            }
+            Some((page, events)) => {
+                let page = *page;
+                let mut note = |path: &[u32], start: usize| events.extend(kv_events::removed(path, start, page));
+                self.cache.evict_observed(n, &mut self.freed, Some(&mut note));
+            }
+        }
     }
 
     fn free_collected(&mut self) {
@@ -923,6 +988,73 @@ mod tests {
             }
         }
         panic!("not finished");
+    }
+
+    /// A consumer that applies the KV-cache events in order holds exactly the radix cache's whole blocks, after
+    /// random work with evictions, a flush, and more work.
+    #[test]
+    fn kv_events_rebuild_the_caches_blocks() {
+        for seed in 0..6u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
+            let page = [1usize, 4, 16][seed as usize % 3];
+            let cfg = SchedulerConfig {
+                step_tokens: 24,
+                max_running: 4,
+                kv_events: Some(KvEventSink { page_size: page, tx }),
+                ..Default::default()
+            };
+            let (mut s, _) = scheduler(160, cfg);
+            let bases: Vec<Vec<u32>> = (0..4).map(|_| (0..40).map(|_| rng.random_range(0..EOS)).collect()).collect();
+            let mut set = std::collections::HashSet::new();
+            let apply = |set: &mut std::collections::HashSet<u64>,
+                         rx: &mut tokio::sync::mpsc::Receiver<KvEventBatch>| {
+                while let Ok(batch) = rx.try_recv() {
+                    for e in batch.events {
+                        match e {
+                            KvEvent::BlockStored { hashes, tokens, block_size, .. } => {
+                                assert_eq!(tokens.len(), hashes.len() * block_size);
+                                for h in hashes {
+                                    assert!(set.insert(h), "stored twice");
+                                }
+                            }
+                            KvEvent::BlockRemoved { hashes } => {
+                                for h in hashes {
+                                    assert!(set.remove(&h), "removed a block never stored");
+                                }
+                            }
+                            KvEvent::AllBlocksCleared => set.clear(),
+                        }
+                    }
+                }
+            };
+            for round in 0..2 {
+                let mut rxs = Vec::new();
+                for _ in 0..25 {
+                    let mut p = bases[rng.random_range(0..4)].clone();
+                    p.truncate(rng.random_range(5..=40));
+                    p.extend((0..rng.random_range(0..10)).map(|_| rng.random_range(0..EOS)));
+                    rxs.push(submit(&mut s, p, rng.random_range(1..12)));
+                    s.step();
+                }
+                while s.step() {}
+                for mut r in rxs {
+                    drain(&mut r);
+                }
+                apply(&mut set, &mut rx);
+                let mut got: Vec<u64> = set.iter().copied().collect();
+                got.sort_unstable();
+                assert_eq!(got, s.kv_blocks(), "seed {seed} page {page} round {round}");
+                if round == 0 {
+                    assert!(s.cache_stats().evicted_tokens > 0, "seed {seed}: the workload evicted");
+                    assert!(s.flush_cache());
+                    apply(&mut set, &mut rx);
+                    assert!(set.is_empty() && s.kv_blocks().is_empty());
+                }
+            }
+            assert!(s.metrics.kv_events_dropped.get() == 0 && s.metrics.kv_events.get() > 0);
+            check_memory(&s);
+        }
     }
 
     /// Prompt logprobs come whole, once, before the output, whatever the chunking; a prompt served from the

@@ -13,6 +13,7 @@ pub mod embeddings;
 pub mod error;
 mod fleet;
 mod generation;
+pub mod kv_publisher;
 mod listen;
 pub mod models;
 mod native;
@@ -113,6 +114,11 @@ pub struct ServeArgs {
     /// events describe (the radix cache itself shares prefixes of any length).
     #[arg(long, default_value_t = 16)]
     pub page_size: usize,
+    /// KV-cache events, as vLLM's JSON: e.g. '{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint":
+    /// "tcp://*:5557"}': the first chat model's radix cache, in blocks of --page-size tokens, on a ZMQ PUB socket
+    /// in the msgpack layout llm-d's KV-cache indexer reads.
+    #[arg(long)]
+    pub kv_events_config: Option<kv_publisher::KvEventsConfig>,
     /// On SIGTERM: seconds running requests get to finish before the server exits.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_s: u64,
@@ -235,6 +241,14 @@ impl RunningServer {
         }
     }
 
+    /// The first chat model's engine, once loaded (tests and embedders reach the scheduler through it).
+    pub fn chat_engine(&self) -> Option<EngineHandle> {
+        match models::resolve(&self.state.models, ModelKind::Chat, None) {
+            Ok(Served::Chat(r)) => Some(r.engine.clone()),
+            _ => None,
+        }
+    }
+
     /// Waits until every model is loaded (or one failed to load).
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         loop {
@@ -308,9 +322,10 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<RunningServer> {
     });
     let loader = state.clone();
     tokio::task::spawn_blocking(move || {
-        for slot in &loader.models {
+        let first_chat = loader.models.iter().position(|m| m.kind == ModelKind::Chat);
+        for (i, slot) in loader.models.iter().enumerate() {
             let loaded = match slot.kind {
-                ModelKind::Chat => load(&args, slot).map(|r| {
+                ModelKind::Chat => load(&args, slot, first_chat == Some(i)).map(|r| {
                     tracing::info!("chat model {} ready ({} KV slots)", r.model_id, r.engine.num_slots());
                     Served::Chat(Arc::new(r))
                 }),
@@ -365,7 +380,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-fn load(args: &ServeArgs, slot: &models::ModelSlot) -> anyhow::Result<Ready> {
+fn load(args: &ServeArgs, slot: &models::ModelSlot, first_chat: bool) -> anyhow::Result<Ready> {
     let spec = &slot.spec;
     let opts = args.device.options()?;
     let model = load_model(&spec.path, opts)?;
@@ -392,7 +407,13 @@ fn load(args: &ServeArgs, slot: &models::ModelSlot) -> anyhow::Result<Ready> {
     let tokenizer = Arc::new(model.tokenizer);
     let space = TokenSpace::new(Vocabulary::from_tokenizer(&tokenizer, &model.special.eos)?);
     let exec = ModelExecutor::new(model.net, slots)?;
+    // KV-cache events: the first chat model's (one endpoint).
+    let kv_events = match &args.kv_events_config {
+        Some(c) if c.enabled() && first_chat => Some(kv_publisher::start(c, &model_id, args.page_size)?),
+        _ => None,
+    };
     let cfg = SchedulerConfig {
+        kv_events,
         max_running: args.max_running_requests.max(1),
         max_queued: args.max_queued_requests,
         step_tokens: args.chunked_prefill_size.max(16),

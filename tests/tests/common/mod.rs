@@ -79,6 +79,11 @@ fn agent() -> ureq::Agent {
 }
 
 impl Server {
+    /// The first chat model's engine (the scheduler's own view, for checks against what the API says).
+    pub fn engine(&self) -> Option<runtime::EngineHandle> {
+        self._server.chat_engine()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
