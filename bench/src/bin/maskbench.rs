@@ -103,6 +103,97 @@ struct Stats {
     validation_errors: usize,
     invalidation_errors: usize,
     timeouts: usize,
+    /// For each keyword, the schemas using it that had invalidation (admitted an invalid instance) or validation
+    /// (refused a valid one) errors: a regression names its cause.
+    invalidation_by_keyword: std::collections::BTreeMap<String, usize>,
+    validation_by_keyword: std::collections::BTreeMap<String, usize>,
+}
+
+/// The assertion and applicator keywords counted by cause (annotations such as `title` or `description` say
+/// nothing about a failure; unknown keys are left out).
+const KEYWORDS: &[&str] = &[
+    "type",
+    "enum",
+    "const",
+    "properties",
+    "patternProperties",
+    "additionalProperties",
+    "required",
+    "minProperties",
+    "maxProperties",
+    "propertyNames",
+    "dependencies",
+    "dependentRequired",
+    "dependentSchemas",
+    "items",
+    "prefixItems",
+    "additionalItems",
+    "contains",
+    "minContains",
+    "maxContains",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "$ref",
+    "$dynamicRef",
+    "$recursiveRef",
+    "contentEncoding",
+    "contentMediaType",
+];
+
+/// The JSON Schema keywords (of [`KEYWORDS`]) `schema` uses anywhere (names under `properties`, `$defs`... are not
+/// keywords; values of `enum`, `const`, `default`, `examples` are data).
+fn schema_keywords(schema: &Value) -> std::collections::BTreeSet<String> {
+    fn walk(v: &Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    if KEYWORDS.contains(&k.as_str()) {
+                        out.insert(k.clone());
+                    }
+                    match k.as_str() {
+                        "enum" | "const" | "default" | "examples" => {}
+                        "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
+                            if let Value::Object(named) = child {
+                                named.values().for_each(|s| walk(s, out));
+                            }
+                        }
+                        _ => walk(child, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|s| walk(s, out)),
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(schema, &mut out);
+    out
+}
+
+/// `keyword n, keyword n...`, most frequent first.
+fn by_keyword(counts: &std::collections::BTreeMap<String, usize>) -> String {
+    let mut v: Vec<(&String, &usize)> = counts.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
 }
 
 impl Stats {
@@ -159,6 +250,8 @@ impl Stats {
             self.invalidation_errors,
             self.timeouts
         );
+        println!("| invalidation errors by keyword (schemas) | {} |", by_keyword(&self.invalidation_by_keyword));
+        println!("| validation errors by keyword (schemas) | {} |", by_keyword(&self.validation_by_keyword));
     }
 }
 
@@ -373,6 +466,16 @@ fn main() -> anyhow::Result<()> {
                     if ok {
                         st.passing = 1;
                     }
+                    let keywords = schema_keywords(schema);
+                    if st.invalidation_errors > 0 {
+                        keywords.iter().for_each(|k| *st.invalidation_by_keyword.entry(k.clone()).or_default() += 1);
+                    }
+                    if st.validation_errors > 0 {
+                        keywords.iter().for_each(|k| *st.validation_by_keyword.entry(k.clone()).or_default() += 1);
+                    }
+                    if st.invalidation_errors + st.validation_errors > 0 {
+                        record["keywords"] = json!(keywords);
+                    }
                     record["passing"] = json!(ok);
                     record["validation_errors"] = json!(st.validation_errors);
                     record["invalidation_errors"] = json!(st.invalidation_errors);
@@ -405,6 +508,12 @@ fn main() -> anyhow::Result<()> {
                 agg.validation_errors += st.validation_errors;
                 agg.invalidation_errors += st.invalidation_errors;
                 agg.timeouts += st.timeouts;
+                for (k, n) in &st.invalidation_by_keyword {
+                    *agg.invalidation_by_keyword.entry(k.clone()).or_default() += n;
+                }
+                for (k, n) in &st.validation_by_keyword {
+                    *agg.validation_by_keyword.entry(k.clone()).or_default() += n;
+                }
             }
         }
         if (i + 1) % 250 == 0 {
@@ -436,4 +545,22 @@ fn main() -> anyhow::Result<()> {
     }
     println!("{}", ours.summary());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords_are_the_schemas_not_its_property_names_or_data() {
+        let schema = json!({"type": "object", "properties": {"maxLength": {"type": "string", "maxLength": 3},
+                            "params": {"type": "object", "maxProperties": 0}},
+                            "enum": [{"pattern": "x"}], "$defs": {"a": {"anyOf": [{"minimum": 1}]}}});
+        let k: Vec<String> = schema_keywords(&schema).into_iter().collect();
+        assert_eq!(k, ["anyOf", "enum", "maxLength", "maxProperties", "minimum", "properties", "type"]);
+        let mut counts = std::collections::BTreeMap::new();
+        counts.insert("type".to_string(), 2);
+        counts.insert("maxProperties".to_string(), 5);
+        assert_eq!(by_keyword(&counts), "maxProperties 5, type 2");
+    }
 }
