@@ -35,6 +35,7 @@ pub mod kv;
 mod linear;
 pub mod llama;
 mod model;
+pub mod qdot;
 pub mod quant;
 pub mod sampling;
 pub mod tokenizer;
