@@ -7,6 +7,8 @@
 Each replica runs on one thread (libtorch --threads 1, RAYON_NUM_THREADS=1) with a KV pool that holds fewer
 groups' prefixes than the workload has, so where a group's requests land decides what is recomputed. The workload:
 GROUPS groups of REQUESTS requests sharing a long prefix, shuffled, CONCURRENCY at a time, a few output tokens each.
+"One replica" holds the two replicas' KV memory together (the same workload on one server of the fleet's cache size)
+and, for reference, one of the fleet's own size.
 Hit rate = cached prompt tokens / prompt tokens, from the responses' `usage`. Caches are flushed between runs.
 The last line reads `fleet: cache_aware X req/s (hit rate H%), round_robin Y req/s (hit rate G%), one replica hit
 rate S%, cache_aware/round_robin R.RRx`.
@@ -142,8 +144,16 @@ def main():
                 rp.wait()
             print(f"{policy}: {results[policy][0]:.2f} req/s, hit rate {results[policy][1]:.1f}%", file=sys.stderr)
         post(r1[1] + "/flush_cache", {})
-        single = run(r1[1], model, reqs, a.concurrency, a.max_tokens)
-        print(f"one replica: {single[0]:.2f} req/s, hit rate {single[1]:.1f}%", file=sys.stderr)
+        small = run(r1[1], model, reqs, a.concurrency, a.max_tokens)
+        print(f"one replica ({a.slots} slots): {small[0]:.2f} req/s, hit rate {small[1]:.1f}%", file=sys.stderr)
+        for p in procs:
+            p.terminate()
+            p.wait()
+        procs = []
+        big = replica(a.bin, a.model, 2 * a.slots, os.path.join(a.out, "state-3"))
+        procs.append(big[0])
+        single = run(big[1], model, reqs, a.concurrency, a.max_tokens)
+        print(f"one replica ({2 * a.slots} slots): {single[0]:.2f} req/s, hit rate {single[1]:.1f}%", file=sys.stderr)
     finally:
         for p in procs:
             p.terminate()
@@ -151,7 +161,7 @@ def main():
     (ca, ca_hit), (rr, rr_hit) = results["cache_aware"], results["round_robin"]
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"args": vars(a), "cache_aware": results["cache_aware"], "round_robin": results["round_robin"],
-                   "one_replica": single}, f, indent=1)
+                   "one_replica_fleet_memory": single, "one_replica_own_memory": small}, f, indent=1)
     print(f"fleet: cache_aware {ca:.2f} req/s (hit rate {ca_hit:.0f}%), round_robin {rr:.2f} req/s (hit rate "
           f"{rr_hit:.0f}%), one replica hit rate {single[1]:.0f}%, cache_aware/round_robin {ca / rr:.2f}x")
 
