@@ -205,27 +205,17 @@ impl LlamaModel {
 
     /// Runs one forward step over a batch; see the module docs.
     pub fn forward(&self, kv: &mut KvPool, batch: &[SeqInput<'_>]) -> Result<Logits> {
-        let plan = Plan::new(self, kv, batch)?;
-        // Steps of up to MAX_ROWS tokens do every matrix product in our kernels; libtorch's remaining ops there are
-        // small element-wise ones that run faster on one thread than with a thread wake-up per op.
-        crate::torch::ensure_threads(self.threads);
-        let _one_thread = (self.device == Device::Cpu
-            && plan.n_tokens as usize <= crate::cpu_gemm::MAX_ROWS
-            && crate::cpu_gemm::available())
-        .then(|| crate::torch::Threads::hold(1));
-        tch::no_grad(|| {
-            let hidden = self.forward_planned(kv, &plan)?;
-            let tensor = match hidden.tensor {
-                Some(h) => self.lm_head.forward(&h)?.f_to_kind(Kind::Float)?,
-                None => Tensor::zeros([0, self.cfg.vocab_size as i64], (Kind::Float, self.device)),
-            };
-            Ok(Logits { tensor, rows: hidden.rows })
-        })
+        self.run(kv, batch, true)
     }
 
     /// Like [`Self::forward`], but returns the final hidden states (after the final norm) of the positions asked
     /// for instead of their logits: `[rows, hidden_size]`, float32 (embeddings from a decoder).
     pub fn forward_hidden(&self, kv: &mut KvPool, batch: &[SeqInput<'_>]) -> Result<Logits> {
+        self.run(kv, batch, false)
+    }
+
+    /// The step, ending in the LM head (`logits`) or at the final-normed hidden states.
+    fn run(&self, kv: &mut KvPool, batch: &[SeqInput<'_>], logits: bool) -> Result<Logits> {
         let plan = Plan::new(self, kv, batch)?;
         // Steps of up to MAX_ROWS tokens do every matrix product in our kernels; libtorch's remaining ops there are
         // small element-wise ones that run faster on one thread than with a thread wake-up per op.
@@ -236,9 +226,11 @@ impl LlamaModel {
         .then(|| crate::torch::Threads::hold(1));
         tch::no_grad(|| {
             let hidden = self.forward_planned(kv, &plan)?;
+            let width = if logits { self.cfg.vocab_size } else { self.cfg.hidden_size };
             let tensor = match hidden.tensor {
+                Some(h) if logits => self.lm_head.forward(&h)?.f_to_kind(Kind::Float)?,
                 Some(h) => h.f_to_kind(Kind::Float)?,
-                None => Tensor::zeros([0, self.cfg.hidden_size as i64], (Kind::Float, self.device)),
+                None => Tensor::zeros([0, width as i64], (Kind::Float, self.device)),
             };
             Ok(Logits { tensor, rows: hidden.rows })
         })

@@ -9,7 +9,7 @@
 //! The same [`Metrics`] as the generation engine are kept (those about KV slots stay zero).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
@@ -110,7 +110,6 @@ struct Shared {
     max_queued: usize,
     max_tokens: usize,
     dim: usize,
-    submitted: AtomicU64,
 }
 
 /// Cloneable access to an embedding engine's thread.
@@ -138,7 +137,6 @@ pub fn start_embedder<E: Embedder>(mut model: E, cfg: EmbedConfig) -> std::io::R
         max_queued: cfg.max_queued,
         max_tokens: model.max_tokens(),
         dim: model.dim(),
-        submitted: AtomicU64::new(0),
     });
     let (tx, rx) = mpsc::channel::<Job>();
     let thread_shared = shared.clone();
@@ -303,7 +301,6 @@ impl EmbedHandle {
             self.shared.in_engine.fetch_sub(1, Ordering::Relaxed);
             return Err(EmbedSubmitError::Stopped);
         }
-        self.shared.submitted.fetch_add(1, Ordering::Relaxed);
         Ok(EmbedTicket { rx })
     }
 

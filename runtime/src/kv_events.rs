@@ -98,15 +98,20 @@ pub fn stored(path: &[u32], from: usize, to: usize, page: usize) -> Option<KvEve
     })
 }
 
-/// The event for the blocks of `path` that end past `start` (an evicted tail beginning at `start`); none if none.
-pub fn removed(path: &[u32], start: usize, page: usize) -> Option<KvEvent> {
-    // A block ending at or before `start` stays; one that `start` cuts, or after it, is gone.
+/// The hashes of the whole blocks of `path` that end past `start`: those a tail beginning at `start` completes (a
+/// tree node's own blocks), or loses when it is evicted (a block ending at or before `start` stays).
+pub fn blocks_ending_after(path: &[u32], start: usize, page: usize) -> Vec<u64> {
     let (first, end) = (start / page, path.len() / page);
     if first >= end {
-        return None;
+        return Vec::new();
     }
-    let hashes = path_hashes(&path[..end * page], page);
-    Some(KvEvent::BlockRemoved { hashes: hashes[first..].to_vec() })
+    path_hashes(&path[..end * page], page).split_off(first)
+}
+
+/// The event for the blocks of `path` that end past `start` (an evicted tail beginning at `start`); none if none.
+pub fn removed(path: &[u32], start: usize, page: usize) -> Option<KvEvent> {
+    let hashes = blocks_ending_after(path, start, page);
+    (!hashes.is_empty()).then_some(KvEvent::BlockRemoved { hashes })
 }
 
 #[cfg(test)]

@@ -323,11 +323,9 @@ impl<E: Executor> Scheduler<E> {
     pub fn kv_blocks(&self) -> Vec<u64> {
         let page = self.mem.events.as_ref().map_or(1, |(p, _)| *p);
         let mut out = Vec::new();
-        self.mem.cache.for_each_path(NS, &mut |path, start| {
-            if let Some(KvEvent::BlockRemoved { hashes }) = kv_events::removed(path, start, page) {
-                out.extend(hashes);
-            }
-        });
+        self.mem
+            .cache
+            .for_each_path(NS, &mut |path, start| out.extend(kv_events::blocks_ending_after(path, start, page)));
         out.sort_unstable();
         out
     }

@@ -47,8 +47,9 @@ fn health_is_503_until_ready_and_a_full_queue_answers_503() {
 }
 
 /// The binary `make serve` runs: it prints its address, answers, and stops on a signal.
-#[test]
-fn the_radixserve_binary_serves() {
+/// The `radixserve` binary serving the model on a free port with its own state folder and `extra` options, once
+/// it says it is ready: the process and its base URL.
+fn spawn_binary(extra: &[&str]) -> (std::process::Child, String) {
     // Test binaries live in target/<profile>/deps; the server binary one folder up.
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("radixserve");
@@ -58,6 +59,7 @@ fn the_radixserve_binary_serves() {
         .arg(radixserve_tests::model_path())
         .args(["--port", "0", "--kv-cache-mb", "256", "--state-dir"])
         .arg(common::state_dir())
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -67,6 +69,12 @@ fn the_radixserve_binary_serves() {
     let base = first.strip_prefix("radixserve listening on ").unwrap_or_else(|| panic!("{first}")).to_string();
     let ready = lines.next().unwrap().unwrap();
     assert!(ready.contains("ready"), "{ready}");
+    (child, base)
+}
+
+#[test]
+fn the_radixserve_binary_serves() {
+    let (mut child, base) = spawn_binary(&[]);
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let mut resp = agent
         .post(format!("{base}/v1/chat/completions"))
@@ -228,21 +236,7 @@ fn unset_sampling_fields_take_the_served_defaults() {
 /// every admitted request finishes, and the process exits 0.
 #[test]
 fn sigterm_drains_then_exits_zero() {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("radixserve");
-    let mut child = Command::new(&bin)
-        .args(["serve", "--model"])
-        .arg(radixserve_tests::model_path())
-        .args(["--port", "0", "--kv-cache-mb", "256", "--shutdown-grace-s", "60", "--state-dir"])
-        .arg(common::state_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let base = first.strip_prefix("radixserve listening on ").unwrap_or_else(|| panic!("{first}")).to_string();
-    assert!(lines.next().unwrap().unwrap().contains("ready"));
+    let (mut child, base) = spawn_binary(&["--shutdown-grace-s", "60"]);
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let get = |path: &str| agent.get(format!("{base}{path}")).call().unwrap().status().as_u16();
     let post = |stream: bool| {
