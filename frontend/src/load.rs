@@ -19,6 +19,10 @@ pub struct DeviceArgs {
     /// libtorch intra-op threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// How a GGUF file's quantized matrices are held on the CPU: `quantized` (as their blocks, multiplied by
+    /// integer kernels; about the file's size in memory) or `f32` (dequantized at load, the numerics reference).
+    #[arg(long, default_value = "quantized")]
+    pub weights: kernels::WeightFormat,
 }
 
 impl DeviceArgs {
@@ -29,7 +33,7 @@ impl DeviceArgs {
             Some(d) => kernels::torch::parse_kind(d)?,
             None => kernels::torch::default_kind(device),
         };
-        Ok(LoadOptions { device, kind, threads: self.threads })
+        Ok(LoadOptions { device, kind, threads: self.threads, weights: self.weights })
     }
 }
 
@@ -49,7 +53,22 @@ pub fn load_model(path: &Path, opts: LoadOptions) -> anyhow::Result<Model> {
     });
     bar.finish_and_clear();
     let model = model?;
+    tracing::info!(
+        model = %path.display(),
+        weights_mb = model.net.weight_bytes() as f64 / 1e6,
+        quantized = model.net.quantized(),
+        resident_mb = resident_bytes().map(|b| b as f64 / 1e6),
+        "loaded"
+    );
     Ok(model)
+}
+
+/// This process's resident memory (Linux: `VmRSS` of `/proc/self/status`).
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    Some(kb * 1024)
 }
 
 /// The model's chat template, or ChatML when it has none.

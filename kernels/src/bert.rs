@@ -134,19 +134,19 @@ impl BertModel {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
-            let lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-                Ok(Linear::new(
-                    get(&format!("{p}.{name}.weight"), &[out, inp])?,
-                    Some(get(&format!("{p}.{name}.bias"), &[out])?),
-                ))
+            let weights = |name: &str, out: usize, inp: usize| -> Result<(Tensor, Tensor)> {
+                Ok((get(&format!("{p}.{name}.weight"), &[out, inp])?, get(&format!("{p}.{name}.bias"), &[out])?))
             };
-            let q = lin("attention.self.query", h, h)?;
-            let k = lin("attention.self.key", h, h)?;
-            let v = lin("attention.self.value", h, h)?;
-            let qkv = Linear::new(
-                Tensor::cat(&[&q.w, &k.w, &v.w], 0),
-                Some(Tensor::cat(&[q.b.as_ref(), k.b.as_ref(), v.b.as_ref()].map(|b| b.expect("biased")), 0)),
+            let lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
+                let (w, b) = weights(name, out, inp)?;
+                Ok(Linear::new(w, Some(b)))
+            };
+            let (q, k, v) = (
+                weights("attention.self.query", h, h)?,
+                weights("attention.self.key", h, h)?,
+                weights("attention.self.value", h, h)?,
             );
+            let qkv = Linear::new(Tensor::cat(&[&q.0, &k.0, &v.0], 0), Some(Tensor::cat(&[&q.1, &k.1, &v.1], 0)));
             layers.push(Layer {
                 qkv,
                 attn_out: lin("attention.output.dense", h, h)?,

@@ -6,12 +6,12 @@
 //! machine's FLOP rate at batch 32. Here the weights are repacked once, at load, into panels of 16 outputs laid
 //! out k-major (`panel[k][0..16]`); a 6 x 16 register tile (12 AVX2 accumulators) is updated by broadcasting one
 //! x value per row against two 8-wide weight vectors (2 loads and 6 broadcasts per 12 FMAs, no horizontal sums),
-//! and panels are split into one contiguous range per thread so each core reads one sequential stream.
+//! and panels are split into one contiguous range per thread of [`crate::team`] so each core reads one
+//! sequential stream.
 //! Measured side by side with libtorch: `cargo run --release -p kernels --example gemm_speed`.
 //!
 //! The packed copy doubles the CPU weight memory: libtorch's copy stays for prefill, where MKL is at its best.
 
-use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 /// The largest step this kernel takes; larger ones (prefill) go to libtorch's GEMM.
@@ -73,6 +73,11 @@ impl PackedWeights {
         Some(Self { n, k, data })
     }
 
+    /// Bytes of the packed copy.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<f32>()
+    }
+
     /// `x @ w.T` for `x: [m, k]` f32 on the CPU.
     pub fn matmul_t(&self, x: &Tensor) -> Option<Tensor> {
         let s = x.size();
@@ -86,8 +91,8 @@ impl PackedWeights {
         let y = Tensor::empty([m as i64, self.n as i64], (Kind::Float, Device::Cpu));
         let out_ptr = SendPtr(y.data_ptr() as *mut f32);
         let panels = self.n / NR;
-        let per_task = panels.div_ceil(rayon::current_num_threads()).max(1);
-        (0..panels.div_ceil(per_task)).into_par_iter().for_each(|task| {
+        let per_task = panels.div_ceil(crate::team::width()).max(1);
+        crate::team::run(panels.div_ceil(per_task), &|task| {
             let out = out_ptr;
             for p in task * per_task..((task + 1) * per_task).min(panels) {
                 let panel = &self.data[p * self.k * NR..(p + 1) * self.k * NR];

@@ -19,7 +19,11 @@ use tch::{Device, Kind, Tensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv::KvPool;
+use std::sync::Arc;
+
 use crate::linear::Linear;
+use crate::model::{LoadOptions, WeightFormat};
+use crate::qmatmul::{QuantMatrix, RowBlocks};
 use crate::weights::{gguf_qk_permuted, WeightSource};
 
 /// Which positions of a sequence need logits.
@@ -63,6 +67,12 @@ struct Layer {
     down: Linear,
 }
 
+/// The token embedding table: a tensor, or quantized blocks whose rows are dequantized on lookup.
+enum Embedding {
+    Dense(Tensor),
+    Quant(Arc<QuantMatrix>),
+}
+
 /// Loading progress: tensors done out of total.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
@@ -70,7 +80,7 @@ pub struct LlamaModel {
     cfg: ModelConfig,
     device: Device,
     kind: Kind,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Linear,
@@ -90,67 +100,102 @@ impl std::fmt::Debug for LlamaModel {
 }
 
 impl LlamaModel {
-    /// Builds the model from a weight source, converting to `kind` on `device`.
-    pub fn load(
-        cfg: ModelConfig,
-        src: &WeightSource,
-        device: Device,
-        kind: Kind,
-        progress: Progress<'_>,
-    ) -> Result<Self> {
+    /// Builds the model from a weight source, converting to `opts.kind` on `opts.device`. GGUF matrices stay
+    /// quantized blocks where `opts.weights` asks for it and the CPU runs [`crate::qmatmul`] (f32 on CPU only).
+    pub fn load(cfg: ModelConfig, src: &WeightSource, opts: LoadOptions, progress: Progress<'_>) -> Result<Self> {
+        let (device, kind) = (opts.device, opts.kind);
         let is_gguf = matches!(src, WeightSource::Gguf(_));
         let permute = is_gguf && gguf_qk_permuted(cfg.arch);
+        let quantize = opts.weights == WeightFormat::Quantized
+            && is_gguf
+            && device == Device::Cpu
+            && kind == Kind::Float
+            && crate::qmatmul::available();
         let total = cfg.num_layers + 2;
         let put = |t: Tensor| -> Result<Tensor> { Ok(t.f_to_kind(kind)?.f_to_device(device)?) };
-        let embed_f32 = src.load("token_embd.weight", None)?;
-        check_shape("token_embd.weight", &embed_f32, &[cfg.vocab_size, cfg.hidden_size])?;
-        let embed = put(embed_f32)?;
+        let load = |name: &str, heads: Option<usize>, shape: &[usize]| -> Result<Tensor> {
+            let w = src.load(name, if permute { heads } else { None })?;
+            check_shape(name, &w, shape)?;
+            Ok(w)
+        };
+        // Stacked matrices `[Σ rows, k]` (name, Q/K heads to unpermute, rows) as quantized blocks, where every part
+        // can stay blocks.
+        let blocks = |parts: &[(&str, Option<usize>, usize)], k: usize| -> Result<Option<Arc<QuantMatrix>>> {
+            if !quantize {
+                return Ok(None);
+            }
+            let mut blocks = Vec::with_capacity(parts.len());
+            for &(name, heads, rows) in parts {
+                match src.blocks(name) {
+                    Some((ty, r, c, bytes))
+                        if crate::qmatmul::supports(ty)
+                            && (r, c) == (rows, k)
+                            && k.is_multiple_of(ty.block_len())
+                            && rows.is_multiple_of(crate::qmatmul::GROUP) =>
+                    {
+                        blocks.push(RowBlocks { ty, rows, bytes, unpermute_heads: heads.filter(|_| permute) })
+                    }
+                    _ => return Ok(None),
+                }
+            }
+            Ok(Some(Arc::new(QuantMatrix::new(k, &blocks)?)))
+        };
+        // A linear layer over such a stack: blocks, else one f32 tensor.
+        let matrix = |parts: &[(&str, Option<usize>, usize)], k: usize, bias: Option<Tensor>| -> Result<Linear> {
+            if let Some(q) = blocks(parts, k)? {
+                return Ok(Linear::quantized(q, bias));
+            }
+            let ws =
+                parts.iter().map(|&(name, heads, rows)| load(name, heads, &[rows, k])).collect::<Result<Vec<_>>>()?;
+            let w = if ws.len() == 1 { ws.into_iter().next().expect("one part") } else { Tensor::f_cat(&ws, 0)? };
+            Ok(Linear::new(put(w)?, bias))
+        };
+        let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
+        let embed = match blocks(&[("token_embd.weight", None, vocab)], h)? {
+            Some(q) => Embedding::Quant(q),
+            None => Embedding::Dense(put(load("token_embd.weight", None, &[vocab, h])?)?),
+        };
         progress(1, total);
         let (q_out, kv_out) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let name = |t: &str| format!("blk.{l}.{t}");
-            let load = |t: &str, heads: Option<usize>, shape: &[usize]| -> Result<Tensor> {
-                let w = src.load(&name(t), if permute { heads } else { None })?;
-                check_shape(&name(t), &w, shape)?;
-                Ok(w)
-            };
-            let h = cfg.hidden_size;
-            let wq = load("attn_q.weight", Some(cfg.num_heads), &[q_out, h])?;
-            let wk = load("attn_k.weight", Some(cfg.num_kv_heads), &[kv_out, h])?;
-            let wv = load("attn_v.weight", None, &[kv_out, h])?;
             let bqkv = if cfg.arch.qkv_bias() {
-                let bq = load("attn_q.bias", Some(cfg.num_heads), &[q_out])?;
-                let bk = load("attn_k.bias", Some(cfg.num_kv_heads), &[kv_out])?;
-                let bv = load("attn_v.bias", None, &[kv_out])?;
+                let bq = load(&name("attn_q.bias"), Some(cfg.num_heads), &[q_out])?;
+                let bk = load(&name("attn_k.bias"), Some(cfg.num_kv_heads), &[kv_out])?;
+                let bv = load(&name("attn_v.bias"), None, &[kv_out])?;
                 Some(put(Tensor::cat(&[bq, bk, bv], 0))?)
             } else {
                 None
             };
-            let gate = load("ffn_gate.weight", None, &[cfg.intermediate_size, h])?;
-            let up = load("ffn_up.weight", None, &[cfg.intermediate_size, h])?;
+            let (q, k, v) = (name("attn_q.weight"), name("attn_k.weight"), name("attn_v.weight"));
+            let (o, gate, up, down) =
+                (name("attn_output.weight"), name("ffn_gate.weight"), name("ffn_up.weight"), name("ffn_down.weight"));
+            let inter = cfg.intermediate_size;
             layers.push(Layer {
-                attn_norm: put(load("attn_norm.weight", None, &[h])?)?,
-                qkv: Linear::new(put(Tensor::cat(&[wq, wk, wv], 0))?, bqkv),
-                wo: Linear::new(put(load("attn_output.weight", None, &[h, q_out])?)?, None),
-                ffn_norm: put(load("ffn_norm.weight", None, &[h])?)?,
-                gate_up: Linear::new(put(Tensor::cat(&[gate, up], 0))?, None),
-                down: Linear::new(put(load("ffn_down.weight", None, &[h, cfg.intermediate_size])?)?, None),
+                attn_norm: put(load(&name("attn_norm.weight"), None, &[h])?)?,
+                qkv: matrix(
+                    &[(&q, Some(cfg.num_heads), q_out), (&k, Some(cfg.num_kv_heads), kv_out), (&v, None, kv_out)],
+                    h,
+                    bqkv,
+                )?,
+                wo: matrix(&[(&o, None, h)], q_out, None)?,
+                ffn_norm: put(load(&name("ffn_norm.weight"), None, &[h])?)?,
+                gate_up: matrix(&[(&gate, None, inter), (&up, None, inter)], h, None)?,
+                down: matrix(&[(&down, None, h)], inter, None)?,
             });
             progress(l + 2, total);
         }
         let norm = put(src.load("output_norm.weight", None)?)?;
         check_shape("output_norm.weight", &norm, &[cfg.hidden_size])?;
-        let lm_head = Linear::new(
-            if src.contains("output.weight") && !cfg.tie_word_embeddings {
-                let w = src.load("output.weight", None)?;
-                check_shape("output.weight", &w, &[cfg.vocab_size, cfg.hidden_size])?;
-                put(w)?
-            } else {
-                embed.shallow_clone()
-            },
-            None,
-        );
+        let lm_head = if src.contains("output.weight") && !cfg.tie_word_embeddings {
+            matrix(&[("output.weight", None, vocab)], h, None)?
+        } else {
+            match &embed {
+                Embedding::Quant(q) => Linear::quantized(q.clone(), None),
+                Embedding::Dense(w) => Linear::new(w.shallow_clone(), None),
+            }
+        };
         let freq_factors = if src.contains("rope_freqs.weight") {
             Some(Vec::<f32>::try_from(src.load("rope_freqs.weight", None)?.flatten(0, -1))?)
         } else {
@@ -171,6 +216,36 @@ impl LlamaModel {
             sin: sin.f_to_kind(kind)?.f_to_device(device)?,
             cfg,
         })
+    }
+
+    /// Bytes of weights held (quantized blocks, tensors, packed copies; a tied LM head counted once).
+    pub fn weight_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+        let embed = match &self.embed {
+            Embedding::Quant(q) => q.bytes(),
+            Embedding::Dense(w) => t(w),
+        };
+        let tied = match (&self.embed, &self.lm_head) {
+            (Embedding::Quant(a), Linear::Quant { q, .. }) => Arc::ptr_eq(a, q),
+            (Embedding::Dense(a), Linear::Dense { w, .. }) => a.data_ptr() == w.data_ptr(),
+            _ => false,
+        };
+        let head = self.lm_head.bytes() - if tied { embed } else { 0 };
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                t(&l.attn_norm)
+                    + t(&l.ffn_norm)
+                    + [&l.qkv, &l.wo, &l.gate_up, &l.down].iter().map(|m| m.bytes()).sum::<usize>()
+            })
+            .sum();
+        embed + head + layers + t(&self.norm)
+    }
+
+    /// Whether the matrices run on quantized blocks.
+    pub fn quantized(&self) -> bool {
+        self.layers.first().is_some_and(|l| matches!(l.gate_up, Linear::Quant { .. }))
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -220,6 +295,7 @@ impl LlamaModel {
         // Steps of up to MAX_ROWS tokens do every matrix product in our kernels; libtorch's remaining ops there are
         // small element-wise ones that run faster on one thread than with a thread wake-up per op.
         crate::torch::ensure_threads(self.threads);
+        crate::team::set_width(self.threads);
         let _one_thread = (self.device == Device::Cpu
             && plan.n_tokens as usize <= crate::cpu_gemm::MAX_ROWS
             && crate::cpu_gemm::available())
@@ -243,7 +319,10 @@ impl LlamaModel {
         let t = plan.n_tokens;
         let eps = c.rms_norm_eps;
         let h_dim = c.hidden_size as i64;
-        let mut x = self.embed.f_index_select(0, &plan.ids)?;
+        let mut x = match &self.embed {
+            Embedding::Dense(t) => t.f_index_select(0, &plan.ids)?,
+            Embedding::Quant(q) => q.rows(&plan.ids_host)?,
+        };
         // The libtorch rope path reads the tables row by position; the fused kernel reads them itself.
         let rope_rows = if self.fused {
             None
@@ -407,6 +486,7 @@ fn rope_tables(cfg: &ModelConfig, freq_factors: Option<&[f32]>) -> Result<(Tenso
 struct Plan {
     n_tokens: i64,
     ids: Tensor,
+    ids_host: Vec<i64>,
     positions: Tensor,
     write_slots: Tensor,
     positions_host: Vec<i64>,
@@ -573,6 +653,7 @@ impl Plan {
         Ok(Self {
             n_tokens: n_tokens as i64,
             ids: Tensor::from_slice(&ids).to_device(dev),
+            ids_host: ids,
             positions: Tensor::from_slice(&pos).to_device(dev),
             write_slots: Tensor::from_slice(&write).to_device(dev),
             positions_host: pos,

@@ -19,12 +19,36 @@ pub struct LoadOptions {
     pub kind: Kind,
     /// libtorch intra-op threads of the thread that runs the model (0: one per core).
     pub threads: usize,
+    /// How a GGUF file's quantized matrices are held on the CPU.
+    pub weights: WeightFormat,
+}
+
+/// How a GGUF file's quantized matrices are held on the CPU (other devices and dtypes always dequantize).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// As their blocks, multiplied by [`crate::qmatmul`] (where the CPU has AVX2, FMA and F16C): about the
+    /// file's size in memory.
+    #[default]
+    Quantized,
+    /// Dequantized to f32 at load (the numerics reference; about 8x the memory of a 4-bit file).
+    F32,
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "quantized" => Ok(Self::Quantized),
+            "f32" => Ok(Self::F32),
+            other => Err(Error::invalid(format!("weights `{other}`: expected `quantized` or `f32`"))),
+        }
+    }
 }
 
 impl Default for LoadOptions {
-    /// f32 on the CPU: the only fast choice on CPUs without bf16 hardware.
+    /// f32 on the CPU: the only fast choice on CPUs without bf16 hardware; GGUF matrices stay quantized.
     fn default() -> Self {
-        Self { device: Device::Cpu, kind: Kind::Float, threads: 0 }
+        Self { device: Device::Cpu, kind: Kind::Float, threads: 0, weights: WeightFormat::Quantized }
     }
 }
 
@@ -109,7 +133,7 @@ impl Model {
         let chat_template = g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_owned);
         let sampling = SamplingHints::from_gguf(&g);
         let src = WeightSource::Gguf(g);
-        let mut net = LlamaModel::load(cfg, &src, opts.device, opts.kind, progress)?;
+        let mut net = LlamaModel::load(cfg, &src, opts, progress)?;
         net.set_threads(opts.threads);
         Ok(Self { name, path: path.to_path_buf(), net, tokenizer, special, chat_template, sampling })
     }
@@ -149,7 +173,7 @@ impl Model {
         };
         let sampling = SamplingHints::from_generation_config(&gen_cfg);
         let src = WeightSource::SafeTensors(SafeTensorFiles::open_folder(dir)?);
-        let mut net = LlamaModel::load(cfg, &src, opts.device, opts.kind, progress)?;
+        let mut net = LlamaModel::load(cfg, &src, opts, progress)?;
         net.set_threads(opts.threads);
         Ok(Self { name, path: dir.to_path_buf(), net, tokenizer, special, chat_template, sampling })
     }

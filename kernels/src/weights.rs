@@ -14,6 +14,7 @@ use tch::Tensor;
 use crate::config::Arch;
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::quant::GgmlType;
 
 /// A source of named f32 tensors.
 pub enum WeightSource {
@@ -26,6 +27,20 @@ impl WeightSource {
         match self {
             Self::Gguf(g) => g.tensor(name).is_some(),
             Self::SafeTensors(s) => s.index.contains_key(&hf_name(name)),
+        }
+    }
+
+    /// A GGUF matrix kept as its quantized blocks: `(type, rows, cols, bytes)`, the bytes row-major ggml blocks
+    /// (as the file stores them, before any Q/K unpermutation). `None` for other sources, missing names and
+    /// tensors that are not 2-D.
+    pub fn blocks(&self, name: &str) -> Option<(GgmlType, usize, usize, &[u8])> {
+        match self {
+            Self::Gguf(g) => {
+                let info = g.tensor(name)?;
+                (info.dims.len() == 2)
+                    .then(|| (info.ty, info.dims[1] as usize, info.dims[0] as usize, g.tensor_bytes(info)))
+            }
+            Self::SafeTensors(_) => None,
         }
     }
 

@@ -1,0 +1,217 @@
+//! A team of worker threads for the many small matrix products of a decode step.
+//!
+//! A batch-1 decode step of a small model is about 120 matrix products of 10 to 100 microseconds each. Rayon
+//! (and any pool whose idle workers sleep) pays two thread wake-ups per product when it is called from outside the
+//! pool: about as long as the product itself. Here the calling thread works too, and idle workers spin for a short
+//! while ([`SPIN`]) before they park, so back-to-back products find them awake, as llama.cpp's and OpenMP's
+//! thread pools do. Written by hand because the spin-then-park policy and the caller's participation are the
+//! point, and no maintained crate exposes both.
+//!
+//! Protocol: the caller publishes a job (a pointer to its closure, valid until it returns), workers count
+//! themselves in (`active`) before reading the pointer, and the caller withdraws the pointer and waits for
+//! `active` to drop to zero before returning, so no worker can hold a stale job. Tasks are claimed from an atomic
+//! counter. One job runs at a time; a caller that finds the team busy (another model's thread) runs its tasks
+//! alone.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it parks.
+const SPIN: Duration = Duration::from_micros(300);
+
+type Job<'a> = &'a (dyn Fn(usize) + Sync);
+
+struct Shared {
+    /// The current job (a pointer to the caller's `Job`), or null.
+    job: AtomicPtr<Job<'static>>,
+    /// Bumped before each job is published (a new job may sit at the same address as the last).
+    seq: AtomicUsize,
+    tasks: AtomicUsize,
+    next: AtomicUsize,
+    done: AtomicUsize,
+    /// How long workers spin for the next job after this one, in microseconds.
+    spin_us: AtomicU64,
+    /// Workers between reading `job` and finishing with it.
+    active: AtomicUsize,
+    sleeping: AtomicUsize,
+    park: Mutex<()>,
+    wake: Condvar,
+    /// Held by the caller that owns the team for one job.
+    owner: Mutex<()>,
+}
+
+struct Team {
+    shared: &'static Shared,
+    workers: usize,
+}
+
+fn team() -> &'static Team {
+    static TEAM: OnceLock<Team> = OnceLock::new();
+    TEAM.get_or_init(|| {
+        let shared: &'static Shared = Box::leak(Box::new(Shared {
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            seq: AtomicUsize::new(0),
+            spin_us: AtomicU64::new(SPIN.as_micros() as u64),
+            tasks: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            sleeping: AtomicUsize::new(0),
+            park: Mutex::new(()),
+            wake: Condvar::new(),
+            owner: Mutex::new(()),
+        }));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut workers = 0;
+        for i in 1..cores {
+            let spawned =
+                std::thread::Builder::new().name(format!("radixserve-team-{i}")).spawn(move || worker(shared));
+            workers += spawned.is_ok() as usize;
+        }
+        Team { shared, workers }
+    })
+}
+
+/// Runs the tasks of the current job until none is left.
+fn run_tasks(s: &Shared, job: Job<'_>) {
+    let tasks = s.tasks.load(SeqCst);
+    loop {
+        let i = s.next.fetch_add(1, SeqCst);
+        if i >= tasks {
+            break;
+        }
+        job(i);
+        s.done.fetch_add(1, SeqCst);
+    }
+}
+
+fn worker(s: &'static Shared) {
+    let mut last = 0;
+    let fresh = |last: usize| !s.job.load(SeqCst).is_null() && s.seq.load(SeqCst) != last;
+    loop {
+        // Spin, then park, until a job this worker has not run is published.
+        let spin = Duration::from_micros(s.spin_us.load(SeqCst));
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while !fresh(last) {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(256) && start.elapsed() > spin {
+                let mut guard = s.park.lock().unwrap_or_else(|e| e.into_inner());
+                s.sleeping.fetch_add(1, SeqCst);
+                while !fresh(last) {
+                    guard = s.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+                }
+                s.sleeping.fetch_sub(1, SeqCst);
+                break;
+            }
+        }
+        s.active.fetch_add(1, SeqCst);
+        let p = s.job.load(SeqCst);
+        let seq = s.seq.load(SeqCst);
+        if !p.is_null() {
+            // SAFETY: a non-null `job` read after counting ourselves in `active` stays valid until we count
+            // ourselves out: its caller withdraws it and then waits for `active` to reach zero before returning.
+            run_tasks(s, unsafe { *p });
+            last = seq;
+        }
+        s.active.fetch_sub(1, SeqCst);
+    }
+}
+
+thread_local! {
+    static WIDTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Threads (the caller included) that [`run`] uses on this thread from now on (0: every core).
+pub fn set_width(n: usize) {
+    WIDTH.with(|w| w.set(n));
+}
+
+/// Threads [`run`] would use on this thread.
+pub fn width() -> usize {
+    let t = team();
+    match WIDTH.with(Cell::get) {
+        0 => t.workers + 1,
+        n => n.min(t.workers + 1),
+    }
+}
+
+/// Calls `f(0..tasks)`, each index once, on the calling thread and the team's workers; returns when all are done.
+/// The workers then spin for the next job a short while ([`SPIN`]).
+pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    run_with_spin(tasks, f, SPIN)
+}
+
+/// [`run`] for a job followed by other threads' work (libtorch's GEMM in a prefill): the workers park as soon as
+/// it is done instead of spinning on cores that work needs.
+pub fn run_then_park(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    run_with_spin(tasks, f, Duration::ZERO)
+}
+
+fn run_with_spin(tasks: usize, f: &(dyn Fn(usize) + Sync), spin: Duration) {
+    if tasks <= 1 || width() <= 1 {
+        (0..tasks).for_each(f);
+        return;
+    }
+    let t = team();
+    let s = t.shared;
+    // Another thread's job in flight: do this one alone rather than wait.
+    let Ok(_owner) = s.owner.try_lock() else {
+        (0..tasks).for_each(f);
+        return;
+    };
+    let job: Job<'_> = f;
+    s.tasks.store(tasks, SeqCst);
+    s.next.store(0, SeqCst);
+    s.done.store(0, SeqCst);
+    s.spin_us.store(spin.as_micros() as u64, SeqCst);
+    s.seq.fetch_add(1, SeqCst);
+    // SAFETY (lifetime erasure): the pointer is withdrawn, and every worker that read it has finished, before
+    // this function returns, while `job` is still alive.
+    let erased: *const Job<'static> = (&job as *const Job<'_>).cast();
+    s.job.store(erased as *mut Job<'static>, SeqCst);
+    if s.sleeping.load(SeqCst) > 0 {
+        let _guard = s.park.lock().unwrap_or_else(|e| e.into_inner());
+        s.wake.notify_all();
+    }
+    run_tasks(s, job);
+    while s.done.load(SeqCst) < tasks {
+        std::hint::spin_loop();
+    }
+    s.job.store(std::ptr::null_mut(), SeqCst);
+    while s.active.load(SeqCst) > 0 {
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once_from_many_callers() {
+        let callers: Vec<_> = (0..4)
+            .map(|c| {
+                std::thread::spawn(move || {
+                    for round in 0..2000 {
+                        let n = 1 + (round * 7 + c) % 13;
+                        let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                        run(n, &|i| {
+                            hits[i].fetch_add(1, SeqCst);
+                        });
+                        assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "round {round}");
+                    }
+                })
+            })
+            .collect();
+        for c in callers {
+            c.join().unwrap();
+        }
+        set_width(1);
+        assert_eq!(width(), 1);
+        set_width(0);
+    }
+}
