@@ -29,7 +29,7 @@ def main(base_url: str, api_key: str) -> None:
 
     model = openai.OpenAI(base_url=f"{base_url}/v1", api_key=api_key).models.list().data[0].id
     llm = ChatOpenAI(base_url=f"{base_url}/v1", api_key=api_key, model=model, temperature=0, max_tokens=200, max_retries=0)
-    r = llm.invoke("What is the capital of France?")
+    r = llm.invoke("What is the capital of France? Answer in one sentence.")
     assert "Paris" in r.content, r
     chunks = list(llm.stream("Say hi."))
     assert len(chunks) > 1 and "".join(c.content for c in chunks).strip(), chunks

@@ -1,7 +1,7 @@
 //! Embedding models against outside references: all-MiniLM-L6-v2 against sentence-transformers' own `encode`, and
 //! SmolLM2 as a decoder embedder against transformers' final hidden states (fixtures from `tools/make_fixtures.py`).
 
-use kernels::{EmbeddingModel, LoadOptions, Pooling};
+use kernels::{EmbeddingModel, LoadOptions, Pooling, WeightFormat};
 use radixserve_tests::{embed_model_path, model_path, repo_root};
 use serde_json::Value;
 
@@ -52,8 +52,9 @@ fn minilm_equals_sentence_transformers() {
 fn smollm2_pooled_hidden_states_equal_transformers() {
     let fx = fixture("smollm2_embed_reference.json");
     let mut worst = 0.0f32;
+    let f32_weights = LoadOptions { weights: WeightFormat::F32, ..LoadOptions::default() };
     for (pooling, key) in [(Pooling::Last, "last"), (Pooling::Mean, "mean")] {
-        let mut m = EmbeddingModel::load(&model_path(), LoadOptions::default(), Some(pooling), &mut |_, _| {}).unwrap();
+        let mut m = EmbeddingModel::load(&model_path(), f32_weights, Some(pooling), &mut |_, _| {}).unwrap();
         assert!(!m.is_encoder());
         let cases = fx["cases"].as_array().unwrap();
         let inputs: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["ids"])).collect();
@@ -67,4 +68,23 @@ fn smollm2_pooled_hidden_states_equal_transformers() {
     eprintln!("SmolLM2 as an embedder: worst component difference from transformers {worst:e}");
     // Unit vectors of 576 components from the same GGUF dequantized to f32 on both sides (measured: 2.3e-6).
     assert!(worst <= 1e-5, "worst difference {worst:e}");
+}
+
+/// The quantized default (int8 activations in steps of up to 32 tokens) moves the vectors a little: each stays
+/// within a cosine of 0.999 of transformers'.
+#[test]
+fn smollm2_quantized_embeddings_stay_close() {
+    let fx = fixture("smollm2_embed_reference.json");
+    let mut m =
+        EmbeddingModel::load(&model_path(), LoadOptions::default(), Some(Pooling::Last), &mut |_, _| {}).unwrap();
+    let cases = fx["cases"].as_array().unwrap();
+    let inputs: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["ids"])).collect();
+    let got = m.embed(&inputs.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+    let mut worst = 1.0f32;
+    for (c, g) in cases.iter().zip(&got) {
+        let want = floats(&c["last"]);
+        worst = worst.min(g.iter().zip(&want).map(|(a, b)| a * b).sum::<f32>());
+    }
+    eprintln!("SmolLM2 quantized as an embedder: lowest cosine to transformers {worst:.6}");
+    assert!(worst >= 0.999, "lowest cosine {worst}");
 }

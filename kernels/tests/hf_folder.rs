@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use kernels::gguf::GgufFile;
 use kernels::weights::{gguf_qk_permuted, hf_name, WeightSource};
-use kernels::{LoadOptions, LogitsFor, Model, ModelConfig, SeqInput};
+use kernels::{LoadOptions, LogitsFor, Model, ModelConfig, SeqInput, WeightFormat};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
@@ -16,7 +16,12 @@ type RawTensor = (String, Vec<i64>, Vec<u8>);
 
 /// Writes `dir` as a Hugging Face checkpoint of the GGUF model, in two shards with an index.
 fn write_hf_folder(dir: &std::path::Path) -> Model {
-    let gguf = Model::load(&model_path(), LoadOptions::default(), &mut |_, _| {}).unwrap();
+    let gguf = Model::load(
+        &model_path(),
+        LoadOptions { weights: WeightFormat::F32, ..LoadOptions::default() },
+        &mut |_, _| {},
+    )
+    .unwrap();
     let g = GgufFile::open(model_path()).unwrap();
     let cfg = ModelConfig::from_gguf(&g).unwrap();
     let names: Vec<String> = g.tensors.iter().map(|t| t.name.clone()).collect();
@@ -79,7 +84,8 @@ fn sharded_safetensors_folder_equals_the_gguf() {
     let dir = std::env::temp_dir().join(format!("radixserve-hf-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let gguf = write_hf_folder(&dir);
-    let hf = Model::load(&dir, LoadOptions::default(), &mut |_, _| {}).unwrap();
+    let hf = Model::load(&dir, LoadOptions { weights: WeightFormat::F32, ..LoadOptions::default() }, &mut |_, _| {})
+        .unwrap();
     assert_eq!(hf.special.eos, vec![2]);
     assert_eq!(hf.special.bos, Some(1));
     assert_eq!(hf.chat_template, gguf.chat_template);
@@ -109,9 +115,15 @@ fn sharded_safetensors_folder_equals_the_gguf() {
 fn missing_folder_pieces_are_clear_errors() {
     let dir = std::env::temp_dir().join(format!("radixserve-hf-empty-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let err = Model::load(&dir, LoadOptions::default(), &mut |_, _| {}).unwrap_err();
+    let err = Model::load(&dir, LoadOptions { weights: WeightFormat::F32, ..LoadOptions::default() }, &mut |_, _| {})
+        .unwrap_err();
     assert!(err.to_string().contains("config.json"), "{err}");
-    let err = Model::load(&dir.join("nope.gguf"), LoadOptions::default(), &mut |_, _| {}).unwrap_err();
+    let err = Model::load(
+        &dir.join("nope.gguf"),
+        LoadOptions { weights: WeightFormat::F32, ..LoadOptions::default() },
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("no such file"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,14 +1,16 @@
 //! The forward pass, tokenizer and dequantizers against outside references, on the real SmolLM2 model.
 //!
 //! Fixtures come from `tools/make_fixtures.py` (Hugging Face `transformers` and the `gguf` package on the same
-//! GGUF file). The model file is fetched by `make test`; set `RADIXSERVE_MODEL` to use another copy.
+//! GGUF file). The model file is fetched by `make test`; set `RADIXSERVE_MODEL` to use another copy. The model is
+//! loaded with f32 weights (`WeightFormat::F32`, the numerics reference); `quantized.rs` checks the quantized
+//! default against it and against llama.cpp.
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use base64::Engine;
 use kernels::gguf::GgufFile;
 use kernels::quant::{dequantize, GgmlType};
-use kernels::{LoadOptions, LogitsFor, Model, SeqInput};
+use kernels::{LoadOptions, LogitsFor, Model, SeqInput, WeightFormat};
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
@@ -20,7 +22,10 @@ fn model() -> MutexGuard<'static, Model> {
     M.get_or_init(|| {
         let path = model_path();
         assert!(path.exists(), "model not found at {} (run `make test`, which fetches it)", path.display());
-        Mutex::new(Model::load(&path, LoadOptions::default(), &mut |_, _| {}).expect("load model"))
+        Mutex::new(
+            Model::load(&path, LoadOptions { weights: WeightFormat::F32, ..LoadOptions::default() }, &mut |_, _| {})
+                .expect("load model"),
+        )
     })
     .lock()
     .unwrap_or_else(|e| e.into_inner())
@@ -122,7 +127,8 @@ fn greedy_continuation_matches_transformers_through_the_kv_pool() {
 #[ignore = "needs the opt-in Qwen2 model: make model-qwen"]
 fn qwen2_matches_transformers() {
     let path = manifest_dir().join("../models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    let m = Model::load(&path, LoadOptions::default(), &mut |_, _| {}).expect("run make model-qwen");
+    let m = Model::load(&path, LoadOptions { weights: WeightFormat::F32, ..LoadOptions::default() }, &mut |_, _| {})
+        .expect("run make model-qwen");
     let fx = fixture("qwen2_reference.json");
     for case in fx["prompts"].as_array().unwrap() {
         let got = m.tokenizer.encode(case["rendered"].as_str().unwrap(), false).unwrap().get_ids().to_vec();

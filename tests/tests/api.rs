@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{server, time_tool, user, validates, weather_tool, KEY};
+// These tests pin the API's behaviour down to the exact text (streamed = whole, same seed = same object, n = 2), so
+// they run on the f32-weight server, whose outputs do not depend on the batch or the cache; the quantized default
+// serves the SDK, LangChain, instructor, Responses and embeddings tests.
+use common::{exact_server as server, time_tool, user, validates, weather_tool, KEY};
 use serde_json::{json, Value};
 
 fn usage_ok(v: &Value) {

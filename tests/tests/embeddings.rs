@@ -239,7 +239,8 @@ fn health_names_the_model_that_is_not_ready() {
 #[test]
 fn a_decoder_served_as_an_embedder() {
     let path = radixserve_tests::model_path();
-    let argv = ["--embedding-model", &format!("smol-embed={}", path.display())];
+    // f32 weights: transformers' fixture is the f32 reference (the quantized default is checked in `kernels`).
+    let argv = ["--embedding-model", &format!("smol-embed={}", path.display()), "--weights", "f32"];
     let srv = common::start(common::args(&argv), true);
     let fx: Value = serde_json::from_str(
         &std::fs::read_to_string(radixserve_tests::repo_root().join("kernels/testdata/smollm2_embed_reference.json"))

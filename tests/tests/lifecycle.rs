@@ -80,7 +80,8 @@ fn the_radixserve_binary_serves() {
         .post(format!("{base}/v1/chat/completions"))
         .header("content-type", "application/json")
         .send(
-            json!({"messages": user("What is the capital of France?"), "max_tokens": 20, "temperature": 0}).to_string(),
+            json!({"messages": user("What is the capital of France? Answer in one sentence."), "max_tokens": 20, "temperature": 0})
+                .to_string(),
         )
         .unwrap();
     let body = resp.body_mut().read_to_string().unwrap();
@@ -183,7 +184,8 @@ fn the_edge_answers_in_the_openai_shape() {
     let (st, _, body) = raw(&s.base, &format!("{post}{many}"), &chat);
     assert_eq!(st, 431, "{body}");
     // One running and one waiting: a third request is turned away with a hint when to retry.
-    let long = json!({"messages": user("Write a long story."), "max_tokens": 200, "ignore_eos": true}).to_string();
+    // Long enough (1,000 tokens: seconds even at batch-1 decode speed) that the queue is seen full.
+    let long = json!({"messages": user("Write a long story."), "max_tokens": 1000, "ignore_eos": true}).to_string();
     let typed = format!("{post}\r\nContent-Type: application/json");
     let saw_retry = std::thread::scope(|scope| {
         let first = scope.spawn(|| raw(&s.base, &typed, &long));
@@ -212,8 +214,9 @@ fn the_edge_answers_in_the_openai_shape() {
 /// sets those values, and a field the request sets wins.
 #[test]
 fn unset_sampling_fields_take_the_served_defaults() {
-    let s =
-        start(args(&["--kv-cache-mb", "256", "--sampling-defaults", r#"{"temperature": 0.2, "top_p": 0.9}"#]), true);
+    // f32 weights: "seed for seed" compares requests that meet the prompt cold and cached.
+    let defaults = r#"{"temperature": 0.2, "top_p": 0.9}"#;
+    let s = start(args(&["--kv-cache-mb", "256", "--sampling-defaults", defaults, "--weights", "f32"]), true);
     let (_, models) = s.get("/v1/models");
     assert_eq!(models["data"][0]["sampling_defaults"], json!({"temperature": 0.2, "top_p": 0.9}), "{models}");
     let answer = |extra: serde_json::Value| {

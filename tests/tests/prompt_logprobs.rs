@@ -1,15 +1,18 @@
 //! Prompt logprobs through `/v1/completions` (`echo` with `logprobs`, lm-evaluation-harness' loglikelihood), on the
 //! real model: the values equal a full recomputation's log-softmax, and a prompt whose prefix the radix cache holds
-//! scores exactly as a cold one (the engine recomputes cached positions for such requests).
+//! scores exactly as a cold one (the engine recomputes cached positions for such requests). The server runs with
+//! f32 weights (`--weights f32`): with the quantized default, a 16-token chunk runs the int8 decode kernels and a
+//! whole-prompt reference the dequantized GEMM, so they differ by the activations' rounding (see `quantized.rs`).
 
 mod common;
 
-use kernels::{LoadOptions, LogitsFor, Model, SeqInput};
+use kernels::{LoadOptions, LogitsFor, Model, SeqInput, WeightFormat};
 use serde_json::{json, Value};
 
 /// Every prompt position's log-softmax, the whole prompt in one forward call of a fresh model.
 fn reference(ids: &[u32]) -> Vec<Vec<f32>> {
-    let m = Model::load(&radixserve_tests::model_path(), LoadOptions::default(), &mut |_, _| {}).unwrap();
+    let opts = LoadOptions { weights: WeightFormat::F32, ..LoadOptions::default() };
+    let m = Model::load(&radixserve_tests::model_path(), opts, &mut |_, _| {}).unwrap();
     let mut kv = m.net.new_kv_pool(ids.len()).unwrap();
     let slots: Vec<u32> = (0..ids.len() as u32).collect();
     let input = SeqInput { context_slots: &[], tokens: ids, new_slots: &slots, logits: LogitsFor::All };
@@ -30,7 +33,10 @@ fn score(s: &common::Server, ids: &[u32], max_tokens: usize) -> Value {
 #[test]
 fn prompt_logprobs_equal_a_full_recomputation_cold_or_cached() {
     // Chunks of 16 tokens: the prompt is scored over several steps, each chunk attending to the ones before.
-    let s = common::start(common::args(&["--kv-cache-mb", "256", "--chunked-prefill-size", "16"]), true);
+    let s = common::start(
+        common::args(&["--kv-cache-mb", "256", "--chunked-prefill-size", "16", "--weights", "f32"]),
+        true,
+    );
     let text = "Question: What is the capital of France?\nAnswer: The capital of France is Paris, a city on the Seine.";
     let (st, tok) = s.post("/tokenize", &json!({"prompt": text}));
     assert_eq!(st, 200);
