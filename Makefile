@@ -48,8 +48,11 @@ lint: setup
 fmt:
 	$(CARGO) fmt --all
 
+# The forward pass on quantized blocks and on f32 weights, alternating with llama.cpp's llama-bench (pp512, tg128)
+# on the same GGUF and threads; builds llama-bench once (tools/setup.sh llamacpp, ~15 min).
 bench-model: build
-	$(TARGET)/bench-model --model $(MODEL)
+	@tools/setup.sh llamacpp
+	$(TARGET)/bench-model --model $(MODEL) --llama-bench $(RADIXSERVE_CACHE)/llamacpp-0.3.36-avx2/bin/llama-bench
 
 # The engine's ratios, side by side in one run: shared-prefix cache on/off, batch 32 vs 1, constrained vs not.
 bench-runtime: build
@@ -90,6 +93,8 @@ model-qwen: build
 fixtures: setup
 	.venv/bin/pip install -q gguf==0.19.0 transformers==5.23.0 accelerate==1.15.0 sentence-transformers==6.3.0
 	.venv/bin/python tools/make_fixtures.py
+	@tools/setup.sh llamacpp
+	$(RADIXSERVE_CACHE)/bench-venv/bin/python tools/llamacpp_fixtures.py
 
 clean:
 	rm -rf bin

@@ -14,7 +14,7 @@ PORT=${PORT:-30200}
 CONC=${CONC:-32}
 THREADS=${THREADS:-$(nproc)}
 SYSTEMS=${SYSTEMS:-"radixserve radixserve-nocache llama-server llama-cpp-python"}
-LLAMA_SERVER=$CACHE/llamacpp-0.3.36/bin/llama-server
+LLAMA_SERVER=$CACHE/llamacpp-0.3.36-avx2/bin/llama-server
 BENCH_PY=$CACHE/bench-venv/bin/python
 mkdir -p "$OUT"
 rm -f "$OUT/results.jsonl"

@@ -137,8 +137,12 @@ qwen() {
 # Peers for make bench-compare: llama.cpp's llama-server built from the sources vendored in the
 # llama-cpp-python sdist (cmake and ninja from PyPI, about 15 minutes once; cached), and llama-cpp-python[server].
 LLAMACPP_VERSION=0.3.36
+# llama.cpp for the AVX2+FMA machines this project targets (the kernels' own ISA), not -march=native: a virtual
+# machine may advertise AMX or AVX-512 that it does not run (measured: AMX's tileloadd traps), and a native build
+# would be a different peer on every machine.
+LLAMACPP_CPU_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
 llamacpp() {
-  local bench="$CACHE/bench-venv" build="$CACHE/llamacpp-$LLAMACPP_VERSION"
+  local bench="$CACHE/bench-venv" build="$CACHE/llamacpp-$LLAMACPP_VERSION-avx2"
   if [ ! -x "$bench/bin/python" ]; then
     python3 -m venv "$bench"
   fi
@@ -147,7 +151,7 @@ llamacpp() {
     "$bench/bin/pip" install -q --disable-pip-version-check cmake ninja
     touch "$stamp"
   fi
-  if [ ! -x "$build/bin/llama-server" ]; then
+  if [ ! -x "$build/bin/llama-server" ] || [ ! -x "$build/bin/llama-bench" ]; then
     mkdir -p "$CACHE/dl"
     ls "$CACHE"/dl/llama_cpp_python-$LLAMACPP_VERSION.tar.gz >/dev/null 2>&1 ||
       python3 -m pip download -q --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
@@ -155,16 +159,18 @@ llamacpp() {
     local src="$CACHE/llamacpp-src-$LLAMACPP_VERSION"
     rm -rf "$src" && mkdir -p "$src"
     tar -xzf "$CACHE"/dl/llama_cpp_python-$LLAMACPP_VERSION.tar.gz -C "$src" --strip-components=1
-    echo "setup: building llama-server from llama-cpp-python $LLAMACPP_VERSION's vendored llama.cpp (one time, ~15 min)"
+    echo "setup: building llama-server and llama-bench from llama-cpp-python $LLAMACPP_VERSION's vendored llama.cpp (one time, ~15 min)"
+    # shellcheck disable=SC2086 # the flags are words
     PATH="$bench/bin:$PATH" cmake -S "$src/vendor/llama.cpp" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-      -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
-    PATH="$bench/bin:$PATH" cmake --build "$build" --target llama-server -j "$(nproc)"
+      -DLLAMA_CURL=OFF $LLAMACPP_CPU_FLAGS -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
+    PATH="$bench/bin:$PATH" cmake --build "$build" --target llama-server llama-bench -j "$(nproc)"
   fi
-  local pstamp="$bench/.radixserve-llama-cpp-python-$LLAMACPP_VERSION"
+  local pstamp="$bench/.radixserve-llama-cpp-python-$LLAMACPP_VERSION-avx2"
   if [ ! -f "$pstamp" ]; then
     echo "setup: installing llama-cpp-python[server]==$LLAMACPP_VERSION (builds its own llama.cpp, ~15 min once)"
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" PATH="$bench/bin:$PATH" \
-      "$bench/bin/pip" install -q --disable-pip-version-check "llama-cpp-python[server]==$LLAMACPP_VERSION"
+    CMAKE_ARGS="$LLAMACPP_CPU_FLAGS -DLLAMA_CURL=OFF" PATH="$bench/bin:$PATH" \
+      "$bench/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-cache-dir \
+      "llama-cpp-python[server]==$LLAMACPP_VERSION"
     touch "$pstamp"
   fi
 }

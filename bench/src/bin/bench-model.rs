@@ -1,17 +1,22 @@
-//! `make bench-model`: prefill and batched-decode speed of the forward pass next to this machine's roofline,
-//! measured in the same run.
+//! `make bench-model`: prefill and batched-decode speed of the forward pass on quantized blocks (the default for
+//! GGUF on CPU) and on f32 weights, next to llama.cpp's `llama-bench` on the same GGUF at the same threads and to
+//! this machine's roofline, alternating in one run.
 //!
 //! Roofline of a step = max(weight bytes / memory bandwidth, matmul FLOPs / matmul rate), where the weights are
 //! every matrix the step multiplies by (the LM head included; the embedding table is read a row per token) and
 //! FLOPs are 2 x those parameters x tokens. Attention's own reads and FLOPs are not in the roofline, so it is a
 //! bound the forward pass cannot reach, and short contexts (below) keep attention's share small.
+//!
+//! llama-bench's `pp512` prefills 512 tokens, `tg128` decodes 128 one at a time from an empty context; ours
+//! prefills `--prefill-tokens` and decodes `--steps` steps after `--context` tokens. Each side's best round counts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use bench::roofline::Roofline;
 use clap::Parser;
-use kernels::{LoadOptions, LogitsFor, Model, SeqInput};
+use kernels::{LoadOptions, LogitsFor, Model, SeqInput, WeightFormat};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -27,37 +32,40 @@ struct Args {
     steps: usize,
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     batches: Vec<usize>,
+    /// Threads for us (libtorch and the kernels' team) and for llama-bench (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Rounds, alternating llama-bench, quantized and f32.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// llama.cpp's `llama-bench` (`tools/setup.sh llamacpp` builds it); without it, llama.cpp is not measured.
+    #[arg(long)]
+    llama_bench: Option<PathBuf>,
 }
 
-fn main() -> anyhow::Result<()> {
-    kernels::torch::init_process();
-    let args = Args::parse();
-    kernels::torch::set_threads(args.threads);
-    let opts = LoadOptions { threads: args.threads, ..LoadOptions::default() };
-    let model = Model::load(&args.model, opts, &mut |_, _| {})?;
-    let cfg = model.net.config().clone();
-    let params = cfg.matmul_params() as f64;
-    let weight_bytes = params * opts.kind.elt_size_in_bytes() as f64;
-    println!(
-        "model {}: {:.1}M matmul parameters, {:.0} MB of weights per step ({:?})",
-        model.name,
-        params / 1e6,
-        weight_bytes / 1e6,
-        opts.kind
-    );
-    println!("threads {}", tch::get_num_threads());
+/// One round of one of our paths.
+#[derive(Debug, Clone, Default)]
+struct Speeds {
+    prefill: f64,
+    /// (batch, tokens/s).
+    decode: Vec<(usize, f64)>,
+}
 
-    let roof = Roofline::measure(opts.device);
-    println!(
-        "machine: read {:.1} GB/s, f32 matvec {:.1} GB/s, f32 matmul {:.1} GFLOP/s (measured now)",
-        roof.read_bw / 1e9,
-        roof.matvec_bw / 1e9,
-        roof.matmul_flops / 1e9
-    );
+impl Speeds {
+    fn decode_at(&self, b: usize) -> Option<f64> {
+        self.decode.iter().find(|&&(x, _)| x == b).map(|&(_, t)| t)
+    }
+    /// The better of two rounds, metric by metric.
+    fn best(self, other: &Speeds) -> Speeds {
+        Speeds {
+            prefill: self.prefill.max(other.prefill),
+            decode: self.decode.iter().map(|&(b, t)| (b, t.max(other.decode_at(b).unwrap_or(0.0)))).collect(),
+        }
+    }
+}
 
-    // Prefill: one sequence of `prefill_tokens`, best of 3.
+fn measure(model: &Model, args: &Args, label: &str, roof: &Roofline, weight_bytes: f64) -> anyhow::Result<Speeds> {
+    let params = model.net.config().matmul_params() as f64;
     let prompt: Vec<u32> = (0..args.prefill_tokens as u32).map(|i| 1000 + (i * 7919) % 20000).collect();
     let mut kv = model.net.new_kv_pool(
         args.prefill_tokens.max(args.batches.iter().max().copied().unwrap_or(1) * (args.context + args.steps + 2)),
@@ -73,14 +81,13 @@ fn main() -> anyhow::Result<()> {
         best = best.min(t.elapsed().as_secs_f64());
     }
     let n = prompt.len() as f64;
-    let prefill_tps = n / best;
+    let prefill = n / best;
     let prefill_roof = n / roof.time_for(weight_bytes, 2.0 * params * n);
     println!(
-        "prefill {n} tokens: {prefill_tps:.0} tok/s, roofline {prefill_roof:.0} tok/s ({:.0}%)",
-        100.0 * prefill_tps / prefill_roof
+        "{label}: prefill {n} tokens: {prefill:.0} tok/s, roofline {prefill_roof:.0} tok/s ({:.0}%)",
+        100.0 * prefill / prefill_roof
     );
-
-    let mut summary = Vec::new();
+    let mut decode = Vec::new();
     for &b in &args.batches {
         let per = args.context + args.steps + 1;
         // Prefill each sequence's context (not timed).
@@ -121,19 +128,135 @@ fn main() -> anyhow::Result<()> {
         let tps = b as f64 / median;
         let roof_tps = b as f64 / roof.time_for(weight_bytes, 2.0 * params * b as f64);
         println!(
-            "decode batch {b:>2} (context {}..{}): {tps:.1} tok/s, roofline {roof_tps:.1} tok/s ({:.0}%), median step {:.1} ms",
+            "{label}: decode batch {b:>2} (context {}..{}): {tps:.1} tok/s, roofline {roof_tps:.1} tok/s ({:.0}%), median step {:.1} ms",
             args.context,
             args.context + args.steps,
             100.0 * tps / roof_tps,
             median * 1e3
         );
-        summary.push((b, tps, 100.0 * tps / roof_tps));
+        decode.push((b, tps));
     }
-    // The closing line names batch 1 and batch 32 (the targets); every batch size is printed above.
-    let mut line = format!("prefill {prefill_tps:.0} tok/s ({:.0}% of roofline)", 100.0 * prefill_tps / prefill_roof);
-    for (b, tps, pct) in summary.into_iter().filter(|&(b, _, _)| b == 1 || b == 32) {
-        line.push_str(&format!(", decode b{b} {tps:.1} tok/s ({pct:.0}% of roofline)"));
+    Ok(Speeds { prefill, decode })
+}
+
+/// llama-bench's pp512 and tg128 tokens/s (its own mean over its repetitions).
+fn llama_bench(bin: &Path, model: &Path, threads: usize) -> anyhow::Result<(f64, f64)> {
+    let out = Command::new(bin)
+        .args(["-m", &model.to_string_lossy(), "-t", &threads.to_string(), "-p", "512", "-n", "128", "-r", "3"])
+        .args(["-o", "json"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "llama-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let mut pp = None;
+    let mut tg = None;
+    for r in runs.as_array().into_iter().flatten() {
+        let ts = r["avg_ts"].as_f64();
+        match (r["n_prompt"].as_u64(), r["n_gen"].as_u64()) {
+            (Some(p), Some(0)) if p > 0 => pp = ts,
+            (Some(0), Some(g)) if g > 0 => tg = ts,
+            _ => {}
+        }
     }
-    println!("{line}");
+    match (pp, tg) {
+        (Some(pp), Some(tg)) => Ok((pp, tg)),
+        _ => anyhow::bail!("llama-bench printed no pp/tg results"),
+    }
+}
+
+fn resident_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kb / 1e3
+}
+
+fn main() -> anyhow::Result<()> {
+    kernels::torch::init_process();
+    let args = Args::parse();
+    kernels::torch::set_threads(args.threads);
+    let threads =
+        if args.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { args.threads };
+    let file_mb = std::fs::metadata(&args.model)?.len() as f64 / 1e6;
+    let before = resident_mb();
+    let opts = |weights| LoadOptions { threads: args.threads, weights, ..LoadOptions::default() };
+    let quant = Model::load(&args.model, opts(WeightFormat::Quantized), &mut |_, _| {})?;
+    let quant_rss = resident_mb() - before;
+    let dense = Model::load(&args.model, opts(WeightFormat::F32), &mut |_, _| {})?;
+    let cfg = quant.net.config().clone();
+    let params = cfg.matmul_params() as f64;
+    let (q_bytes, f_bytes) = (quant.net.weight_bytes() as f64, dense.net.weight_bytes() as f64);
+    println!(
+        "model {}: {:.1}M matmul parameters, file {file_mb:.1} MB; weights held: quantized {:.1} MB ({}), f32 {:.1} MB",
+        quant.name,
+        params / 1e6,
+        q_bytes / 1e6,
+        if quant.net.quantized() { "blocks" } else { "this CPU cannot run the block kernels: f32" },
+        f_bytes / 1e6
+    );
+    println!("resident memory added by loading the quantized model: {quant_rss:.1} MB");
+    println!("threads {threads} (ours and llama-bench's)");
+
+    let roof = Roofline::measure(kernels::Device::Cpu);
+    println!(
+        "machine: read {:.1} GB/s, f32 matvec {:.1} GB/s, f32 matmul {:.1} GFLOP/s (measured now)",
+        roof.read_bw / 1e9,
+        roof.matvec_bw / 1e9,
+        roof.matmul_flops / 1e9
+    );
+
+    // Rounds alternate the three systems, so a load change on the machine touches them alike.
+    let mut llama: Option<(f64, f64)> = None;
+    let mut best_q: Option<Speeds> = None;
+    let mut best_f: Option<Speeds> = None;
+    for round in 1..=args.rounds {
+        println!("round {round}");
+        if let Some(bin) = &args.llama_bench {
+            match llama_bench(bin, &args.model, threads) {
+                Ok((pp, tg)) => {
+                    println!("llama.cpp: pp512 {pp:.1} tok/s, tg128 {tg:.1} tok/s");
+                    llama = Some(llama.map_or((pp, tg), |(p, t)| (p.max(pp), t.max(tg))));
+                }
+                Err(e) => println!("llama.cpp: not measured ({e})"),
+            }
+        }
+        // The quantized path streams its blocks (the embedding table is read a row per token, not streamed).
+        let q = measure(&quant, &args, "quantized", &roof, q_bytes)?;
+        let f = measure(&dense, &args, "f32", &roof, params * 4.0)?;
+        best_q = Some(match best_q {
+            Some(b) => b.best(&q),
+            None => q,
+        });
+        best_f = Some(match best_f {
+            Some(b) => b.best(&f),
+            None => f,
+        });
+    }
+    let (q, f) = (best_q.unwrap_or_default(), best_f.unwrap_or_default());
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "n/a".to_string(),
+    };
+    let (b1, b32) = (q.decode_at(1), q.decode_at(32));
+    println!(
+        "best of {} rounds: quantized prefill {:.0} tok/s, decode b1 {:.1}, b32 {:.1} tok/s | f32 prefill {:.0}, decode b1 {:.1}, b32 {:.1} | llama.cpp {}",
+        args.rounds,
+        q.prefill,
+        b1.unwrap_or(0.0),
+        b32.unwrap_or(0.0),
+        f.prefill,
+        f.decode_at(1).unwrap_or(0.0),
+        f.decode_at(32).unwrap_or(0.0),
+        llama.map_or("not measured".into(), |(pp, tg)| format!("pp512 {pp:.1}, tg128 {tg:.1} tok/s")),
+    );
+    println!(
+        "quantized: decode b1 {} llama.cpp tg128, prefill {} f32, decode b32 {} f32, weights {:.2}x GGUF",
+        ratio(b1, llama.map(|l| l.1)),
+        ratio(Some(q.prefill), Some(f.prefill)),
+        ratio(b32, f.decode_at(32)),
+        q_bytes / 1e6 / file_mb
+    );
     Ok(())
 }
