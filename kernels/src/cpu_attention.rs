@@ -6,7 +6,6 @@
 //! attention math. These kernels do each job in one pass over the data it needs. Other devices and dtypes use the
 //! libtorch path in `llama.rs`, which tests compare these against.
 
-use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 /// Whether the fused kernels can run on these tensors.
@@ -106,8 +105,13 @@ pub fn decode_attention(
     };
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0f32; b * h.n_heads * d];
-    // One task per (sequence, KV head): its `group` query heads share every K/V row they read.
-    out.par_chunks_mut(group * d).enumerate().for_each(|(task, o)| {
+    // One task per (sequence, KV head): its `group` query heads share every K/V row they read. On the kernels'
+    // thread team, as the matrix products around it (a pool whose workers sleep would be woken every layer).
+    let base = OutPtr(out.as_mut_ptr());
+    crate::team::run(b * h.n_kv_heads, &|task| {
+        // SAFETY: task t owns out[t * group * d..(t + 1) * group * d], inside `out` (b * n_kv_heads tasks of
+        // group * d = b * n_heads * d values); no other task writes it and `out` outlives `team::run`.
+        let o = unsafe { std::slice::from_raw_parts_mut(base.get().add(task * group * d), group * d) };
         let (s, kvh) = (task / h.n_kv_heads, task % h.n_kv_heads);
         let slots = &gather[offsets[s]..offsets[s + 1]];
         let qs = &q[s * width + kvh * group * d..s * width + (kvh + 1) * group * d];
@@ -121,6 +125,20 @@ pub fn decode_attention(
     });
     Tensor::from_slice(&out).view([b as i64, (h.n_heads * d) as i64])
 }
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `OutPtr` rather than its `!Sync` field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: used only to hand each task its own disjoint slice of one buffer that outlives the tasks.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; shared references only copy the pointer value.
+unsafe impl Sync for OutPtr {}
 
 /// [`attend`] with AVX2+FMA intrinsics: scores for eight keys at a time (eight accumulators reduced by one
 /// `hadd` tree), softmax, then the weighted sum of values with the output row held in registers.
