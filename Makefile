@@ -31,7 +31,7 @@ serve: build
 	$(BIN) serve --model $(MODEL) $(if $(EMBED_MODEL),--model $(EMBED_MODEL)) --host $(HOST) --port $(PORT) --sampling-defaults '$(SAMPLING_DEFAULTS)'
 
 generate: build
-	$(BIN) generate --model $(MODEL) --chat --prompt "$(or $(PROMPT),What is the capital of France?)"
+	$(BIN) generate --model $(MODEL) --chat --prompt "$(or $(PROMPT),What is the capital of France? Answer in one sentence.)"
 
 test: build
 	$(CARGO) fmt --all --check

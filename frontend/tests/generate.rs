@@ -12,7 +12,15 @@ fn model() -> std::path::PathBuf {
 #[test]
 fn chat_answers_the_capital_of_france() {
     let out = Command::new(env!("CARGO_BIN_EXE_radixserve"))
-        .args(["generate", "--chat", "--max-tokens", "32", "--prompt", "What is the capital of France?", "--model"])
+        .args([
+            "generate",
+            "--chat",
+            "--max-tokens",
+            "32",
+            "--prompt",
+            "What is the capital of France? Answer in one sentence.",
+            "--model",
+        ])
         .arg(model())
         .output()
         .expect("run radixserve");

@@ -194,7 +194,12 @@ fn the_edge_answers_in_the_openai_shape() {
             while metric(&s, "radixserve_num_running_requests") < running
                 || metric(&s, "radixserve_num_queued_requests") < queued
             {
-                assert!(t0.elapsed() < Duration::from_secs(30), "the requests did not get in");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "the requests did not get in: running {}, queued {} (want {running}, {queued})",
+                    metric(&s, "radixserve_num_running_requests"),
+                    metric(&s, "radixserve_num_queued_requests")
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
         };
