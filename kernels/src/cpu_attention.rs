@@ -107,7 +107,7 @@ pub fn decode_attention(
     let mut out = vec![0f32; b * h.n_heads * d];
     // One task per (sequence, KV head): its `group` query heads share every K/V row they read. On the kernels'
     // thread team, as the matrix products around it (a pool whose workers sleep would be woken every layer).
-    let base = OutPtr(out.as_mut_ptr());
+    let base = crate::team::SharedMut::new(out.as_mut_ptr());
     crate::team::run(b * h.n_kv_heads, &|task| {
         // SAFETY: task t owns out[t * group * d..(t + 1) * group * d], inside `out` (b * n_kv_heads tasks of
         // group * d = b * n_heads * d values); no other task writes it and `out` outlives `team::run`.
@@ -125,20 +125,6 @@ pub fn decode_attention(
     });
     Tensor::from_slice(&out).view([b as i64, (h.n_heads * d) as i64])
 }
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-
-impl OutPtr {
-    /// The pointer (a method, so closures capture the whole `OutPtr` rather than its `!Sync` field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: used only to hand each task its own disjoint slice of one buffer that outlives the tasks.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above; shared references only copy the pointer value.
-unsafe impl Sync for OutPtr {}
 
 /// [`attend`] with AVX2+FMA intrinsics: scores for eight keys at a time (eight accumulators reduced by one
 /// `hadd` tree), softmax, then the weighted sum of values with the output row held in registers.

@@ -89,11 +89,10 @@ impl PackedWeights {
         // SAFETY: contiguous f32 CPU tensor of m * k elements, only read during this call.
         let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, m * self.k) };
         let y = Tensor::empty([m as i64, self.n as i64], (Kind::Float, Device::Cpu));
-        let out_ptr = SendPtr(y.data_ptr() as *mut f32);
+        let out = crate::team::SharedMut::new(y.data_ptr() as *mut f32);
         let panels = self.n / NR;
         let per_task = panels.div_ceil(crate::team::width()).max(1);
         crate::team::run(panels.div_ceil(per_task), &|task| {
-            let out = out_ptr;
             for p in task * per_task..((task + 1) * per_task).min(panels) {
                 let panel = &self.data[p * self.k * NR..(p + 1) * self.k * NR];
                 let mut r = 0;
@@ -105,7 +104,7 @@ impl PackedWeights {
                         // SAFETY: row r + i < m and columns p*16..p*16+16 <= n lie inside `y` (m x n); each
                         // (row, panel) cell is written by exactly one task, so writes never overlap.
                         unsafe {
-                            std::ptr::copy_nonoverlapping(t.as_ptr(), out.0.add((r + i) * self.n + p * NR), NR);
+                            std::ptr::copy_nonoverlapping(t.as_ptr(), out.get().add((r + i) * self.n + p * NR), NR);
                         }
                     }
                     r += rows;
@@ -115,13 +114,6 @@ impl PackedWeights {
         Some(y)
     }
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the pointer is only used to write disjoint regions of one buffer that outlives the parallel loop.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above; shared references only copy the pointer value.
-unsafe impl Sync for SendPtr {}
 
 /// `tile[i][j] = sum_k x[i][k] * panel[k][j]` for `rows <= MR` rows of x.
 fn tile_kernel(panel: &[f32], x: &[f32], k: usize, rows: usize, tile: &mut [[f32; NR]; MR]) {

@@ -346,7 +346,7 @@ impl QuantMatrix {
             Vec::new()
         };
         let y = Tensor::empty([m as i64, self.n as i64], (Kind::Float, Device::Cpu));
-        let out = SendPtr(y.data_ptr() as *mut f32);
+        let out = crate::team::SharedMut::new(y.data_ptr() as *mut f32);
         let groups = self.n / GROUP;
         // One contiguous range of groups per thread of the team (each core streams one run of the weights). A
         // small product runs on the calling thread alone: sharing it costs more than it saves.
@@ -443,7 +443,7 @@ impl QuantMatrix {
             // Whole groups at a time (chunks and segments start on group boundaries), one range per thread.
             let groups = rows.div_ceil(GROUP);
             let per_task = groups.div_ceil(crate::team::width()).max(1);
-            let out = SendPtr(chunk.as_mut_ptr());
+            let out = crate::team::SharedMut::new(chunk.as_mut_ptr());
             crate::team::run_then_park(groups.div_ceil(per_task), &|task| {
                 for g in task * per_task..((task + 1) * per_task).min(groups) {
                     let n = GROUP.min(rows - g * GROUP) * self.k;
@@ -469,20 +469,6 @@ impl QuantMatrix {
         Ok(if outs.len() == 1 { outs.pop().expect("one chunk") } else { Tensor::f_cat(&outs, 1)? })
     }
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-impl SendPtr {
-    /// The pointer (a method, so closures capture the whole `SendPtr` rather than its `!Sync` field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: the pointer is only used to write disjoint regions of one buffer that outlives the parallel loop.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above; shared references only copy the pointer value.
-unsafe impl Sync for SendPtr {}
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {

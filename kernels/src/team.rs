@@ -121,6 +121,25 @@ fn worker(s: &'static Shared) {
     }
 }
 
+/// A pointer to a buffer whose disjoint parts the tasks of one [`run`] write: each task forms its own slice from
+/// it. Whoever builds one promises that no two tasks write the same element and that the buffer outlives the run.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(*mut f32);
+
+impl SharedMut {
+    pub(crate) fn new(p: *mut f32) -> Self {
+        Self(p)
+    }
+    /// The pointer (a method, so closures capture the whole `SharedMut` rather than its `!Sync` field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: only used to write disjoint regions of one buffer that outlives the tasks (the constructor's promise).
+unsafe impl Send for SharedMut {}
+// SAFETY: as above; shared references only copy the pointer value.
+unsafe impl Sync for SharedMut {}
+
 thread_local! {
     static WIDTH: Cell<usize> = const { Cell::new(0) };
 }
