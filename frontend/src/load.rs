@@ -57,18 +57,10 @@ pub fn load_model(path: &Path, opts: LoadOptions) -> anyhow::Result<Model> {
         model = %path.display(),
         weights_mb = model.net.weight_bytes() as f64 / 1e6,
         quantized = model.net.quantized(),
-        resident_mb = resident_bytes().map(|b| b as f64 / 1e6),
+        resident_mb = kernels::resident_bytes().map(|b| b as f64 / 1e6),
         "loaded"
     );
     Ok(model)
-}
-
-/// This process's resident memory (Linux: `VmRSS` of `/proc/self/status`).
-pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb =
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
-    Some(kb * 1024)
 }
 
 /// The model's chat template, or ChatML when it has none.

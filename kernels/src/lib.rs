@@ -49,5 +49,5 @@ pub use embed::{EmbeddingModel, Pooling};
 pub use error::{Error, Result};
 pub use kv::KvPool;
 pub use llama::{LlamaModel, Logits, LogitsFor, Progress, SeqInput};
-pub use model::{LoadOptions, Model, SamplingHints, WeightFormat};
+pub use model::{resident_bytes, LoadOptions, Model, SamplingHints, WeightFormat};
 pub use tch::{Device, Kind};

@@ -52,6 +52,14 @@ impl Default for LoadOptions {
     }
 }
 
+/// This process's resident memory in bytes (Linux: `VmRSS` of `/proc/self/status`; `None` elsewhere).
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    Some(kb * 1024)
+}
+
 /// A loaded model with everything needed to serve it.
 pub struct Model {
     /// A short name for `/v1/models` (file stem or folder name).

@@ -164,13 +164,7 @@ fn llama_bench(bin: &Path, model: &Path, threads: usize) -> anyhow::Result<(f64,
 }
 
 fn resident_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
-    kb / 1e3
+    kernels::resident_bytes().unwrap_or(0) as f64 / 1e6
 }
 
 fn main() -> anyhow::Result<()> {
