@@ -381,6 +381,10 @@ mod avx2 {
         let mut acc = 0.0f32;
         for (i, act) in a.iter().enumerate() {
             let blk = &w[i * bb..(i + 1) * bb];
+            // Memory-bound at batch 1: ask for the blocks 2 KB ahead (a hint; past the end is harmless).
+            for line in 0..bb.div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(2048 + 64 * line) as *const i8);
+            }
             let y = act.qs.as_ptr();
             let mut isum = _mm256_setzero_si256();
             // `isum` collects Σ scale_g Σ q y; the block's value is then scaled, less what the mins (or Q6_K's

@@ -360,7 +360,7 @@ impl QuantMatrix {
                 let seg = self.segs.iter().find(|s| row < s.row0 + s.rows).expect("group inside the matrix");
                 self.group(seg, (row - seg.row0) / GROUP, &a32, &ak, fast, &mut tile);
                 for (i, t) in tile.iter().enumerate() {
-                    // SAFETY: row i < m, columns row..row + 4 <= n lie inside `y` (m x n); each group's columns
+                    // SAFETY: row i < m, columns row..row + GROUP <= n lie inside `y` (m x n); each group's columns
                     // are written by exactly one task.
                     unsafe { std::ptr::copy_nonoverlapping(t.as_ptr(), out.get().add(i * self.n + row), GROUP) };
                 }

@@ -11,7 +11,8 @@
 //! themselves in (`active`) before reading the pointer, and the caller withdraws the pointer and waits for
 //! `active` to drop to zero before returning, so no worker can hold a stale job. Tasks are claimed from an atomic
 //! counter. One job runs at a time; a caller that finds the team busy (another model's thread) runs its tasks
-//! alone.
+//! alone. A task's panic is caught where it happens and raised again on the caller's thread after the job is
+//! withdrawn, as rayon does, so no worker dies and no caller waits forever.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -40,6 +41,8 @@ struct Shared {
     wake: Condvar,
     /// Held by the caller that owns the team for one job.
     owner: Mutex<()>,
+    /// The first panic of a task of the current job, raised again on the caller's thread.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 struct Team {
@@ -62,6 +65,7 @@ fn team() -> &'static Team {
             park: Mutex::new(()),
             wake: Condvar::new(),
             owner: Mutex::new(()),
+            panic: Mutex::new(None),
         }));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut workers = 0;
@@ -82,7 +86,11 @@ fn run_tasks(s: &Shared, job: Job<'_>) {
         if i >= tasks {
             break;
         }
-        job(i);
+        // A panicking task still counts as done (else the caller would wait forever, and a worker would die);
+        // the caller raises the panic on its own thread once every worker is out of the job.
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(i))) {
+            s.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(payload);
+        }
         s.done.fetch_add(1, SeqCst);
     }
 }
@@ -204,6 +212,10 @@ fn run_with_spin(tasks: usize, f: &(dyn Fn(usize) + Sync), spin: Duration) {
     while s.active.load(SeqCst) > 0 {
         std::hint::spin_loop();
     }
+    let panic = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(payload) = panic {
+        std::panic::resume_unwind(payload);
+    }
 }
 
 #[cfg(test)]
@@ -232,5 +244,23 @@ mod tests {
         set_width(1);
         assert_eq!(width(), 1);
         set_width(0);
+    }
+
+    #[test]
+    fn a_panicking_task_reaches_the_caller_and_the_team_keeps_working() {
+        let caught = std::panic::catch_unwind(|| {
+            run(8, &|i| {
+                if i == 5 {
+                    panic!("task {i} failed");
+                }
+            })
+        });
+        let msg = caught.expect_err("the panic reaches the caller");
+        assert_eq!(msg.downcast_ref::<String>().map(String::as_str), Some("task 5 failed"));
+        let hits: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
+        run(8, &|i| {
+            hits[i].fetch_add(1, SeqCst);
+        });
+        assert!(hits.iter().all(|h| h.load(SeqCst) == 1));
     }
 }
