@@ -188,35 +188,42 @@ fn the_edge_answers_in_the_openai_shape() {
     let long = json!({"messages": user("Write a long story."), "max_tokens": 1000, "ignore_eos": true}).to_string();
     let typed = format!("{post}\r\nContent-Type: application/json");
     let saw_retry = std::thread::scope(|scope| {
-        let first = scope.spawn(|| raw(&s.base, &typed, &long));
-        let full = |running: f64, queued: f64| {
-            let t0 = Instant::now();
-            while metric(&s, "radixserve_num_running_requests") < running
-                || metric(&s, "radixserve_num_queued_requests") < queued
-            {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(60),
-                    "the requests did not get in: running {}, queued {} (want {running}, {queued})",
-                    metric(&s, "radixserve_num_running_requests"),
-                    metric(&s, "radixserve_num_queued_requests")
-                );
-                std::thread::sleep(Duration::from_millis(10));
+        // The first streams, so its tokens prove it was admitted. (Polling the running gauge instead, a read right
+        // after the earlier request can still show that one running, and the second request then arrived before
+        // the first was admitted and was turned away as the queue's second. The first chunk, the role, may go out
+        // before admission: wait for two more.)
+        let (admitted, first_token) = std::sync::mpsc::channel();
+        let (base, typed) = (&s.base, &typed);
+        let first = scope.spawn(move || {
+            let body = json!({"messages": user("Write a long story."), "max_tokens": 1000, "ignore_eos": true,
+                              "stream": true})
+            .to_string();
+            let mut c = TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+            write!(c, "{typed}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+            let mut lines = BufReader::new(c).lines();
+            let status = lines.next().and_then(|l| l.ok()?.split_whitespace().nth(1)?.parse::<u16>().ok());
+            let mut chunks = 0;
+            for line in lines.map_while(Result::ok) {
+                if line.starts_with("data:") {
+                    chunks += 1;
+                    if chunks == 3 {
+                        admitted.send(()).unwrap();
+                    }
+                }
             }
-        };
-        full(1.0, 0.0);
-        let second = scope.spawn(|| raw(&s.base, &typed, &long));
-        // Polled from the instant it is sent, the second request was once (1 run in 3, with the file's other tests
-        // running) never seen queued and both ended; with this pause, 8 runs of 8 passed. Unexplained: if it
-        // returns early, say how.
-        std::thread::sleep(Duration::from_millis(300));
-        if second.is_finished() {
-            let (st, _, body) = second.join().unwrap();
-            panic!("the second request ended while the first was running: {st} {body}");
+            status.unwrap_or(0)
+        });
+        first_token.recv_timeout(Duration::from_secs(60)).expect("the first request streams tokens");
+        let second = scope.spawn(|| raw(base, typed, &long));
+        let t0 = Instant::now();
+        while metric(&s, "radixserve_num_queued_requests") < 1.0 {
+            assert!(!second.is_finished(), "the second request was not queued: {:?}", second.join().unwrap());
+            assert!(t0.elapsed() < Duration::from_secs(60), "the second request was not seen queued");
+            std::thread::sleep(Duration::from_millis(10));
         }
-        full(1.0, 1.0);
-        let (st, head, body) = raw(&s.base, &typed, &chat);
-        assert_eq!((st, error(&body)["code"].as_str()), (503, Some("server_overloaded")), "{body}");
-        assert_eq!((first.join().unwrap().0, second.join().unwrap().0), (200, 200), "admitted requests finish");
+        let (st, head, body) = raw(base, typed, &chat);
+        assert_eq!((st, error(&body)["code"].as_str()), (503, Some("server_overloaded")), "a third request: {body}");
+        assert_eq!((first.join().unwrap(), second.join().unwrap().0), (200, 200), "admitted requests finish");
         head
     });
     assert!(saw_retry.contains("\r\nretry-after: 1"), "a 503 with Retry-After: {saw_retry}");
