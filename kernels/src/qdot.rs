@@ -31,18 +31,22 @@ pub fn quantize_row_q8(x: &[f32]) -> Result<Vec<Q8Block>> {
     }
     Ok(x.chunks_exact(QK)
         .map(|b| {
-            let amax = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut qs = [0i8; QK];
-            let mut sum = 0i32;
-            for (q, v) in qs.iter_mut().zip(b) {
-                *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
-                sum += *q as i32;
-            }
-            Q8Block { d, qs, sum }
+            let d = round_to_int8(b, &mut qs);
+            Q8Block { d, qs, sum: qs.iter().map(|&q| q as i32).sum() }
         })
         .collect())
+}
+
+/// Rounds `values` to int8 with one scale, `d = max|x| / 127`, `q = round(x / d)`, into `qs`; returns `d`.
+fn round_to_int8(values: &[f32], qs: &mut [i8]) -> f32 {
+    let amax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, v) in qs.iter_mut().zip(values) {
+        *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    d
 }
 
 /// Values per K-quant super-block.
@@ -63,13 +67,10 @@ pub fn quantize_row_q8k(x: &[f32]) -> Result<Vec<Q8KBlock>> {
     }
     Ok(x.chunks_exact(QK_K)
         .map(|b| {
-            let amax = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut blk = Q8KBlock { d, qs: [0; QK_K], bsums: [0; QK_K / 16] };
-            for (j, (q, v)) in blk.qs.iter_mut().zip(b).enumerate() {
-                *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
-                blk.bsums[j / 16] += *q as i16;
+            let mut blk = Q8KBlock { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] };
+            blk.d = round_to_int8(b, &mut blk.qs);
+            for (sum, qs) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
+                *sum = qs.iter().map(|&q| q as i16).sum();
             }
             blk
         })
@@ -134,13 +135,21 @@ fn scales_mins_k4(s: &[u8]) -> [(u8, u8); 8] {
     })
 }
 
-fn check_k(ty: GgmlType, w: &[u8], a: &[Q8KBlock]) -> Result<usize> {
-    if !matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K) {
-        return Err(Error::unsupported(format!("K-quant dot product for {ty:?}")));
+/// `ty`'s block size in bytes, if `ty` is of the family asked for (the K-quants or the 32-value types) and `w`
+/// holds `blocks` of it.
+fn check(ty: GgmlType, w: &[u8], blocks: usize, k_quant: bool) -> Result<usize> {
+    let family = if k_quant {
+        matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
+    } else {
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0)
+    };
+    if !family {
+        let what = if k_quant { "K-quant dot product" } else { "quantized dot product" };
+        return Err(Error::unsupported(format!("{what} for {ty:?}")));
     }
     let bb = ty.block_bytes();
-    if w.len() != a.len() * bb {
-        return Err(Error::invalid(format!("{} weight bytes for {} activation blocks of {ty:?}", w.len(), a.len())));
+    if w.len() != blocks * bb {
+        return Err(Error::invalid(format!("{} weight bytes for {blocks} activation blocks of {ty:?}", w.len())));
     }
     Ok(bb)
 }
@@ -148,7 +157,7 @@ fn check_k(ty: GgmlType, w: &[u8], a: &[Q8KBlock]) -> Result<usize> {
 /// The dot product of a row of K-quant blocks with [`Q8KBlock`]s in plain Rust (per 16 values the exact integer
 /// sum, then scaled), the reference for [`vec_dot_k`].
 pub fn vec_dot_k_portable(ty: GgmlType, w: &[u8], a: &[Q8KBlock]) -> Result<f32> {
-    let bb = check_k(ty, w, a)?;
+    let bb = check(ty, w, a.len(), true)?;
     let mut acc = 0.0f32;
     for (blk, act) in w.chunks_exact(bb).zip(a) {
         let (q, scale, offset) = kblock_ints(ty, blk)?;
@@ -162,7 +171,7 @@ pub fn vec_dot_k_portable(ty: GgmlType, w: &[u8], a: &[Q8KBlock]) -> Result<f32>
 
 /// [`vec_dot_k_portable`] with the AVX2 kernel where the CPU has AVX2 and FMA.
 pub fn vec_dot_k(ty: GgmlType, w: &[u8], a: &[Q8KBlock]) -> Result<f32> {
-    check_k(ty, w, a)?;
+    check(ty, w, a.len(), true)?;
     #[cfg(target_arch = "x86_64")]
     {
         if crate::cpu_gemm::available() {
@@ -229,21 +238,10 @@ pub fn block_ints(ty: GgmlType, b: &[u8]) -> Result<([i32; QK], f32, f32)> {
     }
 }
 
-fn check(ty: GgmlType, w: &[u8], a: &[Q8Block]) -> Result<usize> {
-    if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0) {
-        return Err(Error::unsupported(format!("quantized dot product for {ty:?}")));
-    }
-    let bb = ty.block_bytes();
-    if w.len() != a.len() * bb {
-        return Err(Error::invalid(format!("{} weight bytes for {} activation blocks of {ty:?}", w.len(), a.len())));
-    }
-    Ok(bb)
-}
-
 /// The dot product of a row of `ty` blocks with quantized activations, in plain Rust: per block the exact integer
 /// sum `Σ q_w q_a`, then `d_w d_a Σ + m d_a Σ q_a`.
 pub fn vec_dot_portable(ty: GgmlType, w: &[u8], a: &[Q8Block]) -> Result<f32> {
-    let bb = check(ty, w, a)?;
+    let bb = check(ty, w, a.len(), false)?;
     let mut acc = 0.0f32;
     for (blk, act) in w.chunks_exact(bb).zip(a) {
         let (q, d, m) = block_ints(ty, blk)?;
@@ -255,7 +253,7 @@ pub fn vec_dot_portable(ty: GgmlType, w: &[u8], a: &[Q8Block]) -> Result<f32> {
 
 /// [`vec_dot_portable`] with the AVX2 kernel where the CPU has AVX2 and FMA.
 pub fn vec_dot(ty: GgmlType, w: &[u8], a: &[Q8Block]) -> Result<f32> {
-    check(ty, w, a)?;
+    check(ty, w, a.len(), false)?;
     #[cfg(target_arch = "x86_64")]
     {
         if crate::cpu_gemm::available() {
@@ -267,7 +265,7 @@ pub fn vec_dot(ty: GgmlType, w: &[u8], a: &[Q8Block]) -> Result<f32> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{half, Q8Block, Q8KBlock, QK};
@@ -284,7 +282,7 @@ mod avx2 {
 
     /// 0xFF in byte j where bit j of `bits` is set, else 0.
     #[target_feature(enable = "avx2")]
-    fn bits_to_bytes(bits: u32) -> __m256i {
+    pub(crate) fn bits_to_bytes(bits: u32) -> __m256i {
         let x = _mm256_set1_epi32(bits as i32);
         let shuf = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
         let bytes = _mm256_shuffle_epi8(x, shuf);
@@ -482,21 +480,35 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// `n` random blocks of `ty` with sane scales (random bits elsewhere).
-    fn random_blocks(ty: GgmlType, n: usize, rng: &mut impl Rng) -> Vec<u8> {
+    /// `n` random blocks of `ty` with sane scales (random bits elsewhere): every block type's kernels and matrices
+    /// are tested on these.
+    pub(crate) fn random_blocks(ty: GgmlType, n: usize, rng: &mut impl Rng) -> Vec<u8> {
         let bb = ty.block_bytes();
         let mut out = vec![0u8; n * bb];
         rng.fill(out.as_mut_slice());
         for blk in out.chunks_exact_mut(bb) {
-            let d = f16::from_f32(rng.random_range(0.001f32..0.05));
-            blk[..2].copy_from_slice(&d.to_le_bytes());
-            if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
-                let m = f16::from_f32(rng.random_range(-0.2f32..0.2));
-                blk[2..4].copy_from_slice(&m.to_le_bytes());
+            match ty {
+                GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
+                    let d = f16::from_f32(rng.random_range(0.0005f32..0.004)).to_le_bytes();
+                    if ty == GgmlType::Q6K {
+                        blk[208..210].copy_from_slice(&d);
+                    } else {
+                        blk[..2].copy_from_slice(&d);
+                        blk[2..4].copy_from_slice(&f16::from_f32(rng.random_range(0.0f32..0.004)).to_le_bytes());
+                    }
+                }
+                _ => {
+                    let d = f16::from_f32(rng.random_range(0.001f32..0.05));
+                    blk[..2].copy_from_slice(&d.to_le_bytes());
+                    if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+                        let m = f16::from_f32(rng.random_range(-0.2f32..0.2));
+                        blk[2..4].copy_from_slice(&m.to_le_bytes());
+                    }
+                }
             }
         }
         out
@@ -543,29 +555,12 @@ mod tests {
         }
     }
 
-    /// `n` random K-quant blocks with sane super-block scales.
-    fn random_kblocks(ty: GgmlType, n: usize, rng: &mut impl Rng) -> Vec<u8> {
-        let bb = ty.block_bytes();
-        let mut out = vec![0u8; n * bb];
-        rng.fill(out.as_mut_slice());
-        for blk in out.chunks_exact_mut(bb) {
-            let d = f16::from_f32(rng.random_range(0.0005f32..0.004)).to_le_bytes();
-            if ty == GgmlType::Q6K {
-                blk[208..210].copy_from_slice(&d);
-            } else {
-                blk[..2].copy_from_slice(&d);
-                blk[2..4].copy_from_slice(&f16::from_f32(rng.random_range(0.0f32..0.004)).to_le_bytes());
-            }
-        }
-        out
-    }
-
     #[test]
     fn k_quant_kernels_equal_the_integer_reference_and_the_f32_dot() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(22);
         for ty in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
             for &n in &[1usize, 2, 19] {
-                let w = random_kblocks(ty, n, &mut rng);
+                let w = random_blocks(ty, n, &mut rng);
                 let x: Vec<f32> = (0..n * QK_K).map(|_| rng.random_range(-2.0f32..2.0)).collect();
                 let a = quantize_row_q8k(&x).unwrap();
                 let bb = ty.block_bytes();

@@ -481,12 +481,27 @@ mod avx2 {
     /// 0x10 in byte j where bit j of `bits` is set, else 0.
     #[target_feature(enable = "avx2")]
     fn fifth_bits(bits: u32) -> __m256i {
-        let x = _mm256_set1_epi32(bits as i32);
-        let shuf = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
-        let bytes = _mm256_shuffle_epi8(x, shuf);
-        let mask = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
-        let set = _mm256_cmpeq_epi8(_mm256_or_si256(bytes, mask), _mm256_set1_epi64x(-1));
-        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+        _mm256_and_si256(crate::qdot::avx2::bits_to_bytes(bits), _mm256_set1_epi8(0x10))
+    }
+
+    /// The eight rows' scales of a record, and what multiplies an activation block's sum for each: the min (Q4_1,
+    /// Q5_1), the unsigned encodings' offset (-8 d for Q4_0, -16 d for Q5_0), or nothing (Q8_0).
+    ///
+    /// # Safety
+    /// F16C; `p` points at a whole record of `ty`.
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scales_offsets(ty: GgmlType, f: Fields, p: *const u8) -> (__m256, __m256) {
+        // SAFETY: the scales are the record's first 16 bytes, the mins the 16 at `rec_m` (types with a min).
+        unsafe {
+            let d8 = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+            let off8 = match ty {
+                GgmlType::Q4_0 => _mm256_mul_ps(d8, _mm256_set1_ps(-8.0)),
+                GgmlType::Q5_0 => _mm256_mul_ps(d8, _mm256_set1_ps(-16.0)),
+                GgmlType::Q4_1 | GgmlType::Q5_1 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(f.rec_m()) as *const __m128i)),
+                _ => _mm256_setzero_ps(),
+            };
+            (d8, off8)
+        }
     }
 
     /// The quants of a record as registers of eight rows by four values: `(chunk c, register)` for the chunks
@@ -635,16 +650,7 @@ mod avx2 {
                         }
                     }
                 }
-                let d8 = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-                // What multiplies each activation block's sum: the min, or the unsigned encodings' offset.
-                let off8 = match ty {
-                    GgmlType::Q4_0 => _mm256_mul_ps(d8, _mm256_set1_ps(-8.0)),
-                    GgmlType::Q5_0 => _mm256_mul_ps(d8, _mm256_set1_ps(-16.0)),
-                    GgmlType::Q4_1 | GgmlType::Q5_1 => {
-                        _mm256_cvtph_ps(_mm_loadu_si128(p.add(f.rec_m()) as *const __m128i))
-                    }
-                    _ => _mm256_setzero_ps(),
-                };
+                let (d8, off8) = scales_offsets(ty, f, p);
                 for i in 0..XR {
                     let act = a.get_unchecked(i).get_unchecked(b);
                     acc[i] =
@@ -683,15 +689,7 @@ mod avx2 {
             // `out` (asserted).
             unsafe {
                 let p = records.as_ptr().add(blk * rb);
-                let d8 = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-                let m8 = match ty {
-                    GgmlType::Q4_0 => _mm256_mul_ps(d8, _mm256_set1_ps(-8.0)),
-                    GgmlType::Q5_0 => _mm256_mul_ps(d8, _mm256_set1_ps(-16.0)),
-                    GgmlType::Q4_1 | GgmlType::Q5_1 => {
-                        _mm256_cvtph_ps(_mm_loadu_si128(p.add(f.rec_m()) as *const __m128i))
-                    }
-                    _ => _mm256_setzero_ps(),
-                };
+                let (d8, m8) = scales_offsets(ty, f, p);
                 let dq: [__m256; 4] = std::array::from_fn(|q| _mm256_permutevar8x32_ps(d8, pair[q]));
                 let mq: [__m256; 4] = std::array::from_fn(|q| _mm256_permutevar8x32_ps(m8, pair[q]));
                 let dst = out.as_mut_ptr().add(32 * blk);
@@ -721,31 +719,11 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use half::f16;
     use rand::{Rng, SeedableRng};
 
-    /// Random rows of `ty` with sane scales.
+    /// `rows` random rows of `k` values of `ty`.
     fn random_rows(ty: GgmlType, rows: usize, k: usize, rng: &mut impl Rng) -> Vec<u8> {
-        let bb = ty.block_bytes();
-        let mut out = vec![0u8; rows * k / ty.block_len() * bb];
-        rng.fill(out.as_mut_slice());
-        for blk in out.chunks_exact_mut(bb) {
-            let d = f16::from_f32(rng.random_range(0.0005f32..0.02)).to_le_bytes();
-            let m = f16::from_f32(rng.random_range(-0.05f32..0.05)).to_le_bytes();
-            match ty {
-                GgmlType::Q6K => blk[208..210].copy_from_slice(&d),
-                GgmlType::Q4K | GgmlType::Q5K => {
-                    blk[..2].copy_from_slice(&d);
-                    blk[2..4].copy_from_slice(&f16::from_f32(0.001).to_le_bytes());
-                }
-                GgmlType::Q4_1 | GgmlType::Q5_1 => {
-                    blk[..2].copy_from_slice(&d);
-                    blk[2..4].copy_from_slice(&m);
-                }
-                _ => blk[..2].copy_from_slice(&d),
-            }
-        }
-        out
+        crate::qdot::tests::random_blocks(ty, rows * k / ty.block_len(), rng)
     }
 
     #[test]
