@@ -162,19 +162,20 @@ fn against_transformers(m: &Model, reference: &str) -> Agreement {
     a
 }
 
+/// The model at `path` on quantized blocks, holding at most 1.1x the file's bytes of weights (issue #21).
+fn load_quantized(path: &std::path::Path, label: &str) -> Model {
+    let m = load(path, WeightFormat::Quantized);
+    assert!(m.net.quantized());
+    let file = std::fs::metadata(path).unwrap().len() as f64;
+    let held = m.net.weight_bytes() as f64;
+    eprintln!("{label}: {:.1} MB of weights held for a {:.1} MB file ({:.2}x)", held / 1e6, file / 1e6, held / file);
+    assert!(held <= 1.1 * file, "weights held {held} for a file of {file}");
+    m
+}
+
 #[test]
 fn smollm2_quantized_agrees_with_llama_cpp() {
-    let m = load(&model_path(), WeightFormat::Quantized);
-    assert!(m.net.quantized());
-    let file = std::fs::metadata(model_path()).unwrap().len() as f64;
-    let held = m.net.weight_bytes() as f64;
-    eprintln!(
-        "SmolLM2 Q4_1: {:.1} MB of weights held for a {:.1} MB file ({:.2}x)",
-        held / 1e6,
-        file / 1e6,
-        held / file
-    );
-    assert!(held <= 1.1 * file, "weights held {held} for a file of {file}");
+    let m = load_quantized(&model_path(), "SmolLM2 Q4_1");
     let a = against_llama_cpp(&m, "smollm2");
     a.report("SmolLM2 quantized vs llama.cpp");
     against_transformers(&m, "smollm2_reference.json").report("SmolLM2 quantized vs transformers f32");
@@ -192,18 +193,7 @@ fn smollm2_quantized_agrees_with_llama_cpp() {
 #[test]
 #[ignore = "needs the opt-in Qwen2 model: make model-qwen"]
 fn qwen2_quantized_agrees_with_llama_cpp() {
-    let path = repo_root().join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    let m = load(&path, WeightFormat::Quantized);
-    assert!(m.net.quantized());
-    let file = std::fs::metadata(&path).unwrap().len() as f64;
-    let held = m.net.weight_bytes() as f64;
-    eprintln!(
-        "Qwen2.5 Q4_K_M: {:.1} MB of weights held for a {:.1} MB file ({:.2}x)",
-        held / 1e6,
-        file / 1e6,
-        held / file
-    );
-    assert!(held <= 1.1 * file, "weights held {held} for a file of {file}");
+    let m = load_quantized(&repo_root().join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"), "Qwen2.5 Q4_K_M");
     let a = against_llama_cpp(&m, "qwen2");
     a.report("Qwen2.5 quantized vs llama.cpp");
     against_transformers(&m, "qwen2_reference.json").report("Qwen2.5 quantized vs transformers f32");
