@@ -143,6 +143,72 @@ impl Rx {
         self.to_program_calling(size_limit, Program::CALL_MIN)
     }
 
+    /// About the size of this regex's [`Program`], as regex text would weigh it: a shared piece counts in
+    /// full once, and at each further use as much as the program spends there (a copy when it is small, a call
+    /// when it is large). A written-out weight, which counts every use in full, grows with how often a
+    /// definition is used (the free JSON value nests two uses per level, so 2^depth); this one grows with what
+    /// the program holds, which is what compiling it costs.
+    pub fn weight(&self) -> usize {
+        self.weigh(&mut HashMap::new())
+    }
+
+    /// [`Rx::weight`] beyond that of `parts` (pieces of this regex, counted as already in the program): what
+    /// building this regex around them adds.
+    pub fn weight_around(&self, parts: &[&Rx]) -> usize {
+        let mut seen = HashMap::new();
+        parts.iter().for_each(|p| _ = p.weigh_again(&mut seen));
+        self.weigh(&mut seen)
+    }
+
+    fn weigh(&self, seen: &mut HashMap<usize, usize>) -> usize {
+        if Arc::strong_count(&self.0) == 1 {
+            return self.weigh_node(seen);
+        }
+        self.weigh_again(seen)
+    }
+
+    /// The weight of a piece the program compiles once and copies or calls after (see `Compiler::again`).
+    fn weigh_again(&self, seen: &mut HashMap<usize, usize>) -> usize {
+        let key = Arc::as_ptr(&self.0) as usize;
+        match seen.get(&key) {
+            Some(&w) if w >= Program::CALL_MIN as usize => CALL_WEIGHT,
+            Some(&w) => w,
+            None => {
+                let w = self.weigh_node(seen);
+                seen.insert(key, w);
+                w
+            }
+        }
+    }
+
+    fn weigh_node(&self, seen: &mut HashMap<usize, usize>) -> usize {
+        match &*self.0 {
+            Node::Lit(b) => b.len(),
+            Node::Hir(h) => hir_weight(h),
+            Node::Cat(xs) => xs.iter().fold(0usize, |a, x| a.saturating_add(x.weigh(seen))),
+            Node::Alt(xs) => xs.iter().fold(0usize, |a, x| a.saturating_add(x.weigh(seen)).saturating_add(1)),
+            Node::Rep(x, min, max) => {
+                let copies = max.unwrap_or(min.saturating_add(1)).clamp(1, 1 << 20) as usize;
+                x.weigh(seen).saturating_mul(copies)
+            }
+            Node::List(item, sep) => item.weigh(seen).saturating_add(sep.weigh(seen)),
+            Node::Unordered { required, others, sep } => {
+                // One copy (or call) of every item and separator at each set of required items written so far.
+                // (The compiler takes every item as shared: `Compiler::unordered` goes through `again`.)
+                let sets = 1usize.checked_shl(required.len() as u32).unwrap_or(usize::MAX);
+                let all = |seen: &mut HashMap<usize, usize>| {
+                    required
+                        .iter()
+                        .chain(others)
+                        .chain([sep])
+                        .fold(0usize, |a, x| a.saturating_add(x.weigh_again(seen)))
+                };
+                let once = all(seen);
+                once.saturating_add(sets.saturating_mul(all(seen)))
+            }
+        }
+    }
+
     /// [`Rx::to_program`], calling shared pieces of at least `call_min` states.
     fn to_program_calling(&self, size_limit: usize, call_min: u32) -> Result<Option<Program>> {
         let Some((mut c, start)) = Compiler::run(self, size_limit, Some(call_min))? else { return Ok(None) };
@@ -158,6 +224,26 @@ impl Rx {
 pub(crate) struct Program {
     pub(crate) states: Vec<S>,
     pub(crate) start: u32,
+}
+
+/// What a call of a shared piece weighs (its two states).
+const CALL_WEIGHT: usize = 2;
+
+/// About the length of `h` as regex text, counted repetitions expanded.
+fn hir_weight(h: &Hir) -> usize {
+    match h.kind() {
+        HirKind::Empty | HirKind::Look(_) => 1,
+        HirKind::Literal(l) => l.0.len(),
+        HirKind::Class(Class::Unicode(c)) => 2 + 4 * c.ranges().len(),
+        HirKind::Class(Class::Bytes(c)) => 2 + 4 * c.ranges().len(),
+        HirKind::Repetition(r) => {
+            let copies = r.max.unwrap_or(r.min + 1).clamp(1, 1 << 20) as usize;
+            hir_weight(&r.sub).saturating_mul(copies)
+        }
+        HirKind::Capture(c) => hir_weight(&c.sub),
+        HirKind::Concat(hs) => hs.iter().map(hir_weight).fold(0usize, usize::saturating_add),
+        HirKind::Alternation(hs) => hs.iter().map(|x| hir_weight(x) + 1).fold(0usize, usize::saturating_add),
+    }
 }
 
 impl Program {
@@ -730,6 +816,25 @@ mod tests {
 
     fn class(re: &str) -> Rx {
         Rx::hir(regex_syntax::parse(re).unwrap())
+    }
+
+    #[test]
+    fn weight_counts_a_shared_piece_once_and_a_call_at_each_further_use() {
+        let big = Rx::literal(&[b'a'; 100]);
+        let small = Rx::literal(b"ab");
+        let uses = Rx::concat((0..10).map(|_| big.clone()).chain((0..10).map(|_| small.clone())).collect());
+        // The program calls the large piece and copies the small one (under `Program::CALL_MIN` states).
+        assert_eq!(uses.weight(), 100 + 9 * CALL_WEIGHT + 10 * 2);
+        // Levels that each use the one below twice (the free JSON value) weigh what each level adds, not 2^20.
+        let mut level = big.clone();
+        for _ in 0..20 {
+            level = Rx::alternation(vec![Rx::concat(vec![level.clone(), small.clone()]), level]);
+        }
+        assert!(level.weight() < 100 + 20 * 20, "{}", level.weight());
+        // Members in any order, `big` already paid for: the first item (a call of `big`, the other in full) and the
+        // separator, then a call (or a small copy) of each at each of the 2^2 sets.
+        let members = Rx::unordered(vec![big.clone(), Rx::literal(&[b'b'; 50])], None, small.clone());
+        assert_eq!(members.weight_around(&[&big]), CALL_WEIGHT + 50 + 2 + 4 * (2 * CALL_WEIGHT + 2));
     }
 
     /// Trees over `a`, `b`, `é` with shared pieces (the same `Rx` used twice), lists, bounded and unbounded

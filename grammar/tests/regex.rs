@@ -240,3 +240,62 @@ fn masks_equal_what_advance_accepts() {
     }
     assert!(m.is_accepting());
 }
+
+/// A JSON Schema compiled as the server compiles it (`lenient`: undeclared keys allowed, as the spec reads an
+/// absent `additionalProperties`), through the program and the lazy DFA.
+fn schema_grammar(schema: serde_json::Value, lenient: bool, space: &Arc<TokenSpace>) -> Arc<Grammar> {
+    let opts =
+        grammar::json_schema::Options { whitespace: "[ ]?".into(), strict_properties: !lenient, ..Default::default() };
+    let rx = grammar::json_schema::schema_to_rx(&schema, &opts).unwrap();
+    Arc::new(Grammar::from_rx(&rx, space.clone(), Limits::default()).unwrap())
+}
+
+#[test]
+fn free_values_nest_eight_levels() {
+    // Each level of the free value is one shared piece called by the level above, so eight levels cost eight
+    // pieces (written out as regex text they would be 2^8 copies of a string).
+    let space = byte_space(&[]);
+    let g = schema_grammar(serde_json::json!({"type": "object", "properties": {"x": {}}}), false, &space);
+    let nested = |n: usize, inner: &str| format!(r#"{{"x": {}{inner}{}}}"#, "[".repeat(n), "]".repeat(n));
+    assert!(accepts_bytes(&g, nested(8, "1").as_bytes()));
+    // Three levels inside five arrays: eight.
+    assert!(accepts_bytes(&g, nested(5, r#"{"a": [true, {"b": null}]}"#).as_bytes()));
+    assert!(!accepts_bytes(&g, nested(6, r#"{"a": [true, {"b": null}]}"#).as_bytes()));
+    assert!(!accepts_bytes(&g, nested(9, "1").as_bytes()), "nine levels are past the limit");
+}
+
+#[test]
+fn objects_keep_any_order_when_a_member_is_a_large_object_in_any_order() {
+    // MaskBench's Glaiveai2K calculate_area: `dimensions` takes 5 required members in any order, and 9 once its
+    // `dependencies` apply (512 sets of members written). The budget for any order counts what this object's own
+    // order adds, not its members' size, so the outer object still takes `shape` and `dimensions` in any order.
+    let keys = ["length", "width", "radius", "base", "height"];
+    let props: serde_json::Map<String, serde_json::Value> =
+        keys.iter().map(|k| (k.to_string(), serde_json::json!({"type": "number"}))).collect();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "dimensions": {
+                "type": "object",
+                "dependencies": {"shape": ["rectangle", "circle", "triangle"]},
+                "properties": props,
+                "required": keys,
+            },
+            "shape": {"type": "string"},
+        },
+        "required": ["shape"],
+    });
+    let g = schema_grammar(schema, true, &space_for_objects());
+    let dims = r#"{"height": 2, "base": 1, "length": 3, "radius": 0, "width": 1}"#;
+    for ok in
+        [format!(r#"{{"shape": "x", "dimensions": {dims}}}"#), format!(r#"{{"dimensions": {dims}, "shape": "x"}}"#)]
+    {
+        assert!(accepts_bytes(&g, ok.as_bytes()), "{ok}");
+    }
+    let missing = r#"{"shape": "x", "dimensions": {"height": 2, "base": 1, "length": 3, "radius": 0}}"#;
+    assert!(!accepts_bytes(&g, missing.as_bytes()), "a required member left out");
+}
+
+fn space_for_objects() -> Arc<TokenSpace> {
+    byte_space(&["{\"", "\": ", ", \""])
+}

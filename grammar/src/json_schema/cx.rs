@@ -13,19 +13,19 @@ use std::time::{Duration, Instant};
 
 use regex_syntax::hir::Hir;
 
-use super::emit::R;
 use super::pattern::StringPattern;
 use crate::error::{Error, Result};
+use crate::rx::Rx;
 
 pub(crate) struct Cx {
     /// When the trees must be built by (see `Options::build_budget`).
     deadline: Instant,
     /// Regexes parsed, by their text.
-    pub parsed: RefCell<HashMap<String, R>>,
+    pub parsed: RefCell<HashMap<String, Rx>>,
     /// Undeclared keys of the objects met, by their declared names.
-    pub keys_except: RefCell<HashMap<Vec<String>, R>>,
+    pub keys_except: RefCell<HashMap<Vec<String>, Rx>>,
     /// The free JSON value and the whitespace, by (depth, whitespace).
-    pub free_values: RefCell<HashMap<(u32, String), (R, R)>>,
+    pub free_values: RefCell<HashMap<(u32, String), (Rx, Rx)>>,
     /// `pattern`s compiled, by their text.
     pub patterns: RefCell<HashMap<String, Arc<StringPattern>>>,
     /// Checked formats as matchers (for `enum`/`const` values) and as regexes (for output), by name.

@@ -1,4 +1,6 @@
-//! Schema nodes to one regex over the JSON text, built as regex-syntax's `Hir` (no regex text to parse again).
+//! Schema nodes to one regex tree ([`Rx`]) over the JSON text, its shared pieces shared. How big the whole is gets
+//! weighed once it is built ([`Rx::weight`], in `schema_to_rx`), as the program will hold it, not summed along the
+//! way as if every use of a piece were a copy.
 
 use regex_syntax::hir::Hir;
 use serde_json::Value;
@@ -7,51 +9,42 @@ use super::cx::{memo, Cx};
 use super::ir::{admits, intersect, Array, Node, Object};
 use super::pattern::{string_contents, StringPattern};
 use super::{unsupported, Options};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::rx::Rx;
 
-/// Most a schema's regex may weigh (about its length as regex text) before the DFA is even tried.
-const MAX_REGEX: usize = 4 << 20;
+/// Most a schema's regex may weigh ([`Rx::weight`]: about the length of the program's pieces as regex text) before
+/// its program is even compiled.
+pub(crate) const MAX_REGEX: usize = 4 << 20;
 
-/// A piece of the regex and its weight (about its length as regex text, counted repetitions expanded).
-#[derive(Clone)]
-pub(crate) struct R {
-    pub rx: Rx,
-    pub size: usize,
+fn lit(s: &str) -> Rx {
+    Rx::literal(s.as_bytes())
 }
 
-fn lit(s: &str) -> R {
-    R { rx: Rx::literal(s.as_bytes()), size: s.len() }
+fn cat(parts: Vec<Rx>) -> Rx {
+    Rx::concat(parts)
 }
 
-fn cat(parts: Vec<R>) -> R {
-    let size = parts.iter().map(|p| p.size).sum();
-    R { rx: Rx::concat(parts.into_iter().map(|p| p.rx).collect()), size }
+fn alt(parts: Vec<Rx>) -> Rx {
+    Rx::alternation(parts)
 }
 
-fn alt(parts: Vec<R>) -> R {
-    let size = parts.iter().map(|p| p.size + 1).sum();
-    R { rx: Rx::alternation(parts.into_iter().map(|p| p.rx).collect()), size }
-}
-
-fn rep(x: R, min: u64, max: Option<u64>) -> R {
-    let copies = max.unwrap_or(min + 1).clamp(1, 1 << 20) as usize;
+fn rep(x: Rx, min: u64, max: Option<u64>) -> Rx {
     let clamp = |n: u64| n.min(u32::MAX as u64) as u32;
-    R { size: x.size.saturating_mul(copies), rx: Rx::repeat(x.rx, clamp(min), max.map(clamp)) }
+    Rx::repeat(x, clamp(min), max.map(clamp))
 }
 
-fn opt(x: R) -> R {
+fn opt(x: Rx) -> Rx {
     rep(x, 0, Some(1))
 }
 
 /// `item (sep item)*` (one copy of `item` in the NFA).
-fn list(item: R, sep: R) -> R {
-    R { size: item.size + sep.size, rx: Rx::list(item.rx, sep.rx) }
+fn list(item: Rx, sep: Rx) -> Rx {
+    Rx::list(item, sep)
 }
 
 /// Any JSON value nested at most `depth` levels: the language of [`crate::constraint::json_value_regex`], with
 /// each level written once.
-fn any_value(cx: &Cx, depth: u32, ws: &R) -> Result<R> {
+fn any_value(cx: &Cx, depth: u32, ws: &Rx) -> Result<Rx> {
     let string = parsed(cx, crate::JSON_STRING)?;
     let mut value = alt(vec![string.clone(), parsed(cx, crate::JSON_NUMBER)?, parsed(cx, "true|false|null")?]);
     let sep = cat(vec![ws.clone(), lit(","), ws.clone()]);
@@ -69,49 +62,31 @@ fn any_value(cx: &Cx, depth: u32, ws: &R) -> Result<R> {
 /// `re` parsed, once per schema: schemas repeat the same number, integer and undeclared-key regexes (a `$ref`'d
 /// object is written at every use). A hit is the same shared piece, which the NFA compiler then copies instead
 /// of compiling again.
-fn parsed(cx: &Cx, re: &str) -> Result<R> {
+fn parsed(cx: &Cx, re: &str) -> Result<Rx> {
     memo(&cx.parsed, &re.to_string(), || {
         let hir = crate::grammar::parse(re, &format!("internal regex {re:?}"))?;
-        Ok(R { rx: Rx::hir(hir), size: re.len() })
+        Ok(Rx::hir(hir))
     })
 }
 
 /// A key (quoted) that is none of `names`, once per schema like [`parsed`]'s regexes.
-fn undeclared_key(cx: &Cx, names: &[&str]) -> Result<R> {
+fn undeclared_key(cx: &Cx, names: &[&str]) -> Result<Rx> {
     let id: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     memo(&cx.keys_except, &id, || Ok(cat(vec![lit("\""), key_except(cx, names.iter().copied())?, lit("\"")])))
 }
 
-fn of(hir: Hir) -> R {
-    R { size: weight(&hir), rx: Rx::hir(hir) }
-}
-
-/// About the length of `h` as regex text, counted repetitions expanded.
-fn weight(h: &Hir) -> usize {
-    use regex_syntax::hir::{Class, HirKind};
-    match h.kind() {
-        HirKind::Empty | HirKind::Look(_) => 1,
-        HirKind::Literal(l) => l.0.len(),
-        HirKind::Class(Class::Unicode(c)) => 2 + 4 * c.ranges().len(),
-        HirKind::Class(Class::Bytes(c)) => 2 + 4 * c.ranges().len(),
-        HirKind::Repetition(r) => {
-            let copies = r.max.unwrap_or(r.min + 1).clamp(1, 1 << 20) as usize;
-            weight(&r.sub).saturating_mul(copies)
-        }
-        HirKind::Capture(c) => weight(&c.sub),
-        HirKind::Concat(hs) => hs.iter().map(weight).sum(),
-        HirKind::Alternation(hs) => hs.iter().map(|x| weight(x) + 1).sum(),
-    }
+fn of(hir: Hir) -> Rx {
+    Rx::hir(hir)
 }
 
 pub(crate) struct Emitter<'a> {
     cx: &'a Cx,
-    any: R,
-    ws: R,
+    any: Rx,
+    ws: Rx,
     /// `ws , ws`
-    sep: R,
+    sep: Rx,
     /// `ws : ws`
-    colon: R,
+    colon: Rx,
     /// Strict properties (see [`Options::strict_properties`]) for the subtree being written.
     strict: bool,
     /// Whether lenient objects may take their few required members in any order (larger regexes).
@@ -135,7 +110,7 @@ impl<'a> Emitter<'a> {
     }
 
     /// The regex for the values `n` admits; `None` when it admits none.
-    pub fn emit(&mut self, n: &Node) -> Result<Option<R>> {
+    pub fn emit(&mut self, n: &Node) -> Result<Option<Rx>> {
         let out = match n {
             Node::Any => self.any.clone(),
             Node::Never => return Ok(None),
@@ -210,13 +185,10 @@ impl<'a> Emitter<'a> {
                 None => return Ok(None),
             },
         };
-        if out.size > MAX_REGEX {
-            return Err(Error::too_large(format!("json schema: regex past {MAX_REGEX} bytes")));
-        }
         Ok(Some(out))
     }
 
-    fn constant(&self, v: &Value) -> R {
+    fn constant(&self, v: &Value) -> Rx {
         match v {
             Value::Number(n) => match n.as_f64() {
                 // 1 and 1.0 are the same JSON Schema value.
@@ -251,8 +223,8 @@ impl<'a> Emitter<'a> {
         }
     }
 
-    fn array(&mut self, a: &Array) -> Result<Option<R>> {
-        let prefix: Vec<Option<R>> = a.prefix.iter().map(|p| self.emit(p)).collect::<Result<_>>()?;
+    fn array(&mut self, a: &Array) -> Result<Option<Rx>> {
+        let prefix: Vec<Option<Rx>> = a.prefix.iter().map(|p| self.emit(p)).collect::<Result<_>>()?;
         let rest = self.emit(&a.items)?;
         // Elements that can exist: the prefix up to its first impossible element, then `rest` if any.
         let possible = prefix.iter().position(Option::is_none).unwrap_or(prefix.len());
@@ -270,13 +242,13 @@ impl<'a> Emitter<'a> {
                 (Node::Consts(vs), true)
                     if vs.len() <= 32 && a.min <= 1 && max.is_none_or(|m| m >= vs.len() as u64) =>
                 {
-                    let items: Vec<R> = vs.iter().map(|v| self.constant(v)).collect();
+                    let items: Vec<Rx> = vs.iter().map(|v| self.constant(v)).collect();
                     Ok(Some(self.subsequence(items, a.min == 1)))
                 }
                 _ => Err(unsupported("uniqueItems", "unless the items are one of at most 32 values")),
             };
         }
-        let elem = |i: usize| -> R {
+        let elem = |i: usize| -> Rx {
             match prefix.get(i) {
                 Some(p) => p.clone(),
                 None => rest.clone(),
@@ -321,11 +293,11 @@ impl<'a> Emitter<'a> {
     }
 
     /// An array of some of `items`, in their order, each at most once.
-    fn subsequence(&self, items: Vec<R>, nonempty: bool) -> R {
+    fn subsequence(&self, items: Vec<Rx>, nonempty: bool) -> Rx {
         let sep = self.sep.clone();
         // s: items i.. once one is written; f: items i.. when none is yet.
         let mut s = lit("");
-        let mut f: Option<R> = None;
+        let mut f: Option<Rx> = None;
         for m in items.into_iter().rev() {
             let next = s;
             f = Some(match f {
@@ -342,7 +314,7 @@ impl<'a> Emitter<'a> {
         cat(vec![lit("["), self.ws.clone(), body, self.ws.clone(), lit("]")])
     }
 
-    fn object(&mut self, o: &Object) -> Result<Option<R>> {
+    fn object(&mut self, o: &Object) -> Result<Option<Rx>> {
         // Declared properties (and required names the schema only reaches through patterns or
         // additionalProperties), each with every pattern it matches applied.
         let mut props: Vec<(String, Node)> = Vec::new();
@@ -354,7 +326,7 @@ impl<'a> Emitter<'a> {
                 props.push((r.clone(), o.schema_for(self.cx, r)?));
             }
         }
-        let mut members: Vec<(R, bool)> = Vec::new();
+        let mut members: Vec<(Rx, bool)> = Vec::new();
         for (k, n) in &props {
             let required = o.required.contains(k);
             let name_ok = match &o.names {
@@ -369,7 +341,7 @@ impl<'a> Emitter<'a> {
             }
         }
         // Undeclared keys.
-        let mut extras: Vec<R> = Vec::new();
+        let mut extras: Vec<Rx> = Vec::new();
         let additional: Option<Node> = match &o.additional {
             Some(n) if **n == Node::Never => None,
             Some(n) => Some((**n).clone()),
@@ -431,7 +403,7 @@ impl<'a> Emitter<'a> {
             }
         }
         let sep = self.sep.clone();
-        let braces = |body: R, ws: &R| cat(vec![lit("{"), ws.clone(), body, ws.clone(), lit("}")]);
+        let braces = |body: Rx, ws: &Rx| cat(vec![lit("{"), ws.clone(), body, ws.clone(), lit("}")]);
         // Lenient objects with nothing required: members in any order, so the regex grows linearly (a fixed order
         // needs an alternation over which optional member comes first, quadratic in their number). A key may
         // then be written twice; both values satisfy its schema, and a parsed object keeps one of them.
@@ -443,28 +415,18 @@ impl<'a> Emitter<'a> {
         }
         // Lenient objects with required members (up to MAX_FREE_ORDER): those in any order (each exactly once),
         // optional members and undeclared keys any number of times around them.
-        let required: Vec<&R> = members.iter().filter(|m| m.1).map(|m| &m.0).collect();
-        let orders_weight = |r: usize| -> usize {
-            // 2^r sets of required members written, each with a copy of the separator and the optional members,
-            // and each required member leaving the 2^(r-1) sets without it.
-            let optional: usize =
-                members.iter().filter(|m| !m.1).map(|m| m.0.size).sum::<usize>() + extra.as_ref().map_or(0, |x| x.size);
-            let required: usize = members.iter().filter(|m| m.1).map(|m| m.0.size).sum();
-            let sets = 1usize.checked_shl(r as u32).unwrap_or(usize::MAX);
-            sets.saturating_mul(optional + sep.size).saturating_add((sets / 2).saturating_mul(required))
-        };
-        if !self.strict
-            && self.free_order
-            && counted.is_none()
-            && (1..=MAX_FREE_ORDER).contains(&required.len())
-            && orders_weight(required.len()) <= MAX_FREE_ORDER_WEIGHT
-        {
-            let optional: Vec<R> = members.iter().filter(|m| !m.1).map(|m| m.0.clone()).chain(extra.clone()).collect();
+        let required: Vec<&Rx> = members.iter().filter(|m| m.1).map(|m| &m.0).collect();
+        if !self.strict && self.free_order && counted.is_none() && (1..=MAX_FREE_ORDER).contains(&required.len()) {
+            let optional: Vec<Rx> = members.iter().filter(|m| !m.1).map(|m| m.0.clone()).chain(extra.clone()).collect();
             let others = (!optional.is_empty()).then(|| alt(optional));
-            let size = orders_weight(required.len());
-            let body =
-                Rx::unordered(required.iter().map(|r| r.rx.clone()).collect(), others.map(|o| o.rx), sep.rx.clone());
-            return Ok(Some(braces(R { rx: body, size }, &self.ws)));
+            let items: Vec<&Rx> = members.iter().map(|m| &m.0).chain(extra.iter()).collect();
+            let body = Rx::unordered(required.iter().map(|&r| r.clone()).collect(), others.clone(), sep.clone());
+            // What free order adds: 2^r sets of required members written, each with a copy (or a call) of every
+            // member. The members themselves are paid for once either way.
+            let cost = body.weight_around(&items);
+            if cost <= MAX_FREE_ORDER_WEIGHT {
+                return Ok(Some(braces(body, &self.ws)));
+            }
         }
         // s: members i.. once something is written; f: members i.. when nothing is yet (None: must write).
         let (mut s, mut f, empty_ok) = match (&extra, counted) {
@@ -495,11 +457,7 @@ impl<'a> Emitter<'a> {
                 });
             }
             parts.push(s);
-            let body = cat(parts);
-            if body.size > MAX_REGEX {
-                return Err(Error::too_large(format!("json schema: object regex past {MAX_REGEX} bytes")));
-            }
-            return Ok(Some(braces(body, &self.ws)));
+            return Ok(Some(braces(cat(parts), &self.ws)));
         }
         // With none, an alternation over which member comes first.
         for (m, _) in members.into_iter().rev() {
@@ -510,9 +468,6 @@ impl<'a> Emitter<'a> {
                 None => first,
             });
             s = cat(vec![opt(cat(vec![sep.clone(), m])), next]);
-            if f.as_ref().is_some_and(|f| f.size > MAX_REGEX) {
-                return Err(Error::too_large(format!("json schema: object regex past {MAX_REGEX} bytes")));
-            }
         }
         let body = match (f, empty_ok && !nonempty) {
             (Some(f), true) => opt(f),
@@ -729,14 +684,14 @@ fn number(lo: Option<(f64, bool)>, hi: Option<(f64, bool)>, decimals: Option<u32
 }
 
 /// A declared key, as JSON writes it.
-fn key_literal(k: &str) -> R {
+fn key_literal(k: &str) -> Rx {
     lit(&Value::String(k.to_string()).to_string())
 }
 
 /// Contents of any key except the given names (keys in the one spelling `KEY_UNIT` allows), built as a tree
 /// over the names' trie: at each node, the end (when no name ends there), a character no name continues with
 /// and then any key units, or a name's next character and on down.
-fn key_except<'k>(cx: &Cx, names: impl Iterator<Item = &'k str>) -> Result<R> {
+fn key_except<'k>(cx: &Cx, names: impl Iterator<Item = &'k str>) -> Result<Rx> {
     use regex_syntax::hir::{ClassUnicode, ClassUnicodeRange};
     #[derive(Default)]
     struct Trie {
@@ -776,8 +731,8 @@ fn key_except<'k>(cx: &Cx, names: impl Iterator<Item = &'k str>) -> Result<R> {
     if root.kids.is_empty() && !root.end {
         return Ok(units);
     }
-    /// The tree below `t`, weighed as its regex text would be (what the regex weight counts elsewhere).
-    fn not(t: &Trie, units: &R) -> R {
+    /// The tree below `t`.
+    fn not(t: &Trie, units: &Rx) -> Rx {
         let mut alts = Vec::new();
         if !t.end {
             alts.push(lit(""));
@@ -805,13 +760,10 @@ fn key_except<'k>(cx: &Cx, names: impl Iterator<Item = &'k str>) -> Result<R> {
         }
         alts.push(cat(vec![alt(other), units.clone()]));
         // The text: the class of the other characters, the escapes, the key units, each name's unit and subtree.
-        let mut size = 8 + 16 + 12 + KEY_UNIT.len();
         for (u, kid) in &t.kids {
-            let below = not(kid, units);
-            size += 2 * u.len() + below.size + 1;
-            alts.push(cat(vec![lit(u), below]));
+            alts.push(cat(vec![lit(u), not(kid, units)]));
         }
-        R { size, rx: alt(alts).rx }
+        alt(alts)
     }
     Ok(not(&root, &units))
 }
