@@ -2,6 +2,9 @@
 //! weighed once it is built ([`Rx::weight`], in `schema_to_rx`), as the program will hold it, not summed along the
 //! way as if every use of a piece were a copy.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use regex_syntax::hir::Hir;
 use serde_json::Value;
 
@@ -91,7 +94,14 @@ pub(crate) struct Emitter<'a> {
     strict: bool,
     /// Whether lenient objects may take their few required members in any order (larger regexes).
     pub free_order: bool,
+    /// Objects written, by the object (a `$ref`'d one is one `Arc` wherever it is used) and the two settings
+    /// above: written once, the same piece at every use, which the program compiles once and calls. The `Arc`
+    /// is kept so that its address is not reused while this emitter lives.
+    objects: HashMap<ObjectKey, (Arc<Object>, Option<Rx>)>,
 }
+
+/// An object's address, whether properties are strict, whether members may come in any order.
+type ObjectKey = (usize, bool, bool);
 
 /// One character of an object key written the single way we allow for undeclared keys (no `\/`, no `\u`), so a
 /// key has exactly one spelling and can be told apart from the declared ones.
@@ -106,7 +116,7 @@ impl<'a> Emitter<'a> {
         })?;
         let sep = cat(vec![ws.clone(), lit(","), ws.clone()]);
         let colon = cat(vec![ws.clone(), lit(":"), ws.clone()]);
-        Ok(Self { cx, any, ws, sep, colon, strict: opts.strict_properties, free_order: true })
+        Ok(Self { cx, any, ws, sep, colon, strict: opts.strict_properties, free_order: true, objects: HashMap::new() })
     }
 
     /// The regex for the values `n` admits; `None` when it admits none.
@@ -180,10 +190,21 @@ impl<'a> Emitter<'a> {
                 Some(r) => r,
                 None => return Ok(None),
             },
-            Node::Object(o) => match self.object(o)? {
-                Some(r) => r,
-                None => return Ok(None),
-            },
+            Node::Object(o) => {
+                let key = (Arc::as_ptr(o) as usize, self.strict, self.free_order);
+                let written = match self.objects.get(&key) {
+                    Some((_, r)) => r.clone(),
+                    None => {
+                        let r = self.object(o)?;
+                        self.objects.insert(key, (o.clone(), r.clone()));
+                        r
+                    }
+                };
+                match written {
+                    Some(r) => r,
+                    None => return Ok(None),
+                }
+            }
         };
         Ok(Some(out))
     }
@@ -595,7 +616,7 @@ impl<'a> Emitter<'a> {
 /// not, forbidden: then whatever `i` writes lacks it and fails the other. `None` when that is not possible.
 fn without_others_keys(x: &Node, i: usize, xs: &[Node]) -> Option<Node> {
     let Node::Object(o) = x else { return None };
-    let mut o = o.clone();
+    let mut o = (**o).clone();
     for (j, y) in xs.iter().enumerate() {
         if j == i {
             continue;
@@ -607,7 +628,7 @@ fn without_others_keys(x: &Node, i: usize, xs: &[Node]) -> Option<Node> {
             None => o.props.push((k.clone(), Node::Never)),
         }
     }
-    Some(Node::Object(o))
+    Some(Node::Object(Arc::new(o)))
 }
 
 /// Most required members a lenient object takes in any order (the NFA follows which are written: 2^n sets).

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -105,7 +106,9 @@ pub(crate) enum Node {
     },
     Str(Str),
     Array(Array),
-    Object(Object),
+    /// Shared (`Arc`): a `$ref`'d object expanded at many places is one object, which the emitter writes once
+    /// (the program then calls it); changing one copy (`Arc::make_mut`) makes it another.
+    Object(Arc<Object>),
     /// Exactly one of these values (`enum`, `const`).
     Consts(Vec<Value>),
     AnyOf(Vec<Node>),
@@ -341,7 +344,7 @@ impl<'a> Builder<'a> {
                     ("boolean", Node::Bool),
                     ("string", Node::Str(Str::default())),
                     ("array", Node::Array(Array::any())),
-                    ("object", Node::Object(Object::any())),
+                    ("object", Node::Object(Arc::new(Object::any()))),
                 ] {
                     if !named.contains(&t) {
                         alts.push(n);
@@ -373,14 +376,21 @@ impl<'a> Builder<'a> {
                     let bad = self.negate(sub)?;
                     let mut required = BTreeSet::new();
                     required.insert(k.clone());
-                    alts.push(Node::Object(Object { props: vec![(k.clone(), bad)], required, ..Object::any() }));
+                    alts.push(Node::Object(Arc::new(Object {
+                        props: vec![(k.clone(), bad)],
+                        required,
+                        ..Object::any()
+                    })));
                 }
                 let names: Vec<&str> = o
                     .get("required")
                     .and_then(Value::as_array)
                     .map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).collect());
                 for name in names {
-                    alts.push(Node::Object(Object { props: vec![(name.to_string(), Node::Never)], ..Object::any() }));
+                    alts.push(Node::Object(Arc::new(Object {
+                        props: vec![(name.to_string(), Node::Never)],
+                        ..Object::any()
+                    })));
                 }
                 Ok(any_of(alts))
             }
@@ -397,7 +407,7 @@ impl<'a> Builder<'a> {
                     Node::Num { lo: None, hi: None, decimals: None },
                     Node::Str(Str::default()),
                     Node::Array(Array::any()),
-                    Node::Object(forbidden),
+                    Node::Object(Arc::new(forbidden)),
                 ]))
             }
             _ => refuse(),
@@ -608,7 +618,7 @@ impl<'a> Builder<'a> {
                         if names.iter().all(|n| obj.required.contains(n)) {
                             continue;
                         }
-                        Node::Object(Object { required: names, ..Object::any() })
+                        Node::Object(Arc::new(Object { required: names, ..Object::any() }))
                     }
                     schema => self.node(schema)?,
                 };
@@ -616,12 +626,12 @@ impl<'a> Builder<'a> {
             }
         }
         if triggers.is_empty() {
-            return Ok(Node::Object(obj));
+            return Ok(Node::Object(Arc::new(obj)));
         }
         if triggers.len() > 3 {
             return Err(unsupported("dependencies", "on more than 3 optional properties"));
         }
-        let mut variants = vec![Node::Object(obj)];
+        let mut variants = vec![Node::Object(Arc::new(obj))];
         for (trigger, implied) in triggers {
             let mut next = Vec::new();
             for v in variants {
@@ -630,14 +640,14 @@ impl<'a> Builder<'a> {
                     next.push(intersect(self.cx, Node::Object(base), implied.clone())?);
                     continue;
                 }
-                let mut without = base.clone();
+                let mut without = (*base).clone();
                 match without.props.iter_mut().find(|(k, _)| *k == trigger) {
                     Some((_, n)) => *n = Node::Never,
                     None => without.props.push((trigger.clone(), Node::Never)),
                 }
                 let mut with = base;
-                with.required.insert(trigger.clone());
-                for n in [Node::Object(without), intersect(self.cx, Node::Object(with), implied.clone())?] {
+                Arc::make_mut(&mut with).required.insert(trigger.clone());
+                for n in [Node::Object(Arc::new(without)), intersect(self.cx, Node::Object(with), implied.clone())?] {
                     if n != Node::Never {
                         next.push(n);
                     }
@@ -921,7 +931,7 @@ pub(crate) fn intersect(cx: &Cx, a: Node, b: Node) -> Result<Node> {
                 unique: a.unique || b.unique,
             })
         }
-        (Object(a), Object(b)) => merge_objects(cx, a, b)?,
+        (Object(a), Object(b)) => merge_objects(cx, Arc::unwrap_or_clone(a), Arc::unwrap_or_clone(b))?,
         _ => Never,
     })
 }
@@ -989,7 +999,7 @@ fn merge_objects(cx: &Cx, a: Object, b: Object) -> Result<Node> {
     };
     let mut required = a.required;
     required.extend(b.required);
-    Ok(Node::Object(Object {
+    Ok(Node::Object(Arc::new(Object {
         props,
         required,
         patterns,
@@ -997,7 +1007,7 @@ fn merge_objects(cx: &Cx, a: Object, b: Object) -> Result<Node> {
         min_props: a.min_props.max(b.min_props),
         max_props: min_opt(a.max_props, b.max_props),
         names,
-    }))
+    })))
 }
 
 /// Whether `node` admits the JSON value `v`.

@@ -556,3 +556,23 @@ fn crossed_string_length_bounds_admit_nothing() {
     );
     assert!(err(json!({"allOf": [{"type": "string", "minLength": 3}, {"maxLength": 2}]})).contains("no value"));
 }
+
+#[test]
+fn a_refd_object_is_written_once_however_often_it_is_used() {
+    // Each use of `#/$defs/point` is the same object of the tree, written once: the program compiles it once and
+    // calls it at every use, so forty uses weigh forty keys and calls more than one, not forty objects.
+    let point: serde_json::Map<String, Value> = (0..12)
+        .map(|i| (format!("coordinate_{i}"), json!({"type": "number", "minimum": -90, "maximum": 90})))
+        .collect();
+    let schema = |uses: usize| {
+        let props: serde_json::Map<String, Value> =
+            (0..uses).map(|i| (format!("p{i}"), json!({"$ref": "#/$defs/point"}))).collect();
+        json!({"$defs": {"point": {"type": "object", "properties": point, "required": ["coordinate_0"]}},
+               "type": "object", "properties": props})
+    };
+    let weight = |uses| schema_to_rx(&schema(uses), &Options::default()).unwrap().weight();
+    let (one, two, forty) = (weight(1), weight(2), weight(40));
+    let object = two - one;
+    assert!(object < one / 4, "a second use weighs {object} of {one}");
+    assert!(forty < one + 39 * object * 2, "forty uses weigh {forty}, one {one}");
+}
