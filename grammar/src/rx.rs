@@ -155,9 +155,35 @@ impl Rx {
     /// [`Rx::weight`] beyond that of `parts` (pieces of this regex, counted as already in the program): what
     /// building this regex around them adds.
     pub fn weight_around(&self, parts: &[&Rx]) -> usize {
-        let mut seen = HashMap::new();
-        parts.iter().for_each(|p| _ = p.weigh_again(&mut seen));
+        // A part's own weight only decides whether a further use is a call or a copy: weighed up to that.
+        let mut seen: HashMap<usize, usize> =
+            parts.iter().map(|p| (Arc::as_ptr(&p.0) as usize, p.weight_at_most(Program::CALL_MIN as usize))).collect();
         self.weigh(&mut seen)
+    }
+
+    /// The weight written out (every use in full), or `cap` once it reaches `cap`.
+    fn weight_at_most(&self, cap: usize) -> usize {
+        let sum = |xs: &mut dyn Iterator<Item = &Rx>| {
+            let mut total = 0;
+            for x in xs {
+                total += x.weight_at_most(cap - total);
+                if total >= cap {
+                    return cap;
+                }
+            }
+            total
+        };
+        match &*self.0 {
+            Node::Lit(b) => b.len().min(cap),
+            Node::Hir(h) => hir_weight(h).min(cap),
+            Node::Cat(xs) | Node::Alt(xs) => sum(&mut xs.iter()),
+            Node::Rep(x, min, max) => {
+                let copies = max.unwrap_or(min.saturating_add(1)).max(1) as usize;
+                x.weight_at_most(cap).saturating_mul(copies).min(cap)
+            }
+            Node::List(item, sep) => sum(&mut [item, sep].into_iter()),
+            Node::Unordered { required, others, sep } => sum(&mut required.iter().chain(others).chain([sep])),
+        }
     }
 
     fn weigh(&self, seen: &mut HashMap<usize, usize>) -> usize {
@@ -247,8 +273,10 @@ fn hir_weight(h: &Hir) -> usize {
 }
 
 impl Program {
-    /// Shared pieces smaller than this many states are copied at each use (cheaper to run than a call).
-    pub(crate) const CALL_MIN: u32 = 32;
+    /// Shared pieces smaller than this many states are copied at each use (cheaper to run than a call). Copies
+    /// were most of a large schema's states at 32 (the JSON string, keys, the whitespace at every use); on
+    /// MaskBench's dev split 8, 12 and 16 gave TTFM p99 7.1-7.6 ms against 8.3 ms at 32, TBM p99 the same.
+    pub(crate) const CALL_MIN: u32 = 16;
 }
 
 impl std::fmt::Debug for Rx {
@@ -319,22 +347,6 @@ fn relocate(id: u32, lo: u32, hi: u32, base: u32) -> u32 {
         // Only the piece's end points outside it (at what followed the original).
         HOLE
     }
-}
-
-/// A dense state's transitions as sorted ranges.
-fn dense(d: &thompson::DenseTransitions, at: impl Fn(StateID) -> u32) -> Vec<Transition> {
-    let mut out: Vec<Transition> = Vec::new();
-    for (b, &next) in d.transitions.iter().enumerate() {
-        if next == StateID::ZERO {
-            continue; // no transition on this byte
-        }
-        let next = sid(at(next));
-        match out.last_mut() {
-            Some(t) if t.next == next && t.end as usize + 1 == b => t.end = b as u8,
-            _ => out.push(Transition { start: b as u8, end: b as u8, next }),
-        }
-    }
-    out
 }
 
 fn sid(id: u32) -> StateID {
@@ -580,12 +592,12 @@ impl Compiler {
                 let ts = c.ranges().iter().map(|r| (r.start(), r.end()));
                 self.byte_class(ts.collect())
             }
-            HirKind::Class(Class::Unicode(c)) => {
-                if c.ranges().iter().all(|r| r.end() <= '\x7F') {
-                    return self.byte_class(c.ranges().iter().map(|r| (r.start() as u8, r.end() as u8)).collect());
+            HirKind::Class(Class::Unicode(cls)) => {
+                if cls.ranges().iter().all(|r| r.end() <= '\x7F') {
+                    return self.byte_class(cls.ranges().iter().map(|r| (r.start() as u8, r.end() as u8)).collect());
                 }
-                let key: Vec<(char, char)> = c.ranges().iter().map(|r| (r.start(), r.end())).collect();
-                self.memo(|c| &mut c.classes, key, |c| c.import(h))
+                let key: Vec<(char, char)> = cls.ranges().iter().map(|r| (r.start(), r.end())).collect();
+                self.memo(|c| &mut c.classes, key, |c| c.utf8_class(cls))
             }
             HirKind::Look(_) => Err(Error::unsupported("regex: anchors or look-arounds inside the pattern")),
             HirKind::Repetition(r) => self.repeat(r.min, r.max, |c| c.hir(&r.sub)),
@@ -617,38 +629,74 @@ impl Compiler {
 
     /// A Unicode class through `regex-automata`'s own compiler (its UTF-8 automata share suffixes), states moved
     /// in here.
-    fn import(&mut self, h: &Hir) -> Result<Option<Frag>> {
-        use regex_automata::nfa::thompson::State as N;
-        if matches!(h.kind(), HirKind::Class(Class::Unicode(c)) if c.ranges().is_empty()) {
+    /// A Unicode class as UTF-8: the trie of its `Utf8Sequence`s (sorted, so at each position two sequences'
+    /// ranges are equal or disjoint: a node's ranges are one sparse state), its equal subtrees made once (suffix
+    /// sharing). regex-automata's compiler builds the same automaton, but sets up tables of 10,000 entries per
+    /// class to do it, which cost more than the class itself on schemas of many small classes (the undeclared
+    /// keys of every object).
+    fn utf8_class(&mut self, c: &regex_syntax::hir::ClassUnicode) -> Result<Option<Frag>> {
+        const LEAF: usize = usize::MAX;
+        if c.ranges().is_empty() {
             return Ok(None);
         }
-        let nfa = thompson::Compiler::new()
-            .configure(thompson::Config::new().shrink(false).which_captures(thompson::WhichCaptures::None))
-            .build_from_hir(h)
-            .map_err(|e| Error::syntax(format!("regex class: {e}")))?;
-        let base = self.states.len() as u32;
-        let at = |id: StateID| base + id.as_u32();
-        let mut end = None;
-        for (i, s) in nfa.states().iter().enumerate() {
-            let moved = |t: &Transition| Transition { next: sid(at(t.next)), ..*t };
-            let s = match s {
-                N::ByteRange { trans } => S::Range(moved(trans)),
-                N::Sparse(st) => S::Sparse(st.transitions.iter().map(moved).collect()),
-                N::Dense(d) => S::Sparse(dense(d, at)),
-                N::Union { alternates } => S::Union(alternates.iter().map(|&a| at(a)).collect()),
-                N::BinaryUnion { alt1, alt2 } => S::Union(vec![at(*alt1), at(*alt2)]),
-                N::Capture { next, .. } => S::Empty(at(*next)),
-                N::Match { .. } => {
-                    end = Some(base + i as u32);
-                    S::Empty(HOLE)
+        // Trie nodes: each a sorted list of (byte range, child node or LEAF).
+        let mut nodes: Vec<Vec<(u8, u8, usize)>> = vec![Vec::new()];
+        for r in c.ranges() {
+            for seq in regex_syntax::utf8::Utf8Sequences::new(r.start(), r.end()) {
+                let bytes = seq.as_slice();
+                let mut at = 0;
+                for (i, b) in bytes.iter().enumerate() {
+                    at = match nodes[at].last() {
+                        Some(&(lo, hi, child)) if (lo, hi) == (b.start, b.end) => child,
+                        Some(&(_, hi, _)) if b.start <= hi => {
+                            return Err(Error::syntax("regex class: UTF-8 sequences out of order"));
+                        }
+                        _ => {
+                            let child = if i + 1 == bytes.len() { LEAF } else { nodes.len() };
+                            if child != LEAF {
+                                nodes.push(Vec::new());
+                            }
+                            nodes[at].push((b.start, b.end, child));
+                            child
+                        }
+                    };
+                    if at == LEAF && i + 1 < bytes.len() {
+                        return Err(Error::syntax("regex class: UTF-8 sequences of different lengths"));
+                    }
                 }
-                // Never in a class: keep the numbering, match nothing.
-                N::Look { .. } | N::Fail => S::Sparse(Vec::new()),
-            };
-            self.push(s)?;
+            }
         }
-        let end = end.ok_or_else(|| Error::syntax("regex class: no match state"))?;
-        Ok(Some(Frag { start: at(nfa.start_anchored()), end }))
+        let end = self.push(S::Empty(HOLE))?;
+        let mut made: HashMap<Vec<(u8, u8, u32)>, u32> = HashMap::new();
+        let start = self.utf8_node(&nodes, 0, end, &mut made)?;
+        Ok(Some(Frag { start, end }))
+    }
+
+    /// The state for trie node `at` of [`Compiler::utf8_class`] (`end` for a leaf), equal nodes made once.
+    fn utf8_node(
+        &mut self,
+        nodes: &[Vec<(u8, u8, usize)>],
+        at: usize,
+        end: u32,
+        made: &mut HashMap<Vec<(u8, u8, u32)>, u32>,
+    ) -> Result<u32> {
+        if at == usize::MAX {
+            return Ok(end);
+        }
+        let mut ts = Vec::with_capacity(nodes[at].len());
+        for &(lo, hi, child) in &nodes[at] {
+            ts.push((lo, hi, self.utf8_node(nodes, child, end, made)?));
+        }
+        if let Some(&s) = made.get(&ts) {
+            return Ok(s);
+        }
+        let t = |&(start, end, next): &(u8, u8, u32)| Transition { start, end, next: sid(next) };
+        let s = match &ts[..] {
+            [one] => self.push(S::Range(t(one)))?,
+            _ => self.push(S::Sparse(ts.iter().map(t).collect()))?,
+        };
+        made.insert(ts, s);
+        Ok(s)
     }
 
     fn concat<T>(&mut self, xs: &[T], f: fn(&mut Self, &T) -> Result<Option<Frag>>) -> Result<Option<Frag>> {
@@ -816,6 +864,42 @@ mod tests {
 
     fn class(re: &str) -> Rx {
         Rx::hir(regex_syntax::parse(re).unwrap())
+    }
+
+    #[test]
+    fn unicode_classes_compile_to_their_utf8() {
+        // Classes whose ranges start and end on each side of every UTF-8 length boundary, and the JSON string's
+        // character; each compiled class must admit exactly its characters (one whole character, no more).
+        let classes = [
+            r#"[^"\\\x00-\x1F]"#,
+            r"[\x{7E}-\x{81}\x{7FE}-\x{801}\x{FFFE}-\x{10001}\x{10FFFE}-\x{10FFFF}]",
+            r"[^\x{80}-\x{7FF}]",
+            r"[α-ωА-я一-龥😀-🙏]",
+            r"\w",
+        ];
+        let mut probes: Vec<char> = Vec::new();
+        for b in [0u32, 0x1F, 0x20, 0x7E, 0x7F, 0x80, 0x81, 0x7FE, 0x7FF, 0x800, 0x801, 0xD7FF, 0xE000, 0xFFFE, 0xFFFF]
+        {
+            probes.extend(char::from_u32(b));
+        }
+        for b in [0x10000u32, 0x10001, 0x1F600, 0x1F64F, 0x1F650, 0x10FFFE, 0x10FFFF] {
+            probes.extend(char::from_u32(b));
+        }
+        probes.extend("\"\\aZ_9α ωАя一龥é".chars());
+        for re in classes {
+            let hir = regex_syntax::parse(re).unwrap();
+            let whole = Rx::concat(vec![Rx::hir(hir.clone()), Rx::literal(b"#")]);
+            let vm = PikeVM::new_from_nfa(whole.to_nfa(1 << 24).unwrap().unwrap()).unwrap();
+            let reference = regex_automata::meta::Regex::new(&format!("^(?:{re})$")).unwrap();
+            for &c in &probes {
+                let hay = format!("{c}#");
+                let got = vm.is_match(&mut vm.create_cache(), Input::new(&hay).anchored(Anchored::Yes));
+                assert_eq!(got, reference.is_match(&c.to_string()), "{re} on {c:?} (U+{:04X})", c as u32);
+            }
+            // Two characters, or half of one, are not one character.
+            let two = format!("{}{}#", probes[5], probes[5]);
+            assert!(!vm.is_match(&mut vm.create_cache(), Input::new(&two).anchored(Anchored::Yes)), "{re}");
+        }
     }
 
     #[test]
