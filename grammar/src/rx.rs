@@ -12,7 +12,7 @@
 //! shared piece is not even copied: it is compiled once and *called* ([`Program`]), so a schema's program holds
 //! each definition once; [`Rx::to_nfa`] builds a `regex-automata` NFA (copies only) for tests and tools.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use regex_automata::nfa::thompson::{self, Transition};
@@ -149,7 +149,7 @@ impl Rx {
     /// definition is used (the free JSON value nests two uses per level, so 2^depth); this one grows with what
     /// the program holds, which is what compiling it costs.
     pub fn weight(&self) -> usize {
-        self.weigh(&mut HashMap::new())
+        self.weigh(&mut HashMap::default())
     }
 
     /// [`Rx::weight`] beyond that of `parts` (pieces of this regex, counted as already in the program): what
@@ -313,9 +313,10 @@ pub(crate) enum S {
     /// An epsilon move (`HOLE` until patched).
     Empty(u32),
     Range(Transition),
-    /// Sorted, disjoint ranges.
-    Sparse(Vec<Transition>),
-    Union(Vec<u32>),
+    /// Sorted, disjoint ranges. (Boxed slices, not `Vec`s: a state is 24 bytes instead of 32, and programs run
+    /// to hundreds of thousands of states.)
+    Sparse(Box<[Transition]>),
+    Union(Box<[u32]>),
     Match,
     /// Enter the piece at `target`; its [`S::Return`] goes on at `ret` (programs only).
     Call {
@@ -373,11 +374,11 @@ impl Compiler {
     fn run(x: &Rx, limit: usize, call_min: Option<u32>) -> Result<Option<(Self, u32)>> {
         let mut c = Compiler {
             states: Vec::new(),
-            shared: HashMap::new(),
-            classes: HashMap::new(),
+            shared: HashMap::default(),
+            classes: HashMap::default(),
             limit,
             call_min,
-            called: HashMap::new(),
+            called: HashMap::default(),
         };
         let Some(f) = c.rx(x)? else { return Ok(None) };
         let m = c.push(S::Match)?;
@@ -505,7 +506,7 @@ impl Compiler {
                     }
                     None => exit,
                 };
-                let u = self.push(S::Union(vec![next, exit]))?;
+                let u = self.push(S::Union(Box::new([next, exit])))?;
                 self.patch(i.end, u);
                 Ok(Some(Frag { start: i.start, end: exit }))
             }
@@ -536,7 +537,7 @@ impl Compiler {
             return self.rx(&written);
         }
         let full = (1usize << n) - 1;
-        let at: Vec<u32> = (0..=full).map(|_| self.push(S::Union(Vec::new()))).collect::<Result<_>>()?;
+        let at: Vec<u32> = (0..=full).map(|_| self.push(S::Union(Box::default()))).collect::<Result<_>>()?;
         let exit = self.push(S::Empty(HOLE))?;
         // The first item: an other (when any matches) or a required one (each must match something).
         let mut entry = Vec::new();
@@ -574,13 +575,13 @@ impl Compiler {
                     self.patch(f.end, at[to]);
                     then.push(f.start);
                 }
-                let then = self.push(S::Union(then))?;
+                let then = self.push(S::Union(then.into()))?;
                 self.patch(s.end, then);
                 alts.push(s.start);
             }
-            self.states[at[set] as usize] = S::Union(alts);
+            self.states[at[set] as usize] = S::Union(alts.into());
         }
-        let start = self.push(S::Union(entry))?;
+        let start = self.push(S::Union(entry.into()))?;
         Ok(Some(Frag { start, end: exit }))
     }
 
@@ -597,7 +598,7 @@ impl Compiler {
                     return self.byte_class(cls.ranges().iter().map(|r| (r.start() as u8, r.end() as u8)).collect());
                 }
                 let key: Vec<(char, char)> = cls.ranges().iter().map(|r| (r.start(), r.end())).collect();
-                self.memo(|c| &mut c.classes, key, |c| c.utf8_class(cls))
+                self.memo(|c| &mut c.classes, key.clone(), |c| c.utf8_class(&key))
             }
             HirKind::Look(_) => Err(Error::unsupported("regex: anchors or look-arounds inside the pattern")),
             HirKind::Repetition(r) => self.repeat(r.min, r.max, |c| c.hir(&r.sub)),
@@ -627,22 +628,20 @@ impl Compiler {
         Ok(Some(Frag { start, end }))
     }
 
-    /// A Unicode class through `regex-automata`'s own compiler (its UTF-8 automata share suffixes), states moved
-    /// in here.
     /// A Unicode class as UTF-8: the trie of its `Utf8Sequence`s (sorted, so at each position two sequences'
     /// ranges are equal or disjoint: a node's ranges are one sparse state), its equal subtrees made once (suffix
     /// sharing). regex-automata's compiler builds the same automaton, but sets up tables of 10,000 entries per
     /// class to do it, which cost more than the class itself on schemas of many small classes (the undeclared
     /// keys of every object).
-    fn utf8_class(&mut self, c: &regex_syntax::hir::ClassUnicode) -> Result<Option<Frag>> {
+    fn utf8_class(&mut self, ranges: &[(char, char)]) -> Result<Option<Frag>> {
         const LEAF: usize = usize::MAX;
-        if c.ranges().is_empty() {
+        if ranges.is_empty() {
             return Ok(None);
         }
         // Trie nodes: each a sorted list of (byte range, child node or LEAF).
         let mut nodes: Vec<Vec<(u8, u8, usize)>> = vec![Vec::new()];
-        for r in c.ranges() {
-            for seq in regex_syntax::utf8::Utf8Sequences::new(r.start(), r.end()) {
+        for &(lo, hi) in ranges {
+            for seq in regex_syntax::utf8::Utf8Sequences::new(lo, hi) {
                 let bytes = seq.as_slice();
                 let mut at = 0;
                 for (i, b) in bytes.iter().enumerate() {
@@ -667,7 +666,7 @@ impl Compiler {
             }
         }
         let end = self.push(S::Empty(HOLE))?;
-        let mut made: HashMap<Vec<(u8, u8, u32)>, u32> = HashMap::new();
+        let mut made: HashMap<Vec<(u8, u8, u32)>, u32> = HashMap::default();
         let start = self.utf8_node(&nodes, 0, end, &mut made)?;
         Ok(Some(Frag { start, end }))
     }
@@ -768,7 +767,7 @@ impl Compiler {
                 // A loop: another copy (then back here) or on.
                 let body = take(self)?;
                 let exit = self.push(S::Empty(HOLE))?;
-                let u = self.push(S::Union(vec![body.start, exit]))?;
+                let u = self.push(S::Union(Box::new([body.start, exit])))?;
                 self.patch(body.end, u);
                 parts.push(Frag { start: u, end: exit });
             }
@@ -779,7 +778,7 @@ impl Compiler {
                 let mut prev_end = HOLE;
                 for _ in min..max {
                     let body = take(self)?;
-                    let u = self.push(S::Union(vec![body.start, done]))?;
+                    let u = self.push(S::Union(Box::new([body.start, done])))?;
                     if prev_end == HOLE {
                         entry = u;
                     } else {
@@ -810,7 +809,7 @@ impl Compiler {
     /// them at a state that matches nothing. They are unreachable from the start either way.
     fn fill_holes(&mut self) {
         let nowhere = self.states.len() as u32;
-        self.states.push(S::Sparse(Vec::new()));
+        self.states.push(S::Sparse(Box::default()));
         for s in &mut self.states {
             match s {
                 S::Empty(next) | S::Call { ret: next, .. } if *next == HOLE => *next = nowhere,
@@ -836,10 +835,10 @@ impl Compiler {
                     b.add_range(t).map_err(too_large)?;
                 }
                 S::Sparse(ts) => {
-                    b.add_sparse(ts).map_err(too_large)?;
+                    b.add_sparse(ts.into_vec()).map_err(too_large)?;
                 }
                 S::Union(alts) => {
-                    b.add_union(alts.into_iter().map(sid).collect()).map_err(too_large)?;
+                    b.add_union(alts.iter().map(|&a| sid(a)).collect()).map_err(too_large)?;
                 }
                 S::Match => {
                     b.add_match().map_err(too_large)?;
