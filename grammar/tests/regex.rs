@@ -299,3 +299,30 @@ fn objects_keep_any_order_when_a_member_is_a_large_object_in_any_order() {
 fn space_for_objects() -> Arc<TokenSpace> {
     byte_space(&["{\"", "\": ", ", \""])
 }
+
+#[test]
+fn undeclared_keys_are_any_key_but_the_declared_ones() {
+    // Undeclared keys are written as "not a declared name": past a name's first character (ASCII or not) any
+    // other character may follow, and a declared name takes its own schema, never the undeclared keys' one.
+    let space = space_for_objects();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "é": {"type": "integer"}, "ab": {"type": "integer"}},
+        "additionalProperties": {"type": "string"},
+    });
+    let g = schema_grammar(schema, true, &space);
+    for ok in [
+        r#"{"a": 1}"#,
+        r#"{"ü": "x"}"#,
+        r#"{"b": "x"}"#,
+        r#"{"abc": "x"}"#,
+        r#"{"éa": "x"}"#,
+        r#"{"é": 2}"#,
+        r#"{"😀": "x"}"#,
+    ] {
+        assert!(accepts_bytes(&g, ok.as_bytes()), "{ok}");
+    }
+    for bad in [r#"{"a": "x"}"#, r#"{"ab": "x"}"#, r#"{"é": "x"}"#, r#"{"b": 1}"#] {
+        assert!(!accepts_bytes(&g, bad.as_bytes()), "{bad}");
+    }
+}

@@ -753,7 +753,7 @@ fn key_except<'k>(cx: &Cx, names: impl Iterator<Item = &'k str>) -> Result<Rx> {
         return Ok(units);
     }
     /// The tree below `t`.
-    fn not(t: &Trie, units: &Rx, wide: &Rx) -> Rx {
+    fn not(t: &Trie, units: &Rx) -> Rx {
         let mut alts = Vec::new();
         if !t.end {
             alts.push(lit(""));
@@ -769,12 +769,12 @@ fn key_except<'k>(cx: &Cx, names: impl Iterator<Item = &'k str>) -> Result<Rx> {
                 taken.push(ClassUnicodeRange::new(c, c));
             }
         }
-        let mut other = if taken.iter().all(|r| r.end() <= '\x7F') {
-            // Names starting with ASCII only (nearly always): the other ASCII characters as bytes, and any
-            // character past ASCII as one piece shared by every node of every object.
+        let chars = if taken.iter().all(|r| r.end() <= '\x7F') {
+            // Names starting with ASCII only (nearly always): the other ASCII characters as runs, then all of
+            // Unicode past ASCII, written sorted and merged (negating a class of single characters canonicalizes
+            // them one pair at a time).
             let mut ascii = [true; 128];
             taken.iter().for_each(|r| (r.start() as usize..=r.end() as usize).for_each(|c| ascii[c] = false));
-            // As maximal runs (ClassBytes::new merges single bytes one pair at a time).
             let mut ranges = Vec::new();
             let mut c = 0;
             while c < 128 {
@@ -783,17 +783,18 @@ fn key_except<'k>(cx: &Cx, names: impl Iterator<Item = &'k str>) -> Result<Rx> {
                     while c < 128 && ascii[c] {
                         c += 1;
                     }
-                    ranges.push(regex_syntax::hir::ClassBytesRange::new(start as u8, c as u8 - 1));
+                    ranges.push(ClassUnicodeRange::new(start as u8 as char, (c - 1) as u8 as char));
                 }
                 c += 1;
             }
-            let class = regex_syntax::hir::ClassBytes::new(ranges);
-            vec![of(Hir::class(regex_syntax::hir::Class::Bytes(class))), wide.clone()]
+            ranges.push(ClassUnicodeRange::new('\u{80}', '\u{10FFFF}'));
+            ClassUnicode::new(ranges)
         } else {
             let mut chars = ClassUnicode::new(taken);
             chars.negate();
-            vec![of(Hir::class(regex_syntax::hir::Class::Unicode(chars)))]
+            chars
         };
+        let mut other = vec![of(Hir::class(regex_syntax::hir::Class::Unicode(chars)))];
         let escs: Vec<u8> =
             b"\"\\bfnrt".iter().copied().filter(|&e| !t.kids.iter().any(|(u, _)| u.as_bytes() == [b'\\', e])).collect();
         if !escs.is_empty() {
@@ -804,9 +805,9 @@ fn key_except<'k>(cx: &Cx, names: impl Iterator<Item = &'k str>) -> Result<Rx> {
         alts.push(cat(vec![alt(other), units.clone()]));
         // The text: the class of the other characters, the escapes, the key units, each name's unit and subtree.
         for (u, kid) in &t.kids {
-            alts.push(cat(vec![lit(u), not(kid, units, wide)]));
+            alts.push(cat(vec![lit(u), not(kid, units)]));
         }
         alt(alts)
     }
-    Ok(not(&root, &units, &parsed(cx, r"[\x{80}-\x{10FFFF}]")?))
+    Ok(not(&root, &units))
 }
