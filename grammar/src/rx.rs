@@ -143,7 +143,7 @@ impl Rx {
         self.to_program_calling(size_limit, Program::CALL_MIN)
     }
 
-    /// About the size of this regex's [`Program`], as regex text would weigh it: a shared piece counts in
+    /// About the size of the program this regex compiles to, as regex text would weigh it: a shared piece counts in
     /// full once, and at each further use as much as the program spends there (a copy when it is small, a call
     /// when it is large). A written-out weight, which counts every use in full, grows with how often a
     /// definition is used (the free JSON value nests two uses per level, so 2^depth); this one grows with what

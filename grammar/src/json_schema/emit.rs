@@ -634,8 +634,9 @@ fn without_others_keys(x: &Node, i: usize, xs: &[Node]) -> Option<Node> {
 /// Most required members a lenient object takes in any order (the NFA follows which are written: 2^n sets).
 const MAX_FREE_ORDER: usize = Rx::MAX_UNORDERED;
 
-/// Largest weight of those sets' copies; bigger objects keep the schema's order (nested objects multiply the
-/// cost, and one big object in free order can push a whole schema past [`MAX_REGEX`]).
+/// Most that taking its members in any order may add to an object ([`Rx::weight_around`]: the copies and calls of
+/// its members at each set written, its members themselves not counted, so an object is not charged again for
+/// members that are any-order objects themselves); past it the object keeps the schema's order.
 const MAX_FREE_ORDER_WEIGHT: usize = 64 << 10;
 
 /// Whether an object declares keys (forbidden ones, `Never`, do not count): strict mode then takes no others.
