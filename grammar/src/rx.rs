@@ -598,7 +598,7 @@ impl Compiler {
                     return self.byte_class(cls.ranges().iter().map(|r| (r.start() as u8, r.end() as u8)).collect());
                 }
                 let key: Vec<(char, char)> = cls.ranges().iter().map(|r| (r.start(), r.end())).collect();
-                self.memo(|c| &mut c.classes, key.clone(), |c| c.utf8_class(&key))
+                self.memo(|c| &mut c.classes, key, |c| c.utf8_class(cls))
             }
             HirKind::Look(_) => Err(Error::unsupported("regex: anchors or look-arounds inside the pattern")),
             HirKind::Repetition(r) => self.repeat(r.min, r.max, |c| c.hir(&r.sub)),
@@ -633,15 +633,15 @@ impl Compiler {
     /// sharing). regex-automata's compiler builds the same automaton, but sets up tables of 10,000 entries per
     /// class to do it, which cost more than the class itself on schemas of many small classes (the undeclared
     /// keys of every object).
-    fn utf8_class(&mut self, ranges: &[(char, char)]) -> Result<Option<Frag>> {
+    fn utf8_class(&mut self, class: &regex_syntax::hir::ClassUnicode) -> Result<Option<Frag>> {
         const LEAF: usize = usize::MAX;
-        if ranges.is_empty() {
+        if class.ranges().is_empty() {
             return Ok(None);
         }
         // Trie nodes: each a sorted list of (byte range, child node or LEAF).
         let mut nodes: Vec<Vec<(u8, u8, usize)>> = vec![Vec::new()];
-        for &(lo, hi) in ranges {
-            for seq in regex_syntax::utf8::Utf8Sequences::new(lo, hi) {
+        for r in class.ranges() {
+            for seq in regex_syntax::utf8::Utf8Sequences::new(r.start(), r.end()) {
                 let bytes = seq.as_slice();
                 let mut at = 0;
                 for (i, b) in bytes.iter().enumerate() {
