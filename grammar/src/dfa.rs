@@ -22,6 +22,13 @@ use crate::rx::{Program, S};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct State(u32);
 
+impl State {
+    /// The state's number: states are numbered densely from 0 as they are made.
+    pub(crate) fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// The state with no threads: nothing more can be read.
 pub(crate) const DEAD: State = State(0);
 
@@ -66,6 +73,9 @@ pub(crate) struct Cache {
     seen: FxHashSet<Thread>,
     todo: Vec<Thread>,
     out: Vec<Thread>,
+    /// Buffers of [`Dfa::make_transitions`]: per class, the threads it moves and the last thread that did.
+    moved: Vec<Vec<Thread>>,
+    last: Vec<u32>,
 }
 
 impl Dfa {
@@ -115,6 +125,8 @@ impl Dfa {
             seen: FxHashSet::default(),
             todo: Vec::new(),
             out: Vec::new(),
+            moved: Vec::new(),
+            last: Vec::new(),
         };
         let dead = cache.add(Arc::from(Vec::new()), false, self.stride);
         debug_assert_eq!(dead, DEAD.0);
@@ -139,25 +151,69 @@ impl Dfa {
     /// The state after `b` in `s` ([`DEAD`] when no thread reads `b`).
     pub(crate) fn next(&self, cache: &mut Cache, s: State, b: u8) -> Result<State, Full> {
         let at = s.0 as usize * self.stride + self.classes[b as usize] as usize;
-        if cache.table[at] != UNKNOWN {
-            return Ok(State(cache.table[at]));
+        if cache.table[at] == UNKNOWN {
+            self.make_transitions(cache, s, b)?;
         }
+        Ok(State(cache.table[at]))
+    }
+
+    /// Makes the transition of `s` on `b`, and with it those of every class that moves the same threads (they
+    /// lead to the same state) or none. A state's classes fall into a few such sets (text, a quote, an escape,
+    /// the letters that go on with a declared name) against dozens of classes, and a mask asks for most of
+    /// them: closing once per class was most of the time of a new state's first mask.
+    fn make_transitions(&self, cache: &mut Cache, s: State, b: u8) -> Result<(), Full> {
         let threads = cache.threads[s.0 as usize].clone();
-        cache.todo.clear();
-        // Pushed in reverse, so threads are followed in order (the set is sorted anyway).
-        for &(stack, q) in threads.iter().rev() {
-            let next = match &self.prog.states[q as usize] {
-                S::Range(t) => (t.start <= b && b <= t.end).then_some(t.next),
-                S::Sparse(ts) => ts.iter().find(|t| t.start <= b && b <= t.end).map(|t| t.next),
-                _ => None,
+        let mut moved = std::mem::take(&mut cache.moved);
+        moved.resize_with(self.stride, Vec::new);
+        moved.iter_mut().for_each(Vec::clear);
+        // The threads each class moves, in the state's (sorted) order. A thread moves on a class at most once,
+        // by the first of its transitions that reads it (as `next` on one byte would): `last` is the thread a
+        // class last moved.
+        let mut last = std::mem::take(&mut cache.last);
+        last.clear();
+        last.resize(self.stride, u32::MAX);
+        for (i, &(stack, q)) in threads.iter().enumerate() {
+            let ts = match &self.prog.states[q as usize] {
+                S::Range(t) => std::slice::from_ref(t),
+                S::Sparse(ts) => &ts[..],
+                _ => continue,
             };
-            if let Some(n) = next {
-                cache.todo.push((stack, n.as_u32()));
+            for t in ts {
+                // Class boundaries fall on every transition's ends, so a transition reads whole classes.
+                for c in self.classes[t.start as usize] as usize..=self.classes[t.end as usize] as usize {
+                    if last[c] != i as u32 {
+                        last[c] = i as u32;
+                        moved[c].push((stack, t.next.as_u32()));
+                    }
+                }
             }
         }
-        let t = self.close(cache)?;
-        cache.table[at] = t.0;
-        Ok(t)
+        let row = s.0 as usize * self.stride;
+        let want = self.classes[b as usize] as usize;
+        let mut result = Ok(());
+        if !moved[want].is_empty() {
+            cache.todo.clear();
+            // Pushed in reverse, so threads are followed in order.
+            cache.todo.extend(moved[want].iter().rev());
+            match self.close(cache) {
+                Ok(t) => {
+                    for (c, m) in moved.iter().enumerate() {
+                        if *m == moved[want] {
+                            cache.table[row + c] = t.0;
+                        }
+                    }
+                }
+                Err(full) => result = Err(full),
+            }
+        }
+        for (c, m) in moved.iter().enumerate() {
+            if m.is_empty() {
+                cache.table[row + c] = DEAD.0;
+            }
+        }
+        cache.moved = moved;
+        cache.last = last;
+        result
     }
 
     /// Whether `s` holds the program's match state (reached after the whole output).

@@ -1,6 +1,5 @@
 //! A compiled constraint: a lazily built byte-level DFA plus the vocabulary, with token masks cached per DFA state.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -74,10 +73,11 @@ pub(crate) fn whole_output(h: Hir) -> Result<Hir> {
     Ok(h)
 }
 
-/// What [`Grammar`] keeps behind its lock: the lazy DFA's cache and, per state met in a mask's walk, how it loops.
+/// What [`Grammar`] keeps behind its lock: the lazy DFA's cache and, per state met in a mask's walk, how it loops
+/// (indexed by state: a mask's walk asks it of thousands of states).
 struct Lazy {
     cache: Cache,
-    uniform: HashMap<State, Uniform>,
+    uniform: Vec<Option<Uniform>>,
 }
 
 /// Where every character of a kind leads a state, when they all lead to the same one.
@@ -150,7 +150,7 @@ impl Grammar {
             .map_err(|_| Error::too_large("the constraint's start state is past the DFA's cache limit"))?;
         Ok(Self {
             dfa,
-            cache: Mutex::new(Lazy { cache, uniform: HashMap::new() }),
+            cache: Mutex::new(Lazy { cache, uniform: Vec::new() }),
             start,
             exhausted: AtomicBool::new(false),
             space,
@@ -532,7 +532,7 @@ impl Grammar {
     /// Where every character of each kind leads `s`, when they all lead to one live state; worked out once per
     /// state.
     fn uniform(&self, lazy: &mut Lazy, s: State) -> Uniform {
-        if let Some(&u) = lazy.uniform.get(&s) {
+        if let Some(&Some(u)) = lazy.uniform.get(s.index()) {
             return u;
         }
         let cache = &mut lazy.cache;
@@ -552,7 +552,10 @@ impl Grammar {
         let text = plain.filter(|&to| self.text_leads_to(cache, s, to));
         let loops_but = back != 0 && back.count_ones() <= LOOP_BUT_MAX && self.text_leads_to(cache, s, s);
         let u = Uniform { plain, text, text_loop_but: if loops_but { back } else { 0 } };
-        lazy.uniform.insert(s, u);
+        if lazy.uniform.len() <= s.index() {
+            lazy.uniform.resize(s.index() + 1, None);
+        }
+        lazy.uniform[s.index()] = Some(u);
         u
     }
 
