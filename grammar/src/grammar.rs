@@ -411,32 +411,23 @@ impl Grammar {
         // for their own tokens.
         let mut kids: Vec<(usize, State, Option<State>, Loop)> = Vec::new();
         let mut partial: Vec<usize> = Vec::new();
-        let mut stack: Vec<(usize, State, usize)> = Vec::new();
-        let mut c = 1;
-        while c < last {
-            let len = match trie.nodes[c].byte {
-                0xC2..=0xDF => 2,
-                0xE0..=0xEF => 3,
-                0xF0..=0xF4 => 4,
-                _ => 1,
-            };
-            stack.push((c, s, len));
-            c = trie.nodes[c].end as usize;
-        }
-        while let Some((c, before, len)) = stack.pop() {
-            let node = trie.nodes[c];
-            match self.step(&mut lazy.cache, before, node.byte) {
-                Some(next) if (node.depth as usize) < len => {
-                    partial.push(c);
-                    let mut k = c + 1;
-                    while k < node.end as usize {
-                        stack.push((k, next, len));
-                        k = trie.nodes[k].end as usize;
-                    }
+        // The state before the node at each depth (1 to 4) of the current path.
+        let mut before = [s; 5];
+        let chars = &trie.first_chars;
+        let mut i = 0;
+        while i < chars.len() {
+            let e = chars[i];
+            let at = before[e.depth as usize - 1];
+            match self.step(&mut lazy.cache, at, e.byte) {
+                Some(next) if e.depth < e.len => {
+                    partial.push(e.node as usize);
+                    before[e.depth as usize] = next;
+                    i += 1;
                 }
                 next => {
                     let kind = next.map_or(Loop::No, |x| self.loop_kind(lazy, x));
-                    kids.push((c, before, next, kind));
+                    kids.push((e.node as usize, at, next, kind));
+                    i = e.skip as usize;
                 }
             }
         }

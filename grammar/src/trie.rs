@@ -27,6 +27,23 @@ pub struct TokenTrie {
     pub(crate) token_ids: Vec<u32>,
     /// The deepest node's depth (the longest token's length).
     pub(crate) max_depth: usize,
+    /// The nodes down to one whole character from the root (see [`CharNode`]), in depth-first order.
+    pub(crate) first_chars: Vec<CharNode>,
+}
+
+/// A node of the trie at most one whole UTF-8 character down from the root: a byte that is ASCII or starts no
+/// character counts as one. A mask starting at a state that loops on nothing takes its first character from
+/// these (`Grammar::split_root`): a flat list read in order, where the trie's own siblings are scattered over
+/// megabytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CharNode {
+    pub node: u32,
+    /// The index in [`TokenTrie::first_chars`] past this node's entries below it.
+    pub skip: u32,
+    pub byte: u8,
+    pub depth: u8,
+    /// The length of the character this node's path starts (its depth when the character is whole).
+    pub len: u8,
 }
 
 impl TokenTrie {
@@ -77,7 +94,55 @@ impl TokenTrie {
         }
         let end = nodes.len() as u32;
         nodes.push(Node { byte: 0, depth: 0, end: end + 1, first_token: token_ids.len() as u32 });
-        Self { nodes, token_ids, max_depth }
+        let mut trie = Self { nodes, token_ids, max_depth, first_chars: Vec::new() };
+        trie.first_chars = trie.char_nodes();
+        trie
+    }
+
+    /// [`TokenTrie::first_chars`].
+    fn char_nodes(&self) -> Vec<CharNode> {
+        let mut out: Vec<CharNode> = Vec::new();
+        // (node, the character's length), children pushed in reverse to come out in order; a node's entry is
+        // closed (its `skip` set) when its subtree's entries are done, marked by `None`.
+        let mut stack: Vec<Option<(usize, u8)>> = Vec::new();
+        let mut open: Vec<usize> = Vec::new();
+        let push_children = |stack: &mut Vec<Option<(usize, u8)>>, i: usize, len: Option<u8>| {
+            let mut kids = Vec::new();
+            let mut c = i + 1;
+            while c < self.nodes[i].end as usize {
+                let len = len.unwrap_or(match self.nodes[c].byte {
+                    0xC2..=0xDF => 2,
+                    0xE0..=0xEF => 3,
+                    0xF0..=0xF4 => 4,
+                    _ => 1,
+                });
+                kids.push(Some((c, len)));
+                c = self.nodes[c].end as usize;
+            }
+            stack.extend(kids.into_iter().rev());
+        };
+        push_children(&mut stack, 0, None);
+        while let Some(top) = stack.pop() {
+            let Some((c, len)) = top else {
+                let at = open.pop().expect("an open entry per marker");
+                out[at].skip = out.len() as u32;
+                continue;
+            };
+            let depth = self.nodes[c].depth;
+            out.push(CharNode {
+                node: c as u32,
+                skip: out.len() as u32 + 1,
+                byte: self.nodes[c].byte,
+                depth: depth as u8,
+                len,
+            });
+            if (depth as u8) < len {
+                open.push(out.len() - 1);
+                stack.push(None);
+                push_children(&mut stack, c, Some(len));
+            }
+        }
+        out
     }
 
     /// Nodes, the root included.
@@ -172,5 +237,43 @@ mod tests {
         assert_eq!(trie.nodes[b].depth, 1);
         assert_eq!(trie.max_depth, 3);
         assert_eq!(trie.node_count(), 8);
+    }
+
+    #[test]
+    fn first_chars_stop_at_one_whole_character() {
+        // "é" is C3 A9, "日" E6 97 A5; 0xFF starts no character.
+        let words = ["a", "ab", "é", "éa", "日本"];
+        let mut toks: Vec<Option<Vec<u8>>> = words.iter().map(|t| Some(t.as_bytes().to_vec())).collect();
+        toks.push(Some(vec![0xFF, b'x']));
+        let trie = TokenTrie::new(&Vocabulary::from_bytes(toks, &[]));
+        let got: Vec<(Vec<u8>, u8, u8, usize)> = trie
+            .first_chars
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                // The path's bytes: the node's ancestors are the entries above it at lower depths.
+                let mut path = vec![e.byte];
+                let mut d = e.depth;
+                for f in trie.first_chars[..i].iter().rev() {
+                    if f.depth + 1 == d {
+                        path.insert(0, f.byte);
+                        d = f.depth;
+                    }
+                }
+                (path, e.depth, e.len, e.skip as usize - i)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (b"a".to_vec(), 1, 1, 1),
+                (vec![0xC3], 1, 2, 2),
+                (vec![0xC3, 0xA9], 2, 2, 1),
+                (vec![0xE6], 1, 3, 3),
+                (vec![0xE6, 0x97], 2, 3, 2),
+                (vec![0xE6, 0x97, 0xA5], 3, 3, 1),
+                (vec![0xFF], 1, 1, 1),
+            ]
+        );
     }
 }
