@@ -32,8 +32,13 @@ impl State {
 /// The state with no threads: nothing more can be read.
 pub(crate) const DEAD: State = State(0);
 
-/// A transition not made yet.
+/// A transition not made yet, of a state whose classes are not grouped yet (see [`Dfa::make_transitions`]).
 const UNKNOWN: u32 = u32::MAX;
+
+/// Table entries above this are transitions not made yet: [`UNKNOWN`], or `PENDING - g` for one of group `g`.
+const LAST_STATE: u32 = u32::MAX - 258;
+/// A transition not made yet of group 0; group `g` is `PENDING - g` (a state has at most 256 classes).
+const PENDING: u32 = u32::MAX - 1;
 
 /// The most stacked calls a thread may hold (calls nest as deep as definitions do; this only bounds a program
 /// gone wrong).
@@ -54,7 +59,7 @@ pub(crate) struct Dfa {
 
 /// The states made so far and their transitions; one per grammar, behind its lock.
 pub(crate) struct Cache {
-    /// `state * stride + class` to the next state, or [`UNKNOWN`].
+    /// `state * stride + class` to the next state, or a transition not made yet (above [`LAST_STATE`]).
     table: Vec<u32>,
     /// Each state's threads (sorted), and whether the program's match state is among them.
     threads: Vec<Arc<[Thread]>>,
@@ -73,7 +78,7 @@ pub(crate) struct Cache {
     seen: FxHashSet<Thread>,
     todo: Vec<Thread>,
     out: Vec<Thread>,
-    /// Buffers of [`Dfa::make_transitions`]: per class, the threads it moves and the last thread that did.
+    /// Buffers of [`Dfa::group_classes`]: per class, the threads it moves and the last thread that did.
     moved: Vec<Vec<Thread>>,
     last: Vec<u32>,
 }
@@ -145,30 +150,67 @@ impl Dfa {
     #[inline]
     pub(crate) fn known(&self, cache: &Cache, s: State, b: u8) -> Option<State> {
         let t = cache.table[s.0 as usize * self.stride + self.classes[b as usize] as usize];
-        (t != UNKNOWN).then_some(State(t))
+        (t <= LAST_STATE).then_some(State(t))
     }
 
     /// The state after `b` in `s` ([`DEAD`] when no thread reads `b`).
     pub(crate) fn next(&self, cache: &mut Cache, s: State, b: u8) -> Result<State, Full> {
         let at = s.0 as usize * self.stride + self.classes[b as usize] as usize;
-        if cache.table[at] == UNKNOWN {
+        if cache.table[at] > LAST_STATE {
             self.make_transitions(cache, s, b)?;
         }
         Ok(State(cache.table[at]))
     }
 
-    /// Makes the transition of `s` on `b`, and with it those of every class that moves the same threads (they
-    /// lead to the same state) or none. A state's classes fall into a few such sets (text, a quote, an escape,
-    /// the letters that go on with a declared name) against dozens of classes, and a mask asks for most of
-    /// them: closing once per class was most of the time of a new state's first mask.
+    /// Makes the transition of `s` on `b`, and with it those of every class of its group: classes that move the
+    /// same threads lead to the same state, so a group is closed once. A state's classes fall into a few groups
+    /// (text, a quote, an escape, the letters that go on with a declared name) against dozens of classes, and a
+    /// mask asks for most of them: closing once per class was most of the time of a new state's first mask.
+    ///
+    /// The first transition asked of a state groups its classes (one pass over its threads' transitions) and
+    /// writes each class's group into the table in place of the state (`PENDING - g`); classes that move no
+    /// thread lead to [`DEAD`] at once. Each group is closed when one of its classes is first asked for, so no
+    /// state is made that nothing reaches.
     fn make_transitions(&self, cache: &mut Cache, s: State, b: u8) -> Result<(), Full> {
+        let row = s.0 as usize * self.stride;
+        if cache.table[row + self.classes[b as usize] as usize] == UNKNOWN {
+            self.group_classes(cache, s);
+        }
+        let group = cache.table[row + self.classes[b as usize] as usize];
+        if group <= LAST_STATE {
+            return Ok(());
+        }
+        // The threads that read `b` (each by the first of its transitions that does, as a byte would).
+        let threads = cache.threads[s.0 as usize].clone();
+        cache.todo.clear();
+        // Pushed in reverse, so threads are followed in order.
+        for &(stack, q) in threads.iter().rev() {
+            let next = match &self.prog.states[q as usize] {
+                S::Range(t) => (t.start <= b && b <= t.end).then_some(t.next),
+                S::Sparse(ts) => ts.iter().find(|t| t.start <= b && b <= t.end).map(|t| t.next),
+                _ => None,
+            };
+            if let Some(n) = next {
+                cache.todo.push((stack, n.as_u32()));
+            }
+        }
+        let t = self.close(cache)?;
+        for entry in &mut cache.table[row..row + self.stride] {
+            if *entry == group {
+                *entry = t.0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes each class's group into `s`'s row (see [`Dfa::make_transitions`]).
+    fn group_classes(&self, cache: &mut Cache, s: State) {
         let threads = cache.threads[s.0 as usize].clone();
         let mut moved = std::mem::take(&mut cache.moved);
         moved.resize_with(self.stride, Vec::new);
         moved.iter_mut().for_each(Vec::clear);
-        // The threads each class moves, in the state's (sorted) order. A thread moves on a class at most once,
-        // by the first of its transitions that reads it (as `next` on one byte would): `last` is the thread a
-        // class last moved.
+        // The threads each class moves, in the state's order: a thread by the first of its transitions that
+        // reads the class (`last` is the thread a class last moved).
         let mut last = std::mem::take(&mut cache.last);
         last.clear();
         last.resize(self.stride, u32::MAX);
@@ -189,31 +231,18 @@ impl Dfa {
             }
         }
         let row = s.0 as usize * self.stride;
-        let want = self.classes[b as usize] as usize;
-        let mut result = Ok(());
-        if !moved[want].is_empty() {
-            cache.todo.clear();
-            // Pushed in reverse, so threads are followed in order.
-            cache.todo.extend(moved[want].iter().rev());
-            match self.close(cache) {
-                Ok(t) => {
-                    for (c, m) in moved.iter().enumerate() {
-                        if *m == moved[want] {
-                            cache.table[row + c] = t.0;
-                        }
-                    }
-                }
-                Err(full) => result = Err(full),
-            }
-        }
+        let mut groups: FxHashMap<&[Thread], u32> = FxHashMap::default();
         for (c, m) in moved.iter().enumerate() {
-            if m.is_empty() {
-                cache.table[row + c] = DEAD.0;
-            }
+            cache.table[row + c] = if m.is_empty() {
+                DEAD.0
+            } else {
+                let next = groups.len() as u32;
+                PENDING - *groups.entry(m.as_slice()).or_insert(next)
+            };
         }
+        drop(groups);
         cache.moved = moved;
         cache.last = last;
-        result
     }
 
     /// Whether `s` holds the program's match state (reached after the whole output).
@@ -309,5 +338,51 @@ impl Cache {
         self.stack_ids.insert((below, ret), id);
         self.bytes += 32;
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every transition made by group (see [`Dfa::make_transitions`]) is the state a byte on its own leads to:
+    /// the closure of the threads that read it, asked of states met in a lenient object (calls, declared names,
+    /// undeclared keys, Unicode classes), bytes in a scrambled order.
+    #[test]
+    fn transitions_made_by_group_equal_those_made_byte_by_byte() {
+        let schema = serde_json::json!({"type": "object", "properties": {
+            "name": {"type": "string", "maxLength": 3}, "nick": {"type": "string"},
+            "id": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+            "required": ["name", "id"]});
+        let opts = crate::json_schema::Options { strict_properties: false, ..Default::default() };
+        let rx = crate::json_schema::schema_to_rx(&schema, &opts).unwrap();
+        let dfa = Dfa::new(rx.to_program(1 << 26).unwrap().unwrap());
+        let mut cache = dfa.create_cache(1 << 26);
+        let mut todo = vec![dfa.start(&mut cache).unwrap()];
+        let mut seen: FxHashSet<State> = todo.iter().copied().collect();
+        while let Some(s) = todo.pop() {
+            if seen.len() > 400 {
+                break;
+            }
+            for b in (0..=255u8).map(|i| i.wrapping_mul(73).wrapping_add(41)) {
+                let got = dfa.next(&mut cache, s, b).unwrap();
+                let threads = cache.threads[s.0 as usize].clone();
+                cache.todo.clear();
+                for &(stack, q) in threads.iter().rev() {
+                    let next = match &dfa.prog.states[q as usize] {
+                        S::Range(t) => (t.start <= b && b <= t.end).then_some(t.next),
+                        S::Sparse(ts) => ts.iter().find(|t| t.start <= b && b <= t.end).map(|t| t.next),
+                        _ => None,
+                    };
+                    cache.todo.extend(next.map(|n| (stack, n.as_u32())));
+                }
+                let want = dfa.close(&mut cache).unwrap();
+                assert_eq!(got, want, "state {s:?} byte {b:#04x}");
+                if seen.insert(got) {
+                    todo.push(got);
+                }
+            }
+        }
+        assert!(seen.len() > 100, "{} states met", seen.len());
     }
 }
