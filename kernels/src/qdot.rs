@@ -17,6 +17,7 @@ use crate::quant::GgmlType;
 const QK: usize = 32;
 
 /// 32 activations as int8 with their scale (`x ≈ d * q`) and the sum of the `q` (for the types with an offset).
+/// As ggml's `block_q8_0`/`block_q8_1`, the scale is kept at f16 precision.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Q8Block {
     pub d: f32,
@@ -24,7 +25,9 @@ pub struct Q8Block {
     pub sum: i32,
 }
 
-/// Quantizes a row (a multiple of 32 long) to int8 blocks: `d = max|x| / 127`, `q = round(x / d)`.
+/// Quantizes a row (a multiple of 32 long) to int8 blocks as ggml's AVX2 `quantize_row_q8_0` does:
+/// `q = round_ties_even(x * 127 / max|x|)`, `d = max|x| / 127` rounded to f16. Rounding as llama.cpp does keeps
+/// our greedy outputs on its at near-ties (issue #21 compares them token for token).
 pub fn quantize_row_q8(x: &[f32]) -> Result<Vec<Q8Block>> {
     if !x.len().is_multiple_of(QK) {
         return Err(Error::invalid(format!("row of {} values is not a whole number of {QK}-blocks", x.len())));
@@ -38,15 +41,37 @@ pub fn quantize_row_q8(x: &[f32]) -> Result<Vec<Q8Block>> {
         .collect())
 }
 
-/// Rounds `values` to int8 with one scale, `d = max|x| / 127`, `q = round(x / d)`, into `qs`; returns `d`.
+/// Rounds `values` to int8 with one scale into `qs`; returns the scale (see [`quantize_row_q8`]).
 fn round_to_int8(values: &[f32], qs: &mut [i8]) -> f32 {
     let amax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
     for (q, v) in qs.iter_mut().zip(values) {
-        *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        *q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
     }
-    d
+    // A scale past f16's range (values above 8e6) stays f32 rather than become infinite.
+    Some(f16::from_f32(d)).filter(|h| h.is_finite()).map_or(d, f16::to_f32)
+}
+
+/// Rounds `values` to int8 as ggml's `quantize_row_q8_K`: the scale from the signed value of largest magnitude
+/// (`q = round_ties_even(-127 x / max)`, at most 127; `d = -max / 127`, negative when `max` is), kept f32.
+fn round_to_int8_k(values: &[f32], qs: &mut [i8]) -> f32 {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in values {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        qs.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (q, v) in qs.iter_mut().zip(values) {
+        *q = (iscale * v).round_ties_even().min(127.0) as i8;
+    }
+    1.0 / iscale
 }
 
 /// Values per K-quant super-block.
@@ -60,7 +85,7 @@ pub struct Q8KBlock {
     pub bsums: [i16; QK_K / 16],
 }
 
-/// Quantizes a row (a multiple of 256 long) to [`Q8KBlock`]s: `d = max|x| / 127`, `q = round(x / d)`.
+/// Quantizes a row (a multiple of 256 long) to [`Q8KBlock`]s as ggml's `quantize_row_q8_K` does.
 pub fn quantize_row_q8k(x: &[f32]) -> Result<Vec<Q8KBlock>> {
     if !x.len().is_multiple_of(QK_K) {
         return Err(Error::invalid(format!("row of {} values is not a whole number of {QK_K}-blocks", x.len())));
@@ -68,7 +93,7 @@ pub fn quantize_row_q8k(x: &[f32]) -> Result<Vec<Q8KBlock>> {
     Ok(x.chunks_exact(QK_K)
         .map(|b| {
             let mut blk = Q8KBlock { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] };
-            blk.d = round_to_int8(b, &mut blk.qs);
+            blk.d = round_to_int8_k(b, &mut blk.qs);
             for (sum, qs) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
                 *sum = qs.iter().map(|&q| q as i16).sum();
             }
@@ -536,7 +561,8 @@ pub(crate) mod tests {
                 assert!((portable as f64 - exact).abs() <= 1e-5 * scale, "{ty:?} portable {portable} vs {exact}");
                 assert!((fast as f64 - exact).abs() <= 1e-5 * scale, "{ty:?} kernel {fast} vs {exact}");
                 // Against the f32 dot of the dequantized weights with the unquantized activations: only the
-                // activations' rounding separates them (half a step of each block's scale per value).
+                // activations' rounding separates them (half a step of each block's scale per value, and the
+                // scale's own rounding to f16, at most 127 * 2^-11 of it).
                 let deq = crate::quant::dequantize(ty, &w, n * QK).unwrap();
                 let f32_dot: f64 = deq.iter().zip(&x).map(|(&u, &v)| u as f64 * v as f64).sum();
                 let bound: f64 = a
@@ -544,7 +570,7 @@ pub(crate) mod tests {
                     .enumerate()
                     .map(|(i, act)| {
                         let wabs: f64 = deq[i * QK..(i + 1) * QK].iter().map(|v| v.abs() as f64).sum();
-                        0.5 * act.d as f64 * wabs
+                        (0.5 + 127.0 / 2048.0) * act.d as f64 * wabs
                     })
                     .sum();
                 assert!(
@@ -591,7 +617,9 @@ pub(crate) mod tests {
                     .iter()
                     .enumerate()
                     .map(|(i, act)| {
-                        0.5 * act.d as f64 * deq[i * QK_K..(i + 1) * QK_K].iter().map(|v| v.abs() as f64).sum::<f64>()
+                        // The scale is negative when the largest value is positive (ggml's sign convention).
+                        0.5 * act.d.abs() as f64
+                            * deq[i * QK_K..(i + 1) * QK_K].iter().map(|v| v.abs() as f64).sum::<f64>()
                     })
                     .sum();
                 assert!(
