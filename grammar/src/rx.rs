@@ -40,6 +40,9 @@ enum Node {
         others: Option<Rx>,
         sep: Rx,
     },
+    /// `x`, which a program compiles once and calls wherever this node is used, however small (see
+    /// [`Rx::called`]).
+    Called(Rx),
 }
 
 impl Rx {
@@ -64,6 +67,13 @@ impl Rx {
     /// holds one copy and loops back to it through `sep`.
     pub fn list(item: Rx, sep: Rx) -> Self {
         Self(Arc::new(Node::List(item, sep)))
+    }
+
+    /// `x`, compiled once by a program and called at every use of this node whatever its size (shared pieces are
+    /// otherwise copied below [`Program::CALL_MIN`] states). For a small piece used at many places that must all
+    /// go on to the same state after it: the copies would each lead somewhere else. Regex text and NFAs copy it.
+    pub fn called(x: Rx) -> Self {
+        Self(Arc::new(Node::Called(x)))
     }
 
     /// See [`Rx::unordered`]: at most this many required items (2^n sets of them).
@@ -125,6 +135,7 @@ impl Rx {
                 });
                 Hir::alternation(orders)
             }
+            Node::Called(x) => x.to_hir()?,
         })
     }
 
@@ -183,6 +194,7 @@ impl Rx {
             }
             Node::List(item, sep) => sum(&mut [item, sep].into_iter()),
             Node::Unordered { required, others, sep } => sum(&mut required.iter().chain(others).chain([sep])),
+            Node::Called(x) => x.weight_at_most(cap),
         }
     }
 
@@ -197,6 +209,7 @@ impl Rx {
     fn weigh_again(&self, seen: &mut HashMap<usize, usize>) -> usize {
         let key = Arc::as_ptr(&self.0) as usize;
         match seen.get(&key) {
+            Some(_) if matches!(*self.0, Node::Called(_)) => CALL_WEIGHT,
             Some(&w) if w >= Program::CALL_MIN as usize => CALL_WEIGHT,
             Some(&w) => w,
             None => {
@@ -232,6 +245,7 @@ impl Rx {
                 let once = all(seen);
                 once.saturating_add(sets.saturating_mul(all(seen)))
             }
+            Node::Called(x) => x.weigh(seen).saturating_add(CALL_WEIGHT),
         }
     }
 
@@ -291,6 +305,7 @@ impl std::fmt::Debug for Rx {
             Node::Unordered { required, others, sep } => {
                 write!(f, "Unordered({required:?}, {others:?}, {sep:?})")
             }
+            Node::Called(x) => write!(f, "Called({x:?})"),
         }
     }
 }
@@ -462,6 +477,10 @@ impl Compiler {
     /// `x`, copied when it was compiled before (for pieces used more than once), or called in a program
     /// when it is large.
     fn again(&mut self, x: &Rx) -> Result<Option<Frag>> {
+        if matches!(*x.0, Node::Called(_)) {
+            // A call at every use (its body is compiled once, by `called`), never a copy of one.
+            return self.node(&x.0);
+        }
         let key = Arc::as_ptr(&x.0) as usize;
         if let Some(call_min) = self.call_min.filter(|_| !self.shared.contains_key(&key)) {
             if let Some(&target) = self.called.get(&key) {
@@ -482,6 +501,24 @@ impl Compiler {
             return self.call(f.start).map(Some);
         }
         self.memo(|c| &mut c.shared, key, |c| c.node(&x.0))
+    }
+
+    /// `x` called (compiled the first time), in a program; copied in an NFA.
+    fn called(&mut self, x: &Rx) -> Result<Option<Frag>> {
+        if self.call_min.is_none() {
+            return self.again(x);
+        }
+        let key = Arc::as_ptr(&x.0) as usize;
+        if let Some(&target) = self.called.get(&key) {
+            return target.map(|t| self.call(t)).transpose();
+        }
+        let Some(f) = self.node(&x.0)? else {
+            self.called.insert(key, None);
+            return Ok(None);
+        };
+        self.states[f.end as usize] = S::Return;
+        self.called.insert(key, Some(f.start));
+        self.call(f.start).map(Some)
     }
 
     /// A call of the piece starting at `target`.
@@ -513,6 +550,7 @@ impl Compiler {
                 Ok(Some(Frag { start: i.start, end: exit }))
             }
             Node::Unordered { required, others, sep } => self.unordered(required, others.as_ref(), sep),
+            Node::Called(x) => self.called(x),
         }
     }
 
@@ -922,6 +960,22 @@ mod tests {
         assert_eq!(members.weight_around(&[&big]), CALL_WEIGHT + 50 + 2 + 4 * (2 * CALL_WEIGHT + 2));
     }
 
+    #[test]
+    fn a_called_piece_is_compiled_once_however_small() {
+        let small = Rx::literal(b"ab");
+        let copies = Rx::concat((0..40).map(|_| small.clone()).collect());
+        let calls = Rx::concat((0..40).map(|_| Rx::called(small.clone())).collect());
+        let called = Rx::called(small.clone());
+        let shared_calls = Rx::concat((0..40).map(|_| called.clone()).collect());
+        let states = |x: &Rx| x.to_program(1 << 20).unwrap().unwrap().states.len();
+        // Copied: two byte states and an end per use. Called: the piece once, then a call and its return per use.
+        assert!(states(&copies) >= 40 * 3, "{}", states(&copies));
+        assert!(states(&shared_calls) <= 3 + 40 * 2 + 2, "{}", states(&shared_calls));
+        // Distinct `called` nodes over one piece share it as well.
+        assert!(states(&calls) <= 3 + 40 * 2 + 2, "{}", states(&calls));
+        assert_eq!(shared_calls.weight(), 2 + CALL_WEIGHT + 39 * CALL_WEIGHT);
+    }
+
     /// Trees over `a`, `b`, `é` with shared pieces (the same `Rx` used twice), lists, bounded and unbounded
     /// repetitions, and pieces that match nothing.
     fn tree() -> impl Strategy<Value = Rx> {
@@ -945,6 +999,11 @@ mod tests {
                 )),
                 (inner.clone(), inner.clone()).prop_map(|(x, sep)| Rx::list(x, sep)),
                 (inner.clone(), inner.clone()).prop_map(|(x, y)| Rx::concat(vec![x.clone(), y, x])),
+                // A piece called at every use, however small (from both branches of an alternation too).
+                (inner.clone(), inner.clone()).prop_map(|(x, y)| {
+                    let c = Rx::called(x);
+                    Rx::concat(vec![c.clone(), Rx::alternation(vec![c, y])])
+                }),
                 (prop::collection::vec(inner.clone(), 0..4), prop::option::of(inner.clone()), inner)
                     .prop_map(|(req, others, sep)| Rx::unordered(req, others, sep)),
             ]
