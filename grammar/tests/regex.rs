@@ -307,7 +307,8 @@ fn undeclared_keys_are_any_key_but_the_declared_ones() {
     let space = space_for_objects();
     let schema = serde_json::json!({
         "type": "object",
-        "properties": {"a": {"type": "integer"}, "é": {"type": "integer"}, "ab": {"type": "integer"}},
+        "properties": {"a": {"type": "integer"}, "é": {"type": "integer"}, "ab": {"type": "integer"},
+            "x\"y": {"type": "integer"}},
         "additionalProperties": {"type": "string"},
     });
     let g = schema_grammar(schema, true, &space);
@@ -319,10 +320,27 @@ fn undeclared_keys_are_any_key_but_the_declared_ones() {
         r#"{"éa": "x"}"#,
         r#"{"é": 2}"#,
         r#"{"😀": "x"}"#,
+        // Past a declared name's prefix: a character past ASCII, an escape, a name's own escape.
+        r#"{"aé": "x"}"#,
+        r#"{"ab😀c": "x"}"#,
+        r#"{"a\n": "x"}"#,
+        r#"{"x\"y": 3}"#,
+        r#"{"x\"": "x"}"#,
+        r#"{"x\n": "x"}"#,
+        r#"{"xé": "x"}"#,
     ] {
         assert!(accepts_bytes(&g, ok.as_bytes()), "{ok}");
     }
-    for bad in [r#"{"a": "x"}"#, r#"{"ab": "x"}"#, r#"{"é": "x"}"#, r#"{"b": 1}"#] {
+    for bad in [
+        r#"{"a": "x"}"#,
+        r#"{"ab": "x"}"#,
+        r#"{"é": "x"}"#,
+        r#"{"b": 1}"#,
+        r#"{"aé": 1}"#,
+        r#"{"a\n": 1}"#,
+        r#"{"x\"y": "x"}"#,
+        r#"{"x\"": 1}"#,
+    ] {
         assert!(!accepts_bytes(&g, bad.as_bytes()), "{bad}");
     }
 }

@@ -753,8 +753,20 @@ fn key_except<'k>(cx: &Cx, names: impl Iterator<Item = &'k str>) -> Result<Rx> {
     if root.kids.is_empty() && !root.end {
         return Ok(units);
     }
+    // Past ASCII every character starts an undeclared key at every node of ASCII names, as does every escape:
+    // that class is one piece the program calls from every node (then on to the key units as after the node's
+    // ASCII class), where a class of all but the node's next characters was compiled at every node of every name
+    // (a fifth of compiling schemas with many members). Called, not copied, so that every character of text
+    // leads a node to one state, as masks need (`Grammar::chain_mask`).
+    let non_ascii = ClassUnicode::new([ClassUnicodeRange::new('\u{80}', '\u{10FFFF}')]);
+    let escapes =
+        regex_syntax::hir::ClassBytes::new(b"\"\\bfnrt".iter().map(|&e| regex_syntax::hir::ClassBytesRange::new(e, e)));
+    let past_ascii = Rx::called(alt(vec![
+        of(Hir::class(regex_syntax::hir::Class::Unicode(non_ascii))),
+        cat(vec![lit("\\"), of(Hir::class(regex_syntax::hir::Class::Bytes(escapes)))]),
+    ]));
     /// The tree below `t`.
-    fn not(t: &Trie, units: &Rx) -> Rx {
+    fn not(t: &Trie, units: &Rx, past_ascii: &Rx) -> Rx {
         let mut alts = Vec::new();
         if !t.end {
             alts.push(lit(""));
@@ -770,10 +782,12 @@ fn key_except<'k>(cx: &Cx, names: impl Iterator<Item = &'k str>) -> Result<Rx> {
                 taken.push(ClassUnicodeRange::new(c, c));
             }
         }
-        let chars = if taken.iter().all(|r| r.end() <= '\x7F') {
-            // Names starting with ASCII only (nearly always): the other ASCII characters as runs, then all of
-            // Unicode past ASCII, written sorted and merged (negating a class of single characters canonicalizes
-            // them one pair at a time).
+        let escs: Vec<u8> =
+            b"\"\\bfnrt".iter().copied().filter(|&e| !t.kids.iter().any(|(u, _)| u.as_bytes() == [b'\\', e])).collect();
+        let first = if taken.iter().all(|r| r.end() <= '\x7F') && escs.len() == 7 {
+            // Names going on with ASCII only and no escape here (nearly always): the other ASCII characters as
+            // runs (built sorted and merged: negating a class of single characters canonicalizes them one pair at
+            // a time), or the shared piece past ASCII.
             let mut ascii = [true; 128];
             taken.iter().for_each(|r| (r.start() as usize..=r.end() as usize).for_each(|c| ascii[c] = false));
             let mut ranges = Vec::new();
@@ -788,27 +802,26 @@ fn key_except<'k>(cx: &Cx, names: impl Iterator<Item = &'k str>) -> Result<Rx> {
                 }
                 c += 1;
             }
-            ranges.push(ClassUnicodeRange::new('\u{80}', '\u{10FFFF}'));
-            ClassUnicode::new(ranges)
+            let ascii = of(Hir::class(regex_syntax::hir::Class::Unicode(ClassUnicode::new(ranges))));
+            alt(vec![ascii, past_ascii.clone()])
         } else {
             let mut chars = ClassUnicode::new(taken);
             chars.negate();
-            chars
+            let mut other = vec![of(Hir::class(regex_syntax::hir::Class::Unicode(chars)))];
+            if !escs.is_empty() {
+                let class = regex_syntax::hir::ClassBytes::new(
+                    escs.iter().map(|&e| regex_syntax::hir::ClassBytesRange::new(e, e)),
+                );
+                other.push(cat(vec![lit("\\"), of(Hir::class(regex_syntax::hir::Class::Bytes(class)))]));
+            }
+            alt(other)
         };
-        let mut other = vec![of(Hir::class(regex_syntax::hir::Class::Unicode(chars)))];
-        let escs: Vec<u8> =
-            b"\"\\bfnrt".iter().copied().filter(|&e| !t.kids.iter().any(|(u, _)| u.as_bytes() == [b'\\', e])).collect();
-        if !escs.is_empty() {
-            let class =
-                regex_syntax::hir::ClassBytes::new(escs.iter().map(|&e| regex_syntax::hir::ClassBytesRange::new(e, e)));
-            other.push(cat(vec![lit("\\"), of(Hir::class(regex_syntax::hir::Class::Bytes(class)))]));
-        }
-        alts.push(cat(vec![alt(other), units.clone()]));
+        alts.push(cat(vec![first, units.clone()]));
         // The text: the class of the other characters, the escapes, the key units, each name's unit and subtree.
         for (u, kid) in &t.kids {
-            alts.push(cat(vec![lit(u), not(kid, units)]));
+            alts.push(cat(vec![lit(u), not(kid, units, past_ascii)]));
         }
         alt(alts)
     }
-    Ok(not(&root, &units))
+    Ok(not(&root, &units, &past_ascii))
 }
