@@ -305,7 +305,9 @@ impl Dfa {
         };
         cache.out = out;
         let cost = threads.len() * 2 * std::mem::size_of::<Thread>() + self.stride * 4 + 64;
-        if cache.bytes + cost > cache.limit {
+        // (Ids above LAST_STATE mean "not made yet" in the table: a cache of that many states would be past any
+        // byte budget first, but the id space is checked as well.)
+        if cache.bytes + cost > cache.limit || cache.threads.len() > LAST_STATE as usize {
             return Err(Full);
         }
         cache.bytes += cost;
