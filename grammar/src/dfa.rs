@@ -173,17 +173,29 @@ impl Dfa {
     /// state is made that nothing reaches.
     fn make_transitions(&self, cache: &mut Cache, s: State, b: u8) -> Result<(), Full> {
         let row = s.0 as usize * self.stride;
-        if cache.table[row + self.classes[b as usize] as usize] == UNKNOWN {
+        let at = row + self.classes[b as usize] as usize;
+        if cache.table[at] == UNKNOWN {
             self.group_classes(cache, s);
         }
-        let group = cache.table[row + self.classes[b as usize] as usize];
+        let group = cache.table[at];
         if group <= LAST_STATE {
             return Ok(());
         }
-        // The threads that read `b` (each by the first of its transitions that does, as a byte would).
+        self.moved_by(cache, s, b);
+        let t = self.close(cache)?;
+        for entry in &mut cache.table[row..row + self.stride] {
+            if *entry == group {
+                *entry = t.0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `cache.todo` to the threads of `s` that read `b`, each moved by the first of its transitions that
+    /// does (pushed in reverse, so [`Dfa::close`] follows them in order).
+    fn moved_by(&self, cache: &mut Cache, s: State, b: u8) {
         let threads = cache.threads[s.0 as usize].clone();
         cache.todo.clear();
-        // Pushed in reverse, so threads are followed in order.
         for &(stack, q) in threads.iter().rev() {
             let next = match &self.prog.states[q as usize] {
                 S::Range(t) => (t.start <= b && b <= t.end).then_some(t.next),
@@ -194,13 +206,6 @@ impl Dfa {
                 cache.todo.push((stack, n.as_u32()));
             }
         }
-        let t = self.close(cache)?;
-        for entry in &mut cache.table[row..row + self.stride] {
-            if *entry == group {
-                *entry = t.0;
-            }
-        }
-        Ok(())
     }
 
     /// Writes each class's group into `s`'s row (see [`Dfa::make_transitions`]).
@@ -368,16 +373,7 @@ mod tests {
             }
             for b in (0..=255u8).map(|i| i.wrapping_mul(73).wrapping_add(41)) {
                 let got = dfa.next(&mut cache, s, b).unwrap();
-                let threads = cache.threads[s.0 as usize].clone();
-                cache.todo.clear();
-                for &(stack, q) in threads.iter().rev() {
-                    let next = match &dfa.prog.states[q as usize] {
-                        S::Range(t) => (t.start <= b && b <= t.end).then_some(t.next),
-                        S::Sparse(ts) => ts.iter().find(|t| t.start <= b && b <= t.end).map(|t| t.next),
-                        _ => None,
-                    };
-                    cache.todo.extend(next.map(|n| (stack, n.as_u32())));
-                }
+                dfa.moved_by(&mut cache, s, b);
                 let want = dfa.close(&mut cache).unwrap();
                 assert_eq!(got, want, "state {s:?} byte {b:#04x}");
                 if seen.insert(got) {
