@@ -50,6 +50,11 @@ fn main() {
                 drop(std::hint::black_box(q.matmul_t(x).unwrap()));
             }
         });
+        let ti = time(|| {
+            for (q, x) in quant.iter().zip(&xs) {
+                drop(std::hint::black_box(q.matmul_t_int(x).unwrap()));
+            }
+        });
         let tf = time(|| {
             for ((p, w), x) in dense.iter().zip(&xs) {
                 let y =
@@ -58,9 +63,10 @@ fn main() {
             }
         });
         println!(
-            "rows {m:>3}: blocks {:7.2} ms ({:5.1} GB/s of blocks) | f32 {:7.2} ms ({:5.1} GB/s) | {:.2}x",
+            "rows {m:>3}: blocks {:7.2} ms ({:5.1} GB/s of blocks), in integers {:7.2} ms | f32 {:7.2} ms ({:5.1} GB/s) | {:.2}x",
             tq * 1e3,
             qbytes / tq / 1e9,
+            ti * 1e3,
             tf * 1e3,
             fbytes / tf / 1e9,
             tf / tq

@@ -21,8 +21,17 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
+/// How [`rope_and_store`] rotates and stores.
+#[derive(Debug, Clone, Copy)]
+pub struct Rope {
+    /// Each head's pairs are adjacent (`2i, 2i + 1`: GGUF's order for Llama) rather than its halves (`i, i + d/2`).
+    pub adjacent: bool,
+    /// As llama.cpp: the rotation's fused multiply-adds, and K and V stored at f16 precision.
+    pub ggml: bool,
+}
+
 /// In place on `qkv` (`[t, (nh + 2 nkv) * d]`, contiguous f32): rotate the Q and K heads of row `i` by position
-/// `positions[i]` (HF rotate-half layout, tables `[max_pos, d / 2]`), then copy row `i`'s K and V heads into
+/// `positions[i]` (pairs as `rope` says, tables `[max_pos, d / 2]`), then copy row `i`'s K and V heads into
 /// `pool_k` / `pool_v` (`[slots, nkv, d]`) at `slots[i]`.
 ///
 /// The caller guarantees (as `Plan::new` checks): `positions` are inside the tables, `slots` are inside the pool
@@ -34,6 +43,7 @@ pub fn rope_and_store(
     slots: &[i64],
     (pool_k, pool_v): (&mut Tensor, &mut Tensor),
     h: Heads,
+    rope: Rope,
 ) {
     let d = h.head_dim;
     let half = d / 2;
@@ -62,15 +72,22 @@ pub fn rope_and_store(
         let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
         let rotated = (h.n_heads + h.n_kv_heads) * d;
         for head in row[..rotated].chunks_exact_mut(d) {
-            let (x1, x2) = head.split_at_mut(half);
             for j in 0..half {
-                let (a, b) = (x1[j], x2[j]);
-                x1[j] = a * c[j] - b * s[j];
-                x2[j] = b * c[j] + a * s[j];
+                let (u, v) = if rope.adjacent { (2 * j, 2 * j + 1) } else { (j, j + half) };
+                let (a, b) = (head[u], head[v]);
+                (head[u], head[v]) = if rope.ggml {
+                    crate::ggml_ops::rotate(a, b, c[j], s[j])
+                } else {
+                    (a * c[j] - b * s[j], b * c[j] + a * s[j])
+                };
             }
         }
         let slot = slots[i] as usize;
         let k_at = h.n_heads * d;
+        if rope.ggml {
+            // llama.cpp's cache holds K and V at f16.
+            crate::ggml_ops::f16_round_slice(&mut row[k_at..]);
+        }
         pk[slot * kv_width..(slot + 1) * kv_width].copy_from_slice(&row[k_at..k_at + kv_width]);
         pv[slot * kv_width..(slot + 1) * kv_width].copy_from_slice(&row[k_at + kv_width..k_at + 2 * kv_width]);
     }

@@ -30,6 +30,7 @@ mod cpu_attention;
 pub mod cpu_gemm;
 pub mod embed;
 mod error;
+pub mod ggml_ops;
 pub mod gguf;
 pub mod kv;
 mod linear;

@@ -37,7 +37,17 @@ impl Linear {
     /// Decode-sized inputs (up to [`crate::cpu_gemm::MAX_ROWS`] rows) with packed weights use the packed GEMM;
     /// quantized weights use [`QuantMatrix::matmul_t`]; everything else is libtorch's.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, false)
+    }
+
+    /// [`Self::forward`], with quantized weights in integers at every size ([`QuantMatrix::matmul_t_int`]).
+    pub fn forward_int(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, true)
+    }
+
+    fn forward_with(&self, x: &Tensor, int_always: bool) -> Result<Tensor> {
         let (y, b) = match self {
+            Self::Quant { q, b } if int_always => (q.matmul_t_int(x)?, b),
             Self::Quant { q, b } => (q.matmul_t(x)?, b),
             Self::Dense { w, b, packed } => {
                 let rows = x.size().first().copied().unwrap_or(0) as usize;

@@ -11,6 +11,11 @@
 //! (decode) sequences are padded to the longest context and done in one masked SDPA call; multi-token sequences
 //! get one causal SDPA call each. K/V of new tokens are written into the pool before attention reads it back.
 //! Logits are computed only for the rows asked for.
+//!
+//! With quantized weights on the CPU (`--weights quantized`), every step is instead computed as llama.cpp's CPU
+//! backend computes it, to the bit: the products in integers at every size ([`crate::qmatmul`]), the norms, rope,
+//! attention and SwiGLU of [`crate::ggml_ops`], K and V at f16 precision, and Llama's Q/K rows in the GGUF's
+//! order (rope pairs adjacent), since the attention's sums run over the head dimension in that order.
 
 use std::ops::Range;
 
@@ -89,6 +94,11 @@ pub struct LlamaModel {
     sin: Tensor,
     /// Use the fused CPU kernels of [`crate::cpu_attention`] (f32 on CPU only).
     fused: bool,
+    /// With quantized weights and the fused kernels: compute every step as llama.cpp's CPU backend does, to the
+    /// bit ([`crate::ggml_ops`]; the products in integers at every size).
+    ggml: bool,
+    /// Q and K rows keep GGUF's order, each head's rope pairs adjacent (`2i, 2i + 1`) rather than HF's halves.
+    interleaved: bool,
     /// libtorch threads of the thread that runs the model (0: one per core).
     threads: usize,
 }
@@ -105,12 +115,21 @@ impl LlamaModel {
     pub fn load(cfg: ModelConfig, src: &WeightSource, opts: LoadOptions, progress: Progress<'_>) -> Result<Self> {
         let (device, kind) = (opts.device, opts.kind);
         let is_gguf = matches!(src, WeightSource::Gguf(_));
-        let permute = is_gguf && gguf_qk_permuted(cfg.arch);
-        let quantize = opts.weights == WeightFormat::Quantized
+        let quantize = matches!(opts.weights, WeightFormat::Quantized | WeightFormat::QuantizedF32Prefill)
             && is_gguf
             && device == Device::Cpu
             && kind == Kind::Float
             && crate::qmatmul::available();
+        // Quantized weights follow llama.cpp's numerics (`ggml` below), which sums Q·K over the head dimension in
+        // the file's order: for the architectures whose GGUF interleaves each head's rope pairs, the rows stay
+        // so and the rope turns adjacent pairs. (The Llama 3 frequency scaling is not reproduced: such models
+        // keep the HF order and the f64 tables.)
+        let ggml_wanted = quantize
+            && opts.weights == WeightFormat::Quantized
+            && cfg.rope_scaling.is_none()
+            && crate::ggml_ops::available();
+        let interleaved = ggml_wanted && is_gguf && gguf_qk_permuted(cfg.arch);
+        let permute = is_gguf && gguf_qk_permuted(cfg.arch) && !interleaved;
         let total = cfg.num_layers + 2;
         let put = |t: Tensor| -> Result<Tensor> { Ok(t.f_to_kind(kind)?.f_to_device(device)?) };
         let load = |name: &str, heads: Option<usize>, shape: &[usize]| -> Result<Tensor> {
@@ -201,10 +220,24 @@ impl LlamaModel {
         } else {
             None
         };
-        let (cos, sin) = rope_tables(&cfg, freq_factors.as_deref())?;
+        let ggml = ggml_wanted && layers.first().is_some_and(|l| matches!(l.gate_up, Linear::Quant { .. }));
+        let (cos, sin) = if ggml_wanted {
+            let (c, s) = crate::ggml_ops::rope_tables(
+                cfg.rope_theta as f32,
+                cfg.head_dim,
+                cfg.max_position_embeddings.max(1),
+                freq_factors.as_deref(),
+            );
+            let shape = [cfg.max_position_embeddings.max(1) as i64, (cfg.head_dim / 2) as i64];
+            (Tensor::from_slice(&c).view(shape), Tensor::from_slice(&s).view(shape))
+        } else {
+            rope_tables(&cfg, freq_factors.as_deref())?
+        };
         progress(total, total);
         Ok(Self {
             fused: device == Device::Cpu && kind == Kind::Float,
+            ggml,
+            interleaved,
             threads: 0,
             device,
             kind,
@@ -263,6 +296,11 @@ impl LlamaModel {
         self.fused = on && self.device == Device::Cpu && self.kind == Kind::Float;
     }
 
+    /// Whether steps are computed as llama.cpp computes them (quantized weights with the fused CPU kernels).
+    pub fn ggml_numerics(&self) -> bool {
+        self.ggml && self.fused
+    }
+
     /// libtorch threads for the thread that runs the model (0: one per core); set on that thread at each step.
     pub fn set_threads(&mut self, n: usize) {
         self.threads = n;
@@ -304,6 +342,7 @@ impl LlamaModel {
             let hidden = self.forward_planned(kv, &plan)?;
             let width = if logits { self.cfg.vocab_size } else { self.cfg.hidden_size };
             let tensor = match hidden.tensor {
+                Some(h) if logits && self.ggml_numerics() => self.lm_head.forward_int(&h)?,
                 Some(h) if logits => self.lm_head.forward(&h)?.f_to_kind(Kind::Float)?,
                 Some(h) => h.f_to_kind(Kind::Float)?,
                 None => Tensor::zeros([0, width as i64], (Kind::Float, self.device)),
@@ -332,9 +371,18 @@ impl LlamaModel {
                 self.sin.f_index_select(0, &plan.positions)?.unsqueeze(1),
             ))
         };
+        let ggml = self.ggml_numerics();
+        let norm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            if ggml {
+                rms_norm_ggml(x, w, eps as f32)
+            } else {
+                Ok(x.f_rms_norm([h_dim], Some(w), eps)?)
+            }
+        };
+        let linear = |m: &Linear, x: &Tensor| if ggml { m.forward_int(x) } else { m.forward(x) };
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = x.f_rms_norm([h_dim], Some(&layer.attn_norm), eps)?;
-            let mut qkv = layer.qkv.forward(&h)?.contiguous();
+            let h = norm(&x, &layer.attn_norm)?;
+            let mut qkv = linear(&layer.qkv, &h)?.contiguous();
             let heads =
                 crate::cpu_attention::Heads { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
             let (q, k, v) = if self.fused {
@@ -345,6 +393,7 @@ impl LlamaModel {
                     &plan.write_host,
                     (&mut kv.k[l], &mut kv.v[l]),
                     heads,
+                    crate::cpu_attention::Rope { adjacent: self.interleaved, ggml },
                 );
                 (
                     qkv.narrow(1, 0, nh * d).view([t, nh, d]),
@@ -353,6 +402,7 @@ impl LlamaModel {
                 )
             } else {
                 let (cos, sin) = rope_rows.as_ref().expect("computed when not fused");
+                let rope = if self.interleaved { rope_adjacent } else { rope };
                 let q = rope(&qkv.narrow(1, 0, nh * d).view([t, nh, d]), cos, sin);
                 let k = rope(&qkv.narrow(1, nh * d, nkv * d).view([t, nkv, d]), cos, sin);
                 let v = qkv.narrow(1, (nh + nkv) * d, nkv * d).view([t, nkv, d]);
@@ -361,7 +411,10 @@ impl LlamaModel {
                 (q, k, v)
             };
             let mut outs: Vec<Tensor> = Vec::with_capacity(1 + plan.prefills.len());
-            if let Some(dec) = &plan.decode {
+            if ggml {
+                outs.push(attention_ggml(&qkv, (&kv.k[l], &kv.v[l]), plan, heads));
+            }
+            if let Some(dec) = plan.decode.as_ref().filter(|_| !ggml) {
                 let b = dec.n_seqs;
                 if self.fused {
                     outs.push(crate::cpu_attention::decode_attention(
@@ -383,7 +436,7 @@ impl LlamaModel {
                     outs.push(o.reshape([b, nh * d]));
                 }
             }
-            for p in &plan.prefills {
+            for p in plan.prefills.iter().filter(|_| !ggml) {
                 let qp = q.narrow(0, p.start, p.len).transpose(0, 1).unsqueeze(0);
                 let (kp, vp) = match &p.gather {
                     None => (k.narrow(0, p.start, p.len), v.narrow(0, p.start, p.len)),
@@ -404,19 +457,71 @@ impl LlamaModel {
                 outs.push(o.squeeze_dim(0).transpose(0, 1).reshape([p.len, nh * d]));
             }
             let attn = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::f_cat(&outs, 0)? };
-            x += layer.wo.forward(&attn)?;
-            let h = x.f_rms_norm([h_dim], Some(&layer.ffn_norm), eps)?;
-            let gu = layer.gate_up.forward(&h)?;
+            x += linear(&layer.wo, &attn)?;
+            let h = norm(&x, &layer.ffn_norm)?;
+            let gu = linear(&layer.gate_up, &h)?;
             let inter = c.intermediate_size as i64;
-            let act = gu.narrow(1, 0, inter).silu() * gu.narrow(1, inter, inter);
-            x += layer.down.forward(&act)?;
+            let act = if ggml {
+                swiglu_ggml(&gu, inter as usize)
+            } else {
+                gu.narrow(1, 0, inter).silu() * gu.narrow(1, inter, inter)
+            };
+            x += linear(&layer.down, &act)?;
         }
         let tensor = match &plan.logit_rows {
-            Some(r) => Some(x.f_index_select(0, r)?.f_rms_norm([h_dim], Some(&self.norm), eps)?),
+            Some(r) => Some(norm(&x.f_index_select(0, r)?, &self.norm)?),
             None => None,
         };
         Ok(HiddenRows { tensor, rows: plan.out_rows.clone() })
     }
+}
+
+/// [`crate::ggml_ops::rms_norm`] of the rows of `x` (contiguous f32 on the CPU) times `w`.
+fn rms_norm_ggml(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let (x, w) = (x.contiguous(), w.contiguous());
+    let y = x.empty_like();
+    let (n, k) = (x.numel(), w.numel());
+    // SAFETY: contiguous f32 CPU tensors (the ggml path runs only there) of n and k values; `y` is fresh.
+    let (xs, ws, ys) = unsafe {
+        (
+            std::slice::from_raw_parts(x.data_ptr() as *const f32, n),
+            std::slice::from_raw_parts(w.data_ptr() as *const f32, k),
+            std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, n),
+        )
+    };
+    crate::ggml_ops::rms_norm(xs, ws, eps, ys);
+    Ok(y)
+}
+
+/// [`crate::ggml_ops::swiglu`] of `gu` (`[rows, 2 inter]`, gate then up).
+fn swiglu_ggml(gu: &Tensor, inter: usize) -> Tensor {
+    let gu = gu.contiguous();
+    let rows = gu.size()[0];
+    let y = Tensor::empty([rows, inter as i64], (Kind::Float, Device::Cpu));
+    // SAFETY: `gu` is contiguous f32 on the CPU with rows * 2 inter values; `y` is fresh with rows * inter.
+    let (g, ys) = unsafe {
+        (
+            std::slice::from_raw_parts(gu.data_ptr() as *const f32, gu.numel()),
+            std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, rows as usize * inter),
+        )
+    };
+    crate::ggml_ops::swiglu(g, inter, ys);
+    y
+}
+
+/// [`crate::ggml_ops::attention`] for every row of the step (the rows in the plan's order, as `qkv`'s).
+fn attention_ggml(qkv: &Tensor, (k, v): (&Tensor, &Tensor), plan: &Plan, h: crate::cpu_attention::Heads) -> Tensor {
+    // SAFETY: `qkv` and the pool's tensors are contiguous f32 on the CPU (the fused path's condition), only read.
+    let (q, pk, pv) = unsafe {
+        (
+            std::slice::from_raw_parts(qkv.data_ptr() as *const f32, qkv.numel()),
+            std::slice::from_raw_parts(k.data_ptr() as *const f32, k.numel()),
+            std::slice::from_raw_parts(v.data_ptr() as *const f32, v.numel()),
+        )
+    };
+    let order = crate::ggml_ops::DotOrder::for_step(plan.n_tokens as usize);
+    let out = crate::ggml_ops::attention(q, (pk, pv), &plan.attend_rows, &plan.attend_slots, h, order);
+    Tensor::from_slice(&out).view([plan.n_tokens, (h.n_heads * h.head_dim) as i64])
 }
 
 /// The final-normed hidden states of the rows a batch asked for.
@@ -439,6 +544,14 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let x1 = x.narrow(2, 0, half);
     let x2 = x.narrow(2, half, half);
     Tensor::cat(&[&x1 * cos - &x2 * sin, &x2 * cos + &x1 * sin], 2)
+}
+
+/// [`rope`] for heads whose pairs are adjacent (`[x0, x1, x2, x3..] -> [x0 cos - x1 sin, x1 cos + x0 sin, ..]`).
+fn rope_adjacent(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let s = x.size();
+    let pairs = x.view([s[0], s[1], s[2] / 2, 2]);
+    let (x1, x2) = (pairs.select(3, 0), pairs.select(3, 1));
+    Tensor::stack(&[&x1 * cos - &x2 * sin, &x2 * cos + &x1 * sin], 3).view([s[0], s[1], s[2]])
 }
 
 /// Cos and sin tables `[max_positions, head_dim / 2]`, with Llama 3 frequency scaling when configured.
@@ -495,6 +608,9 @@ struct Plan {
     prefills: Vec<PrefillSeq>,
     logit_rows: Option<Tensor>,
     out_rows: Vec<Range<usize>>,
+    /// Per row (in the internal order): the slots it attends to, `attend_slots[o..o + n]` for `(o, n)`.
+    attend_rows: Vec<(usize, usize)>,
+    attend_slots: Vec<u32>,
 }
 
 struct DecodeGroup {
@@ -576,9 +692,15 @@ impl Plan {
         let mut pos = Vec::with_capacity(n_tokens);
         let mut write = Vec::with_capacity(n_tokens);
         let mut start_row = vec![0usize; batch.len()];
+        let mut attend_rows = Vec::with_capacity(n_tokens);
+        let mut attend_slots = Vec::new();
         for &i in &order {
             let s = &batch[i];
             start_row[i] = ids.len();
+            let at = attend_slots.len();
+            attend_slots.extend_from_slice(s.context_slots);
+            attend_slots.extend_from_slice(s.new_slots);
+            attend_rows.extend((0..s.tokens.len()).map(|j| (at, s.context_slots.len() + j + 1)));
             let ctx = s.context_slots.len();
             for (j, (&tok, &slot)) in s.tokens.iter().zip(s.new_slots).enumerate() {
                 ids.push(tok as i64);
@@ -662,6 +784,8 @@ impl Plan {
             prefills,
             logit_rows: (!logit_rows.is_empty()).then(|| Tensor::from_slice(&logit_rows).to_device(dev)),
             out_rows,
+            attend_rows,
+            attend_slots,
         })
     }
 }

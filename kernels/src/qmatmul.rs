@@ -14,19 +14,18 @@
 //! Rows may come in several segments of different types (a Q/K/V projection whose V is Q8_0 while Q and K are
 //! Q5_0, as llama.cpp's Q4_K_M mixes them), each at its own offset in the output.
 //!
-//! Products with up to [`INT_ROWS`] rows of `x` (decode steps) quantize `x` to int8 per block and run in integers
-//! (`maddubs`/`madd`), scaled and accumulated in f32, as ggml's CPU kernels; a tile of up to four rows of `x`
-//! reuses each unpacked weight register. Larger products (prefill) dequantize up to 16 MB of rows at a time into an
-//! f32 buffer and hand it to libtorch's GEMM, where the f32 arithmetic is at its best; the dequantization is paid once
-//! per chunk for all rows of `x`. The f32 weights never exist whole.
+//! [`QuantMatrix::matmul_t_int`] quantizes `x` to int8 per block and runs in integers at every size, each output
+//! in the order of llama.cpp's CPU kernel for its type and the product's size (see [`crate::qdot`]): eight
+//! partial sums per row for the 32-value types, one fused multiply-add per block each, the tree of
+//! `hsum_float_8`; the K-quants per [`crate::qdot::KOrder`]. The results equal llama.cpp's to the bit, which is
+//! what `--weights quantized` runs ([`crate::ggml_ops`] has the rest of the layer). Integer sums are exact in any
+//! order, so the kernels are free in how they get them: eight rows per 256-bit register (AVX2, `maddubs`/`madd`),
+//! or two groups of eight per 512-bit register with `vpdpbusd` (AVX-512 VNNI, where present; the same lanes).
 //!
-//! Numerics: a prefill-sized product is exactly the f32 product of the dequantized weights; a decode-sized one
-//! rounds `x` to int8 per block first, as llama.cpp does on every path (on SmolLM2, mean KL 0.005 from f32, the
-//! same as llama.cpp's). Rounding is not continuous: a summation-order difference upstream (a prompt prefilled
-//! whole or a token at a time, a sequence alone or in a batch of more than 32 rows, a prefix from the cache) can
-//! move a value across a rounding step, and the difference then spreads, so outputs computed through different
-//! paths agree in distribution, not bit for bit as the f32 path nearly does. (Rounding the prefill's activations
-//! too was measured and does not help: the two int8 paths then differ by the same KL as each from f32.)
+//! [`QuantMatrix::matmul_t`] runs products of more than [`INT_ROWS`] rows (prompts) differently: it dequantizes up
+//! to 16 MB of rows at a time into an f32 buffer for libtorch's GEMM (`--weights quantized-f32-prefill`); the
+//! dequantization is paid once per chunk for all rows of `x`, and the f32 weights never exist whole. That product
+//! is exactly the f32 product of the dequantized weights, close to llama.cpp's but not equal.
 //!
 //! Kernels are chosen at run time: AVX2, FMA and F16C, else a portable path that is correct and slow.
 
@@ -39,7 +38,8 @@ use crate::quant::{self, GgmlType};
 
 /// Rows interleaved per group.
 pub const GROUP: usize = 8;
-/// The largest product run in integers; above it, chunks are dequantized for libtorch's GEMM.
+/// The largest product [`QuantMatrix::matmul_t`] runs in integers; above it, chunks are dequantized for libtorch's
+/// GEMM.
 pub const INT_ROWS: usize = 32;
 /// Products streaming fewer weight bytes (times rows) than this run on the calling thread.
 const SERIAL_BYTES: usize = 32 << 10;
@@ -316,6 +316,15 @@ impl QuantMatrix {
 
     /// `x @ w.T` for `x: [m, k]` f32 on the CPU: `[m, n]`.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        self.product(x, false)
+    }
+
+    /// [`Self::matmul_t`] in integers whatever the number of rows (llama.cpp's numerics on prefill too).
+    pub fn matmul_t_int(&self, x: &Tensor) -> Result<Tensor> {
+        self.product(x, true)
+    }
+
+    fn product(&self, x: &Tensor, int_always: bool) -> Result<Tensor> {
         let s = x.size();
         if s.len() != 2 || s[1] as usize != self.k || x.device() != Device::Cpu || x.kind() != Kind::Float {
             return Err(Error::invalid(format!(
@@ -330,7 +339,7 @@ impl QuantMatrix {
             return Ok(Tensor::zeros([0, self.n as i64], (Kind::Float, Device::Cpu)));
         }
         let x = x.contiguous();
-        if m > INT_ROWS {
+        if m > INT_ROWS && !int_always {
             return self.matmul_dequantized(&x);
         }
         // SAFETY: contiguous f32 CPU tensor of m * k elements, only read during this call.
@@ -353,17 +362,49 @@ impl QuantMatrix {
         let threads = if self.bytes() * m < SERIAL_BYTES { 1 } else { crate::team::width() };
         let per_task = groups.div_ceil(threads).max(1);
         let fast = available();
+        let wide = fast && wide_available();
+        // Per activation row and block, the sums of each four values (what the offset types' bias multiplies).
+        let biased = self.segs.iter().any(|s| matches!(s.ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0));
+        let sums: Vec<Vec<[i32; 8]>> = a32
+            .iter()
+            .map(|r| if wide && biased { r.iter().map(chunk_sums).collect() } else { vec![[0; 8]; r.len()] })
+            .collect();
         let run = |task: usize| {
             let mut tile = vec![[0f32; GROUP]; m];
-            for g in task * per_task..((task + 1) * per_task).min(groups) {
+            let mut tile2 = vec![[0f32; 2 * GROUP]; if wide { m } else { 0 }];
+            let end = ((task + 1) * per_task).min(groups);
+            let mut g = task * per_task;
+            while g < end {
                 let row = g * GROUP;
                 let seg = self.segs.iter().find(|s| row < s.row0 + s.rows).expect("group inside the matrix");
-                self.group(seg, (row - seg.row0) / GROUP, &a32, &ak, fast, &mut tile);
+                let at = (row - seg.row0) / GROUP;
+                #[cfg(target_arch = "x86_64")]
+                if wide && is_q32(seg.ty) && g + 1 < end && row + 2 * GROUP <= seg.row0 + seg.rows {
+                    // Two groups at once in 512-bit registers: the same arithmetic, lane for lane.
+                    let nb = self.k / QK;
+                    let span = GROUP * nb * seg.ty.block_bytes();
+                    let data = &seg.data[at * span..(at + 2) * span];
+                    for (t, (a, s)) in tile2.chunks_mut(2).zip(a32.chunks(2).zip(sums.chunks(2))) {
+                        // SAFETY: AVX-512 F/BW/VNNI and F16C are present (`wide`); `data` is two groups of `nb`
+                        // records of `seg.ty`; every activation row has `nb` blocks and `nb` chunk sums.
+                        unsafe { avx512::groups_q32(seg.ty, data, nb, a, s, t) };
+                    }
+                    for (i, t) in tile2.iter().enumerate() {
+                        // SAFETY: as below, for the two groups' 16 columns.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(t.as_ptr(), out.get().add(i * self.n + row), 2 * GROUP)
+                        };
+                    }
+                    g += 2;
+                    continue;
+                }
+                self.group(seg, at, &a32, &ak, fast, &mut tile);
                 for (i, t) in tile.iter().enumerate() {
                     // SAFETY: row i < m, columns row..row + GROUP <= n lie inside `y` (m x n); each group's columns
                     // are written by exactly one task.
                     unsafe { std::ptr::copy_nonoverlapping(t.as_ptr(), out.get().add(i * self.n + row), GROUP) };
                 }
+                g += 1;
             }
         };
         crate::team::run(groups.div_ceil(per_task), &run);
@@ -385,18 +426,27 @@ impl QuantMatrix {
         let span = GROUP * nb * bb;
         let data = &seg.data[g * span..(g + 1) * span];
         if is_k(seg.ty) {
+            let m = ak.len();
             for r in 0..GROUP {
                 let w = &data[r * nb * bb..(r + 1) * nb * bb];
-                for (t, a) in tile.iter_mut().zip(ak) {
-                    // SAFETY: `seg.ty` is a K-quant and `w` holds `nb` blocks, as many as `a` (checked at `new`).
-                    t[r] = unsafe { qdot::vec_dot_k_unchecked(seg.ty, w, a) };
+                for (i0, (t, a)) in tile.chunks_mut(4).zip(ak.chunks(4)).enumerate() {
+                    let orders: Vec<qdot::KOrder> =
+                        (0..a.len()).map(|i| qdot::KOrder::of(seg.ty, m, 4 * i0 + i)).collect();
+                    let rows: Vec<&[Q8KBlock]> = a.iter().map(|v| v.as_slice()).collect();
+                    let mut out = [0f32; 4];
+                    // SAFETY: `seg.ty` is a K-quant and `w` holds `nb` blocks, as many as each row of `a`
+                    // (checked at `new`); at most four rows.
+                    unsafe { qdot::vec_dot_k_rows_unchecked(seg.ty, w, &rows, &orders, &mut out[..a.len()]) };
+                    for (ti, o) in t.iter_mut().zip(out) {
+                        ti[r] = o;
+                    }
                 }
             }
             return;
         }
         #[cfg(target_arch = "x86_64")]
         if fast {
-            for (t, a) in tile.chunks_mut(4).zip(a32.chunks(4)) {
+            for (t, a) in tile.iter_mut().zip(a32) {
                 // SAFETY: the CPU has AVX2, FMA and F16C (`fast`); `data` is `nb` records of `seg.ty` and every
                 // activation row has `nb` blocks.
                 unsafe { avx2::group_q32(seg.ty, data, nb, a, t) };
@@ -406,12 +456,10 @@ impl QuantMatrix {
         let _ = fast;
         for (t, a) in tile.iter_mut().zip(a32) {
             for (r, out) in t.iter_mut().enumerate() {
-                let mut acc = 0.0f32;
-                for (b, act) in a.iter().enumerate() {
-                    let blk = from_record(seg.ty, &data[b * GROUP * bb..(b + 1) * GROUP * bb], r);
-                    acc += qdot::vec_dot_portable(seg.ty, &blk[..bb], std::slice::from_ref(act)).unwrap_or(0.0);
-                }
-                *out = acc;
+                let row: Vec<u8> = (0..nb)
+                    .flat_map(|b| from_record(seg.ty, &data[b * GROUP * bb..(b + 1) * GROUP * bb], r)[..bb].to_vec())
+                    .collect();
+                *out = qdot::vec_dot_portable(seg.ty, &row, a).unwrap_or(0.0);
             }
         }
     }
@@ -470,6 +518,201 @@ impl QuantMatrix {
     }
 }
 
+/// Whether the 512-bit kernels can run here (AVX-512 F, BW and VNNI).
+fn wide_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The sums of each four activations of a block (values `4c..4c + 4`): what an offset type's bias multiplies.
+fn chunk_sums(b: &Q8Block) -> [i32; 8] {
+    std::array::from_fn(|c| b.qs[4 * c..4 * c + 4].iter().map(|&q| q as i32).sum())
+}
+
+const QK: usize = 32;
+
+/// The 32-value kernel on AVX-512 (F, BW, VNNI): two groups (16 rows) per register, `vpdpbusd` for each four
+/// values' products, the same per-lane arithmetic as [`avx2::group_q32`], so results are equal to the bit. The
+/// weights enter `vpdpbusd` unsigned: the offset types' stored values (`q + 8`, `q + 16`) or Q8_0's `q + 128`,
+/// and the accumulation starts from `-bias Σ a` of those four activations, so each lane is the exact integer
+/// sum of the signed products, as ggml's.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Fields, GROUP};
+    use crate::qdot::Q8Block;
+    use crate::quant::GgmlType;
+
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// Two groups' eight records side by side: `lo` from the first group's record, `hi` the second's.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn pair(p0: *const u8, p1: *const u8) -> __m512i {
+        // SAFETY: the caller passes 32 readable bytes at each.
+        unsafe {
+            _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_loadu_si256(p0 as *const __m256i)),
+                _mm256_loadu_si256(p1 as *const __m256i),
+            )
+        }
+    }
+
+    /// Sixteen f16 values, eight at each pointer, as f32.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn halves(p0: *const u8, p1: *const u8) -> __m512 {
+        // SAFETY: the caller passes 16 readable bytes at each.
+        unsafe {
+            let both = _mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(_mm_loadu_si128(p0 as *const __m128i)),
+                _mm_loadu_si128(p1 as *const __m128i),
+            );
+            _mm512_cvtph_ps(both)
+        }
+    }
+
+    /// `out[i][r]` for the 16 rows of two consecutive groups (`data`: the first's `nb` records, then the
+    /// second's) and one or two activation rows.
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and VNNI; `ty` is a 32-value type; `data` holds `2 nb` records of it; each `a[i]` and
+    /// `sums[i]` has `nb` entries; `a.len() == sums.len() == out.len()` is 1 or 2.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn groups_q32(
+        ty: GgmlType,
+        data: &[u8],
+        nb: usize,
+        a: &[Vec<Q8Block>],
+        sums: &[Vec<[i32; 8]>],
+        out: &mut [[f32; 2 * GROUP]],
+    ) {
+        // SAFETY: the contract above, passed on.
+        unsafe {
+            match (ty, a.len()) {
+                (GgmlType::Q4_0, 1) => kernel::<0, 1>(data, nb, a, sums, out),
+                (GgmlType::Q4_0, _) => kernel::<0, 2>(data, nb, a, sums, out),
+                (GgmlType::Q4_1, 1) => kernel::<1, 1>(data, nb, a, sums, out),
+                (GgmlType::Q4_1, _) => kernel::<1, 2>(data, nb, a, sums, out),
+                (GgmlType::Q5_0, 1) => kernel::<2, 1>(data, nb, a, sums, out),
+                (GgmlType::Q5_0, _) => kernel::<2, 2>(data, nb, a, sums, out),
+                (GgmlType::Q5_1, 1) => kernel::<3, 1>(data, nb, a, sums, out),
+                (GgmlType::Q5_1, _) => kernel::<3, 2>(data, nb, a, sums, out),
+                (_, 1) => kernel::<4, 1>(data, nb, a, sums, out),
+                (_, _) => kernel::<4, 2>(data, nb, a, sums, out),
+            }
+        }
+    }
+
+    const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
+
+    /// [`groups_q32`] for `TYPES[T]` and `XR` activation rows.
+    ///
+    /// # Safety
+    /// As [`groups_q32`], with `a.len() == XR`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::needless_range_loop)] // arrays indexed in lock-step by activation row
+    unsafe fn kernel<const T: usize, const XR: usize>(
+        data: &[u8],
+        nb: usize,
+        a: &[Vec<Q8Block>],
+        sums: &[Vec<[i32; 8]>],
+        out: &mut [[f32; 2 * GROUP]],
+    ) {
+        let ty = TYPES[T];
+        let f = Fields::of(ty);
+        let rb = GROUP * ty.block_bytes();
+        assert!(data.len() >= 2 * nb * rb && a.len() == XR && sums.len() == XR && out.len() == XR);
+        assert!(a.iter().all(|r| r.len() >= nb) && sums.iter().all(|r| r.len() >= nb));
+        let bias: i32 = match ty {
+            GgmlType::Q4_0 => 8,
+            GgmlType::Q5_0 => 16,
+            GgmlType::Q8_0 => 128,
+            _ => 0,
+        };
+        let has_min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
+        let low4 = _mm512_set1_epi8(0x0F);
+        let mut acc = [[_mm512_setzero_ps(); 8]; XR];
+        let mut mins = [_mm512_setzero_ps(); XR];
+        for b in 0..nb {
+            // SAFETY: record b of each group lies inside `data`, a[i][b] and sums[i][b] inside theirs (asserted);
+            // every read is inside them.
+            unsafe {
+                let (p0, p1) = (data.as_ptr().add(b * rb), data.as_ptr().add((nb + b) * rb));
+                for line in 0..rb.div_ceil(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(p0.wrapping_add(2048 + 64 * line) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(p1.wrapping_add(2048 + 64 * line) as *const i8);
+                }
+                let d16 = halves(p0, p1);
+                let dd: [__m512; XR] = std::array::from_fn(|i| _mm512_mul_ps(d16, _mm512_set1_ps(a[i][b].d)));
+                let y: [*const u8; XR] = std::array::from_fn(|i| a[i][b].qs.as_ptr() as *const u8);
+                let mut chunk = |c: usize, w: __m512i| {
+                    for i in 0..XR {
+                        let yc = _mm512_set1_epi32((y[i].add(4 * c) as *const i32).read_unaligned());
+                        let init = _mm512_set1_epi32(-bias * sums[i][b][c]);
+                        let isum = _mm512_dpbusd_epi32(init, w, yc);
+                        acc[i][c] = _mm512_fmadd_ps(dd[i], _mm512_cvtepi32_ps(isum), acc[i][c]);
+                    }
+                };
+                let qs = f.rec_qs();
+                if ty == GgmlType::Q8_0 {
+                    for piece in 0..8 {
+                        let w = pair(p0.add(qs + 32 * piece), p1.add(qs + 32 * piece));
+                        chunk(piece, _mm512_xor_si512(w, _mm512_set1_epi8(-128)));
+                    }
+                } else {
+                    for piece in 0..4 {
+                        let raw = pair(p0.add(qs + 32 * piece), p1.add(qs + 32 * piece));
+                        let mut lo = _mm512_and_si512(raw, low4);
+                        let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low4);
+                        if f.qh.is_some() {
+                            // Chunk c's fifth bits: bit 4r + j of the record's mask c is value 4c + j of row r.
+                            let mask = |c: usize| {
+                                let m0 = (p0.add(f.rec_qh() + 4 * c) as *const u32).read_unaligned() as u64;
+                                let m1 = (p1.add(f.rec_qh() + 4 * c) as *const u32).read_unaligned() as u64;
+                                m0 | (m1 << 32)
+                            };
+                            lo = _mm512_or_si512(lo, _mm512_maskz_mov_epi8(mask(piece), _mm512_set1_epi8(0x10)));
+                            hi = _mm512_or_si512(hi, _mm512_maskz_mov_epi8(mask(piece + 4), _mm512_set1_epi8(0x10)));
+                        }
+                        chunk(piece, lo);
+                        chunk(piece + 4, hi);
+                    }
+                }
+                if has_min {
+                    let m16 = halves(p0.add(f.rec_m()), p1.add(f.rec_m()));
+                    for i in 0..XR {
+                        let s = _mm512_set1_ps(a[i][b].s);
+                        mins[i] = if crate::qdot::FUSED_MIN {
+                            _mm512_fmadd_ps(m16, s, mins[i])
+                        } else {
+                            _mm512_add_ps(mins[i], _mm512_mul_ps(m16, s))
+                        };
+                    }
+                }
+            }
+        }
+        for i in 0..XR {
+            let c = &acc[i];
+            let pair = |x: usize, y: usize| _mm512_add_ps(c[x], c[y]);
+            let sum = _mm512_add_ps(_mm512_add_ps(pair(0, 4), pair(2, 6)), _mm512_add_ps(pair(1, 5), pair(3, 7)));
+            // SAFETY: `out[i]` holds 16 f32.
+            unsafe { _mm512_storeu_ps(out[i].as_mut_ptr(), _mm512_add_ps(sum, mins[i])) };
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -482,6 +725,23 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     fn fifth_bits(bits: u32) -> __m256i {
         _mm256_and_si256(crate::qdot::avx2::bits_to_bytes(bits), _mm256_set1_epi8(0x10))
+    }
+
+    /// The eight rows' scales of a record, and their mins (Q4_1, Q5_1; zero for the other types).
+    ///
+    /// # Safety
+    /// F16C; `p` points at a whole record of `ty`.
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scales_mins(ty: GgmlType, f: Fields, p: *const u8) -> (__m256, __m256) {
+        // SAFETY: the scales are the record's first 16 bytes, the mins the 16 at `rec_m` (types with a min).
+        unsafe {
+            let d8 = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+            let m8 = match ty {
+                GgmlType::Q4_1 | GgmlType::Q5_1 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(f.rec_m()) as *const __m128i)),
+                _ => _mm256_setzero_ps(),
+            };
+            (d8, m8)
+        }
     }
 
     /// The eight rows' scales of a record, and what multiplies an activation block's sum for each: the min (Q4_1,
@@ -531,42 +791,26 @@ mod avx2 {
         }
     }
 
-    /// `tile[i][r] = Σ_b w[r, b] · a[i][b]` for the eight rows of one group and up to four activation rows.
+    /// `out[r] = Σ_b w[r, b] · a[b]` for the eight rows of one group and one row of activations, in the order of
+    /// ggml's AVX2 kernels (`ggml_vec_dot_*_q8_*`, and llamafile's `tinyBLAS_Q0_AVX`, which llama.cpp runs for
+    /// prefill): eight partial sums per row, sum `c` taking each block's exact integer sum over values
+    /// `4c..4c + 4` times `d_w d_a` in one fused multiply-add, added up in the tree of `hsum_float_8`, then the
+    /// mins' part. Here partial sum `c` of every row sits in `acc[c]`, row `r` in lane `r`, so the tree is eight
+    /// vertical adds. Bit for bit llama.cpp's result is what keeps greedy outputs on its at near-ties: int8
+    /// rounding downstream turns any last-bit difference into a whole rounding step (issue #21).
     ///
     /// # Safety
-    /// AVX2, FMA and F16C; `ty` is a 32-value type; `data` holds `nb` records of it; each `a[i]` has `nb` blocks;
-    /// `a.len() == tile.len() <= 4`.
+    /// AVX2, FMA and F16C; `ty` is a 32-value type; `data` holds `nb` records of it; `a` has `nb` blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group_q32(
-        ty: GgmlType,
-        data: &[u8],
-        nb: usize,
-        a: &[Vec<Q8Block>],
-        tile: &mut [[f32; GROUP]],
-    ) {
+    pub(super) unsafe fn group_q32(ty: GgmlType, data: &[u8], nb: usize, a: &[Q8Block], out: &mut [f32; GROUP]) {
         // SAFETY: the contract above, passed on.
         unsafe {
-            match (ty, a.len()) {
-                (GgmlType::Q4_0, 1) => tile_q32::<0, 1>(data, nb, a, tile),
-                (GgmlType::Q4_0, 2) => tile_q32::<0, 2>(data, nb, a, tile),
-                (GgmlType::Q4_0, 3) => tile_q32::<0, 3>(data, nb, a, tile),
-                (GgmlType::Q4_0, _) => tile_q32::<0, 4>(data, nb, a, tile),
-                (GgmlType::Q4_1, 1) => tile_q32::<1, 1>(data, nb, a, tile),
-                (GgmlType::Q4_1, 2) => tile_q32::<1, 2>(data, nb, a, tile),
-                (GgmlType::Q4_1, 3) => tile_q32::<1, 3>(data, nb, a, tile),
-                (GgmlType::Q4_1, _) => tile_q32::<1, 4>(data, nb, a, tile),
-                (GgmlType::Q5_0, 1) => tile_q32::<2, 1>(data, nb, a, tile),
-                (GgmlType::Q5_0, 2) => tile_q32::<2, 2>(data, nb, a, tile),
-                (GgmlType::Q5_0, 3) => tile_q32::<2, 3>(data, nb, a, tile),
-                (GgmlType::Q5_0, _) => tile_q32::<2, 4>(data, nb, a, tile),
-                (GgmlType::Q5_1, 1) => tile_q32::<3, 1>(data, nb, a, tile),
-                (GgmlType::Q5_1, 2) => tile_q32::<3, 2>(data, nb, a, tile),
-                (GgmlType::Q5_1, 3) => tile_q32::<3, 3>(data, nb, a, tile),
-                (GgmlType::Q5_1, _) => tile_q32::<3, 4>(data, nb, a, tile),
-                (_, 1) => tile_q32::<4, 1>(data, nb, a, tile),
-                (_, 2) => tile_q32::<4, 2>(data, nb, a, tile),
-                (_, 3) => tile_q32::<4, 3>(data, nb, a, tile),
-                (_, _) => tile_q32::<4, 4>(data, nb, a, tile),
+            match ty {
+                GgmlType::Q4_0 => row_q32::<0>(data, nb, a, out),
+                GgmlType::Q4_1 => row_q32::<1>(data, nb, a, out),
+                GgmlType::Q5_0 => row_q32::<2>(data, nb, a, out),
+                GgmlType::Q5_1 => row_q32::<3>(data, nb, a, out),
+                _ => row_q32::<4>(data, nb, a, out),
             }
         }
     }
@@ -577,94 +821,78 @@ mod avx2 {
 
     const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
 
-    /// [`group_q32`] for type `TYPES[T]` and `XR` activation rows (compile-time, so every loop unrolls and the
-    /// accumulators stay in registers).
+    /// [`group_q32`] for type `TYPES[T]` (compile-time, so every loop unrolls and the accumulators stay in
+    /// registers).
     ///
     /// # Safety
-    /// As [`group_q32`], with `a.len() == XR`.
+    /// As [`group_q32`].
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::needless_range_loop)] // several arrays indexed in lock-step by activation row
-    unsafe fn tile_q32<const T: usize, const XR: usize>(
-        data: &[u8],
-        nb: usize,
-        a: &[Vec<Q8Block>],
-        tile: &mut [[f32; GROUP]],
-    ) {
+    unsafe fn row_q32<const T: usize>(data: &[u8], nb: usize, a: &[Q8Block], out: &mut [f32; GROUP]) {
         let ty = TYPES[T];
         let f = Fields::of(ty);
         let rb = GROUP * ty.block_bytes();
-        assert!(data.len() >= nb * rb && a.len() == XR && tile.len() == XR && a.iter().all(|r| r.len() >= nb));
+        assert!(data.len() >= nb * rb && a.len() >= nb);
         let ones = _mm256_set1_epi16(1);
-        let pieces = if ty == GgmlType::Q8_0 { 8 } else { 4 };
-        let mut acc = [_mm256_setzero_ps(); XR];
+        // What a type's stored (unsigned) 4- or 5-bit values are offset by.
+        let bias = match ty {
+            GgmlType::Q4_0 => 8,
+            GgmlType::Q5_0 => 16,
+            _ => 0,
+        };
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut mins = _mm256_setzero_ps();
         for b in 0..nb {
-            // SAFETY: record b lies inside `data` and a[i][b] inside `a` (asserted); every read is inside them.
+            // SAFETY: record b lies inside `data` and a[b] inside `a` (asserted); every read is inside them.
             unsafe {
                 let p = data.as_ptr().add(b * rb);
                 // One stream per core from memory is latency-bound without help: ask for the record PREFETCH
-                // bytes ahead (a hint; prefetching past the end is harmless).
-                // One line per 64 bytes of record, so consecutive records' prefetches cover the stream.
+                // bytes ahead (a hint; prefetching past the end is harmless), one line per 64 bytes of record.
                 for line in 0..rb.div_ceil(64) {
                     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64 * line) as *const i8);
                 }
-                let y: [*const u8; XR] =
-                    std::array::from_fn(|i| a.get_unchecked(i).get_unchecked(b).qs.as_ptr() as *const u8);
-                let bcast = |i: usize, c: usize| _mm256_set1_epi32((y[i].add(4 * c) as *const i32).read_unaligned());
-                let mut isum = [_mm256_setzero_si256(); XR];
-                if matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) {
-                    // 4-bit: at most 8 * 2 * 15 * 127 in magnitude, so the 16-bit sums cannot overflow.
-                    let mut s16 = [_mm256_setzero_si256(); XR];
-                    for piece in 0..4 {
-                        let [(c0, w0), (c1, w1)] = chunks(ty, f, p, piece);
-                        for i in 0..XR {
-                            let both = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(w0, bcast(i, c0)),
-                                _mm256_maddubs_epi16(w1, bcast(i, c1)),
-                            );
-                            s16[i] = _mm256_add_epi16(s16[i], both);
-                        }
-                    }
-                    for i in 0..XR {
-                        isum[i] = _mm256_madd_epi16(s16[i], ones);
-                    }
-                } else if ty == GgmlType::Q8_0 {
-                    for piece in 0..pieces {
+                let act = a.get_unchecked(b);
+                let y = act.qs.as_ptr() as *const u8;
+                let (d8, m8) = scales_mins(ty, f, p);
+                let dd = _mm256_mul_ps(d8, _mm256_set1_ps(act.d));
+                let mut chunk = |c: usize, w: __m256i| {
+                    let yc = _mm256_set1_epi32((y.add(4 * c) as *const i32).read_unaligned());
+                    let isum = if ty == GgmlType::Q4_1 || ty == GgmlType::Q5_1 {
+                        // Unsigned weights: `maddubs` takes them as they are.
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(w, yc), ones)
+                    } else {
+                        // Signed (Q8_0, or the offset types less their offset): move w's sign onto y so
+                        // `maddubs` sees |w| unsigned.
+                        let w = if bias == 0 { w } else { _mm256_sub_epi8(w, _mm256_set1_epi8(bias)) };
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(yc, w)), ones)
+                    };
+                    acc[c] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum), acc[c]);
+                };
+                if ty == GgmlType::Q8_0 {
+                    for piece in 0..8 {
                         let [(c, w), _] = chunks(ty, f, p, piece);
-                        // Both signed: move w's sign onto y so `maddubs` sees |w| unsigned.
-                        let aw = _mm256_sign_epi8(w, w);
-                        for i in 0..XR {
-                            let sy = _mm256_sign_epi8(bcast(i, c), w);
-                            isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sy), ones));
-                        }
+                        chunk(c, w);
                     }
                 } else {
-                    // 5-bit: two products fit 16 bits (2 * 2 * 31 * 127), so widen after each pair.
                     for piece in 0..4 {
                         let [(c0, w0), (c1, w1)] = chunks(ty, f, p, piece);
-                        for i in 0..XR {
-                            let both = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(w0, bcast(i, c0)),
-                                _mm256_maddubs_epi16(w1, bcast(i, c1)),
-                            );
-                            isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(both, ones));
-                        }
+                        chunk(c0, w0);
+                        chunk(c1, w1);
                     }
                 }
-                let (d8, off8) = scales_offsets(ty, f, p);
-                for i in 0..XR {
-                    let act = a.get_unchecked(i).get_unchecked(b);
-                    acc[i] =
-                        _mm256_fmadd_ps(_mm256_mul_ps(d8, _mm256_set1_ps(act.d)), _mm256_cvtepi32_ps(isum[i]), acc[i]);
-                    if ty != GgmlType::Q8_0 {
-                        acc[i] = _mm256_fmadd_ps(off8, _mm256_set1_ps(act.d * act.sum as f32), acc[i]);
-                    }
+                if ty == GgmlType::Q4_1 || ty == GgmlType::Q5_1 {
+                    let s = _mm256_set1_ps(act.s);
+                    mins = if crate::qdot::FUSED_MIN {
+                        _mm256_fmadd_ps(m8, s, mins)
+                    } else {
+                        _mm256_add_ps(mins, _mm256_mul_ps(m8, s))
+                    };
                 }
             }
         }
-        for i in 0..XR {
-            // SAFETY: each tile row holds eight f32.
-            unsafe { _mm256_storeu_ps(tile[i].as_mut_ptr(), acc[i]) };
-        }
+        let pair = |i: usize, j: usize| _mm256_add_ps(acc[i], acc[j]);
+        let sum = _mm256_add_ps(_mm256_add_ps(pair(0, 4), pair(2, 6)), _mm256_add_ps(pair(1, 5), pair(3, 7)));
+        // SAFETY: `out` holds eight f32.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(sum, mins)) };
     }
 
     /// Dequantizes the eight rows of a group (`nb` records) into `out`, row after row of `k = 32 * nb` values.
@@ -753,44 +981,42 @@ mod tests {
             let wb = Tensor::from_slice(&quant::dequantize(pair[1], &b, 8 * k).unwrap()).view([8, k as i64]);
             let w = Tensor::cat(&[wa, wb], 0);
             assert!(q.rows(&(0..24).collect::<Vec<i64>>()).unwrap().allclose(&w, 1e-6, 1e-7, false), "{pair:?} rows");
+            // The source bytes of output row r (undoing the first segment's permutation).
+            let bb = |ty: GgmlType| ty.block_bytes() * k / ty.block_len();
+            let source = |r: usize| -> (GgmlType, &[u8]) {
+                if r < 16 {
+                    let s = permuted_source(r, 16, 2);
+                    (pair[0], &a[s * bb(pair[0])..(s + 1) * bb(pair[0])])
+                } else {
+                    (pair[1], &b[(r - 16) * bb(pair[1])..(r - 15) * bb(pair[1])])
+                }
+            };
             for m in [1i64, 3, 4, 7, 32, 33, 70] {
                 let x = Tensor::randn([m, k as i64], (Kind::Float, Device::Cpu));
-                let got = q.matmul_t(&x).unwrap();
-                // Up to INT_ROWS rows, x is quantized to int8 per block (as each segment's type pairs it): the
-                // product equals the f32 product of the dequantized weights with the dequantized activations.
-                // Above, x is multiplied as it is.
                 let xs = Vec::<f32>::try_from(x.flatten(0, -1)).unwrap();
-                let xq = |ty: GgmlType| -> Tensor {
-                    if m as usize > INT_ROWS {
-                        return x.shallow_clone();
+                // In integers (every size), each output is the portable dot product in llama.cpp's order for the
+                // row's type, position and the product's size: equal to the bit.
+                let got = Vec::<f32>::try_from(q.matmul_t_int(&x).unwrap().flatten(0, -1)).unwrap();
+                for (i, row) in xs.chunks(k).enumerate() {
+                    for r in 0..24 {
+                        let (ty, w) = source(r);
+                        let want = if is_k(ty) {
+                            let order = qdot::KOrder::of(ty, m as usize, i);
+                            qdot::vec_dot_k_portable(ty, w, &qdot::quantize_row_q8k(row).unwrap(), order).unwrap()
+                        } else {
+                            qdot::vec_dot_portable(ty, w, &qdot::quantize_row_q8(row).unwrap()).unwrap()
+                        };
+                        assert_eq!(got[i * 24 + r].to_bits(), want.to_bits(), "{pair:?} m={m} ({i}, {r})");
                     }
-                    let rows: Vec<f32> = xs
-                        .chunks(k)
-                        .flat_map(|r| -> Vec<f32> {
-                            if is_k(ty) {
-                                qdot::quantize_row_q8k(r)
-                                    .unwrap()
-                                    .iter()
-                                    .flat_map(|b| b.qs.map(|q| q as f32 * b.d))
-                                    .collect()
-                            } else {
-                                qdot::quantize_row_q8(r)
-                                    .unwrap()
-                                    .iter()
-                                    .flat_map(|b| b.qs.map(|q| q as f32 * b.d))
-                                    .collect()
-                            }
-                        })
-                        .collect();
-                    Tensor::from_slice(&rows).view([m, k as i64])
-                };
-                let want = Tensor::cat(
-                    &[xq(pair[0]).matmul(&w.narrow(0, 0, 16).tr()), xq(pair[1]).matmul(&w.narrow(0, 16, 8).tr())],
-                    1,
-                );
-                let err = (&got - &want).abs().max().double_value(&[]);
-                let scale = want.abs().max().double_value(&[]);
-                assert!(err <= 1e-5 * scale, "{pair:?} m={m}: error {err} against scale {scale}");
+                }
+                // Above INT_ROWS, `matmul_t` multiplies x as it is by the dequantized weights: the f32 product.
+                if m as usize > INT_ROWS {
+                    let got = q.matmul_t(&x).unwrap();
+                    let want = x.matmul(&w.tr());
+                    let err = (&got - &want).abs().max().double_value(&[]);
+                    let scale = want.abs().max().double_value(&[]);
+                    assert!(err <= 1e-5 * scale, "{pair:?} m={m}: error {err} against scale {scale}");
+                }
             }
         }
     }

@@ -179,15 +179,16 @@ fn smollm2_quantized_agrees_with_llama_cpp() {
     let a = against_llama_cpp(&m, "smollm2");
     a.report("SmolLM2 quantized vs llama.cpp");
     against_transformers(&m, "smollm2_reference.json").report("SmolLM2 quantized vs transformers f32");
-    assert!(a.argmax_rate() >= 0.99 && a.mean_kl() < 0.01, "{a:?}");
-    // Issue #21 asks for 4 of 5 identical 32-token continuations: missed (measured 2/5 with activations rounded as
-    // ggml rounds them, first differences after 18, 2 and 1 tokens, where the two tokens are 0.02-0.08 nats apart;
-    // 0/5 before). SmolLM2's continuations are full of near-ties, and any int8 rounding tips them: llama.cpp's own
-    // continuations equal transformers' in 0 of 5 (after 0 to 24 tokens). Guarded here: the first token (from the
-    // prompt) always agrees, and they agree for a while on average.
-    let (min, total) =
-        (a.first_divergence.iter().min().copied().unwrap_or(0), a.first_divergence.iter().sum::<usize>());
-    assert!(min >= 1 && total >= 8 * a.prompts, "{a:?}");
+    assert_equals_llama_cpp(&a);
+}
+
+/// Issue #21 asks for argmax agreement at 99% of positions, mean KL under 0.01 and 4 of 5 identical greedy
+/// continuations. We compute what llama.cpp computes, to the bit ([`kernels::ggml_ops`]), so the agreement is
+/// complete: every argmax, every continuation, and a KL that only the fixture's rounding to 6 decimals leaves.
+/// (Before, with each part merely close to ggml's, SmolLM2 agreed on 2 of 5 continuations: int8 rounding turns
+/// any last-bit difference into a whole rounding step, and SmolLM2's continuations are full of near-ties.)
+fn assert_equals_llama_cpp(a: &Agreement) {
+    assert!(a.argmax_same == a.positions && a.mean_kl() < 1e-4 && a.greedy_same == a.prompts, "{a:?}");
 }
 
 /// Opt-in (`make model-qwen`): Qwen2.5-Coder-0.5B Q4_K_M mixes Q5_0, Q8_0, Q4_K and Q6_K (the Q/K/V projection of
@@ -199,12 +200,11 @@ fn qwen2_quantized_agrees_with_llama_cpp() {
     let a = against_llama_cpp(&m, "qwen2");
     a.report("Qwen2.5 quantized vs llama.cpp");
     against_transformers(&m, "qwen2_reference.json").report("Qwen2.5 quantized vs transformers f32");
-    // Issue #21's argmax target is 99%: measured 98.5% (2 of 132 positions); guarded at the measured level.
-    assert!(a.argmax_rate() >= 0.98 && a.mean_kl() < 0.01 && a.greedy_same >= 4, "{a:?}");
+    assert_equals_llama_cpp(&a);
 }
 
-/// Our f32 path is the numerics reference: a prompt prefilled in one call (the dequantized GEMM) computes exactly
-/// its function; fed a token at a time (the int8 kernels) it stays close.
+/// Our f32 path is the numerics reference: a prompt prefilled in one call and fed a token at a time (both with
+/// int8 activations, in llama.cpp's order) stays close to it, and the two agree with each other.
 #[test]
 fn quantized_weights_stay_close_to_f32_on_every_path() {
     let (q, f) = (load(&model_path(), WeightFormat::Quantized), load(&model_path(), WeightFormat::F32));
@@ -212,7 +212,7 @@ fn quantized_weights_stay_close_to_f32_on_every_path() {
     let text = "The quick brown fox jumps over the lazy dog. In 1492, Columbus sailed the ocean blue; the capital of \
                 France is Paris, and the capital of Italy is";
     let ids = q.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
-    assert!(ids.len() > kernels::qmatmul::INT_ROWS, "the prompt must take the prefill path");
+    assert!(ids.len() > 32, "a prompt of more than 32 tokens: the products' tiled orders");
     let (prefilled, lf) = (log_probs(&q, &ids), log_probs(&f, &ids));
     let mut kv = q.net.new_kv_pool(ids.len()).unwrap();
     let slots: Vec<u32> = (0..ids.len() as u32).collect();
@@ -235,12 +235,12 @@ fn quantized_weights_stay_close_to_f32_on_every_path() {
         prefilled.argmax(-1, false).eq_tensor(&stepped.argmax(-1, false)).to_kind(Kind::Double).mean(Kind::Double);
     let same = same.double_value(&[]);
     eprintln!(
-        "mean KL(f32 || quantized): prefilled {:.1e}, a token at a time {:.4}; argmax of the two the same at {:.1}% \
+        "mean KL(f32 || quantized): prefilled {:.4}, a token at a time {:.4}; argmax of the two the same at {:.1}% \
          of positions",
         kl(&lf, &prefilled),
         kl(&lf, &stepped),
         100.0 * same
     );
-    assert!(kl(&lf, &prefilled) < 1e-6 && kl(&lf, &stepped) < 0.02);
+    assert!(kl(&lf, &prefilled) < 0.02 && kl(&lf, &stepped) < 0.02);
     assert!(same >= 0.9, "{same}");
 }

@@ -1,0 +1,575 @@
+//! The non-matrix operations of a decoder layer computed as llama.cpp's CPU backend (ggml, AVX2 build) computes
+//! them, to the bit: RMS norm, the rope tables and rotation, attention over a KV cache held at f16 precision, and
+//! SwiGLU. With the 32-value block products of [`crate::qmatmul`] (also in ggml's order) a quantized model's
+//! logits equal llama.cpp's on the same GGUF, which is what issue #21 measures us by.
+//!
+//! Why to the bit: the activations are rounded to int8 before every product, so a difference in the last bit of
+//! any value moves some activation across a rounding step now and then; that step spreads through the layers and
+//! a greedy continuation leaves llama.cpp's at the next near-tie. Agreement "up to rounding" is not a stable state.
+//!
+//! What is reproduced, each checked against tensors dumped from llama.cpp through its eval callback:
+//! - RMS norm: the squares summed in f64 one after another, `x * scale * w`.
+//! - Rope: angles by repeated f32 multiplication (`theta *= theta_scale`), `cosf`/`sinf`, and the rotation with the
+//!   fused multiply-adds its compiler emits (`fma(x0, cos, -(x1 sin))`, `fma(x0, sin, x1 cos)`).
+//! - Attention (llama.cpp's non-flash path): K, V, Q and the softmax weights at f16 precision; the two products
+//!   as llamafile's `tinyBLAS` computes them when the step has two or more tokens (eight partial sums over the
+//!   shared dimension) and as `ggml_vec_dot_f16` when it has one (four by eight partial sums, `hadd` reduction);
+//!   the softmax with ggml's vectorised `expf` and its f64 sum of eight-value groups.
+//! - SwiGLU: `x / (1 + expf(-x)) * g` with the same `expf`.
+//!
+//! The constants and the order of operations of `expf` are those of ggml's `ggml_v_expf` (MIT licence), which is
+//! the point: any other exp differs in the last bit.
+//!
+//! How it was matched: llama.cpp's eval callback (through llama-cpp-python) dumps every intermediate tensor of a
+//! prompt and two decode steps; each of ours was compared with its counterpart, op by op, until all were equal
+//! on SmolLM2 (Q4_1, Q8_0) and Qwen2.5 (Q5_0, Q8_0, Q4_K, Q6_K). `kernels/tests/quantized.rs` keeps the result:
+//! every argmax and every greedy continuation of the llama.cpp fixture equal.
+//!
+//! Everything here needs AVX2, FMA and F16C ([`available`]); callers use their f32 paths elsewhere. With AVX-512
+//! the `Tiled` attention runs sixteen keys (scores, from keys transposed once per step) or sixteen outputs
+//! (values) per register, lane for lane the same arithmetic.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Whether this CPU can run these kernels (AVX2, FMA, F16C).
+pub fn available() -> bool {
+    crate::qmatmul::available()
+}
+
+/// `v` at f16 precision (round to nearest, ties to even, as F16C's `vcvtps2ph`), kept as f32.
+#[inline]
+pub fn f16_round(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+/// Rounds every value of `x` to f16 precision in place ([`f16_round`], eight at a time with F16C).
+pub fn f16_round_slice(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: F16C and AVX2 are present (checked just above).
+        return unsafe { f16_round_f16c(x) };
+    }
+    x.iter_mut().for_each(|v| *v = f16_round(*v));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+fn f16_round_f16c(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: `c` is eight f32.
+        unsafe {
+            let v = _mm256_loadu_ps(c.as_ptr());
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    chunks.into_remainder().iter_mut().for_each(|v| *v = f16_round(*v));
+}
+
+/// RMS norm of each `n`-value row of `x` into `out`, times `w`: `x * (1 / sqrt(mean(x²) + eps)) * w`, the mean
+/// taken over an f64 sum of the f32 squares in order.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    assert!(n > 0 && x.len().is_multiple_of(n) && out.len() == x.len());
+    for (xr, yr) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let sum: f64 = xr.iter().fold(0.0f64, |s, &v| s + (v * v) as f64);
+        let mean = (sum / n as f64) as f32;
+        let scale = 1.0f32 / (mean + eps).sqrt();
+        for ((y, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
+            *y = v * scale * g;
+        }
+    }
+}
+
+/// Rope tables `[positions, dims / 2]` (cos, sin) as ggml's `ggml_rope_cache_init` makes them: for position `p`
+/// the angle starts at `p` and is multiplied by `base^(-2 / dims)` (computed in f32) once per pair, optionally
+/// divided by a per-pair frequency factor.
+pub fn rope_tables(base: f32, dims: usize, positions: usize, factors: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+    let half = dims / 2;
+    let theta_scale = base.powf(-2.0f32 / dims as f32);
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for p in 0..positions {
+        let mut theta = p as f32;
+        for i in 0..half {
+            let t = factors.map_or(theta, |f| theta / f[i]);
+            cos.push(t.cos());
+            sin.push(t.sin());
+            theta *= theta_scale;
+        }
+    }
+    (cos, sin)
+}
+
+/// Rotates one pair as ggml's compiled `rope_f32` does: `(fma(a, c, -(b s)), fma(a, s, b c))`.
+#[inline]
+pub fn rotate(a: f32, b: f32, c: f32, s: f32) -> (f32, f32) {
+    (a.mul_add(c, -(b * s)), a.mul_add(s, b * c))
+}
+
+/// `out[i] = silu(gate[i]) * up[i]` for each row of `gu` (`[rows, 2 n]`: the gate's `n` values, then the up
+/// projection's), as ggml's `ggml_vec_swiglu_f32`.
+pub fn swiglu(gu: &[f32], n: usize, out: &mut [f32]) {
+    assert!(available() && n > 0 && gu.len().is_multiple_of(2 * n) && out.len() * 2 == gu.len());
+    #[cfg(target_arch = "x86_64")]
+    for (row, y) in gu.chunks_exact(2 * n).zip(out.chunks_exact_mut(n)) {
+        let (g, u) = row.split_at(n);
+        // SAFETY: AVX2 and FMA are present (asserted); the three slices hold `n` values each.
+        unsafe { swiglu_avx2(g, u, y) };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn swiglu_avx2(g: &[f32], u: &[f32], y: &mut [f32]) {
+    let n = y.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n, the length of all three slices.
+        unsafe {
+            let x = _mm256_loadu_ps(g.as_ptr().add(i));
+            let e = expf8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            let silu = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(u.as_ptr().add(i))));
+        }
+        i += 8;
+    }
+    for j in i..n {
+        y[j] = g[j] / (1.0 + (-g[j]).exp()) * u[j];
+    }
+}
+
+/// ggml's `ggml_v_expf` for eight lanes: `exp(x)` by range reduction to `2^n e^b` and a degree-5 polynomial,
+/// with the exponent's overflow and underflow handled apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn expf8(x: __m256) -> __m256 {
+    let r = _mm256_set1_ps(f32::from_bits(0x4b40_0000)); // 0x1.8p23
+    let z = _mm256_fmadd_ps(x, _mm256_set1_ps(f32::from_bits(0x3fb8_aa3b)), r); // log2(e)
+    let n = _mm256_sub_ps(z, r);
+    let b = _mm256_fnmadd_ps(
+        n,
+        _mm256_set1_ps(f32::from_bits(0x35bf_be8e)), // 0x1.7f7d1cp-20
+        _mm256_fnmadd_ps(n, _mm256_set1_ps(f32::from_bits(0x3f31_7200)), x), // 0x1.62e4p-1
+    );
+    let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+    let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
+    let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+    let c = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(126.0));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_set1_ps(f32::from_bits(0x3c07_2010)),
+                b,
+                _mm256_set1_ps(f32::from_bits(0x3d2b_9f17)),
+            ),
+            u,
+            _mm256_fmadd_ps(_mm256_set1_ps(f32::from_bits(0x3e2a_af33)), b, _mm256_set1_ps(f32::from_bits(0x3efffedb))),
+        ),
+        u,
+        _mm256_mul_ps(_mm256_set1_ps(f32::from_bits(0x3f7f_fff6)), b),
+    );
+    if _mm256_movemask_ps(c) == 0 {
+        return _mm256_fmadd_ps(j, k, k);
+    }
+    let g = _mm256_and_si256(
+        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
+        _mm256_set1_epi32(0x8200_0000u32 as i32),
+    );
+    let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+    let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    let d = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+    _mm256_or_ps(
+        _mm256_and_ps(d, _mm256_mul_ps(s1, s1)),
+        _mm256_andnot_ps(
+            d,
+            _mm256_or_ps(
+                _mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)),
+            ),
+        ),
+    )
+}
+
+/// Which of ggml's two f16 dot products a step's attention reproduces: llamafile's `tinyBLAS` (steps of two or
+/// more tokens) or `ggml_vec_dot_f16` (one token; llamafile declines a single column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DotOrder {
+    Tiled,
+    Vec,
+}
+
+impl DotOrder {
+    pub fn for_step(tokens: usize) -> Self {
+        if tokens >= 2 {
+            Self::Tiled
+        } else {
+            Self::Vec
+        }
+    }
+}
+
+/// A dot product of f16-precision values in `order`'s partial sums: the shared dimension's element `e` goes to
+/// lane `e % 8` of accumulator 0 (`Tiled`) or of accumulator `(e / 8) % 4` (`Vec`); `get(e)` gives the two factors.
+/// `n` is padded with zeros to a whole step (8 or 32), as llama.cpp's padded cache is: zeros add nothing.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_f16(order: DotOrder, n: usize, a: &[f32], b: &[f32]) -> f32 {
+    // `a` and `b` hold at least n values, rounded up to 8 with zeros by the caller.
+    match order {
+        DotOrder::Tiled => {
+            let mut acc = _mm256_setzero_ps();
+            for s in (0..n).step_by(8) {
+                // SAFETY: the caller pads both slices to a multiple of 8 at least n long.
+                unsafe {
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(s)), _mm256_loadu_ps(b.as_ptr().add(s)), acc)
+                };
+            }
+            hsum8(acc)
+        }
+        DotOrder::Vec => {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for s in (0..n).step_by(8) {
+                let i = (s / 8) % 4;
+                // SAFETY: as above.
+                unsafe {
+                    acc[i] =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(s)), _mm256_loadu_ps(b.as_ptr().add(s)), acc[i])
+                };
+            }
+            reduce_vec(acc)
+        }
+    }
+}
+
+/// `hsum_float_8`'s tree.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn hsum8(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// `GGML_F32x8_REDUCE` over four accumulators (then to f64 and back, as `ggml_vec_dot_f16` returns it: exact).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn reduce_vec(a: [__m256; 4]) -> f32 {
+    let x0 = _mm256_add_ps(a[0], a[2]);
+    let x1 = _mm256_add_ps(a[1], a[3]);
+    let x0 = _mm256_add_ps(x0, x1);
+    let t0 = _mm_add_ps(_mm256_castps256_ps128(x0), _mm256_extractf128_ps::<1>(x0));
+    let t1 = _mm_hadd_ps(t0, t0);
+    _mm_cvtss_f32(_mm_hadd_ps(t1, t1))
+}
+
+/// Attention for one query row and one head, as llama.cpp computes it without flash attention: `q` (`d`
+/// values, f16-rounded), the context's keys and values (`keys(j)`, `values(j)`: `d` values each at f16 precision)
+/// for `j < n`, scale; writes `d` values to `out`. `scratch` is reused between calls.
+pub struct HeadAttention<'a> {
+    pub order: DotOrder,
+    pub d: usize,
+    pub scale: f32,
+    pub scratch: &'a mut Vec<f32>,
+    /// With AVX-512 and the `Tiled` order: the keys transposed (`d` rows of `stride` values, key `j` at column
+    /// `j`, zeros past `n`), so sixteen keys' scores are computed side by side, lane by lane as `keys(j)`'s.
+    pub keys_t: Option<(&'a [f32], usize)>,
+}
+
+impl HeadAttention<'_> {
+    /// See the type's documentation.
+    pub fn run<'k>(
+        &mut self,
+        q: &[f32],
+        n: usize,
+        keys: impl Fn(usize) -> &'k [f32],
+        values: impl Fn(usize) -> &'k [f32],
+        out: &mut [f32],
+    ) {
+        assert!(available() && self.d.is_multiple_of(8) && q.len() == self.d && out.len() == self.d && n > 0);
+        // SAFETY: AVX2 and FMA are present (asserted).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            self.run_avx2(q, n, keys, values, out)
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_avx2<'k>(
+        &mut self,
+        q: &[f32],
+        n: usize,
+        keys: impl Fn(usize) -> &'k [f32],
+        values: impl Fn(usize) -> &'k [f32],
+        out: &mut [f32],
+    ) {
+        let d = self.d;
+        // Scores padded to a whole step of the value product (32 covers both orders).
+        let np = n.div_ceil(32) * 32;
+        let s = &mut *self.scratch;
+        s.clear();
+        s.resize(np + 8 * 4 * d, 0.0);
+        let (w, acc) = s.split_at_mut(np);
+        match self.keys_t {
+            #[cfg(target_arch = "x86_64")]
+            Some((kt, stride)) if self.order == DotOrder::Tiled => {
+                assert!(wide_available() && stride.is_multiple_of(16) && stride >= np && kt.len() >= d * stride);
+                // SAFETY: AVX-512 F is present (asserted); the slices' sizes as asserted.
+                unsafe { scores_wide(q, kt, stride, n, self.scale, w) };
+            }
+            _ => {
+                for (j, wj) in w[..n].iter_mut().enumerate() {
+                    *wj = dot_f16(self.order, d, q, keys(j)) * self.scale;
+                }
+            }
+        }
+        let max = w[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // Softmax: exp in groups of eight (the padding gives exp(-inf) = 0), each group's sum added in f64.
+        let mut sum = 0.0f64;
+        for g in (0..np).step_by(8) {
+            let mut v = [f32::NEG_INFINITY; 8];
+            let live = n.saturating_sub(g).min(8);
+            v[..live].copy_from_slice(&w[g..g + live]);
+            // SAFETY: `v` is eight f32.
+            let e = expf8(_mm256_sub_ps(unsafe { _mm256_loadu_ps(v.as_ptr()) }, _mm256_set1_ps(max)));
+            sum += hsum8(e) as f64;
+            // SAFETY: g + 8 <= np = w.len().
+            unsafe { _mm256_storeu_ps(w.as_mut_ptr().add(g), e) };
+        }
+        let inv = _mm256_set1_ps((1.0 / sum) as f32);
+        for g in (0..np).step_by(8) {
+            // SAFETY: g + 8 <= np = w.len().
+            unsafe {
+                let p = w.as_mut_ptr().add(g);
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(_mm256_loadu_ps(p), inv));
+                _mm256_storeu_ps(p, _mm256_cvtph_ps(h));
+            }
+        }
+        // Values: output element `c` is the dot of the weights with column `c` of V over the shared dimension
+        // j, whose element j goes to partial sum (set) `j % 8` (Tiled) or `(j / 8 % 4, j % 8)` (Vec). The sets
+        // are held as rows of `d` values in `acc`, so each key's row of V is one vector pass.
+        #[cfg(target_arch = "x86_64")]
+        if self.order == DotOrder::Tiled && self.keys_t.is_some() && d.is_multiple_of(32) {
+            // SAFETY: AVX-512 F is present (`keys_t` is only given where it is); `values(j)` has d values.
+            unsafe { values_wide(&w[..n], d, &values, out) };
+            return;
+        }
+        if self.order == DotOrder::Tiled {
+            // Eight partial sums per output element, j % 8: for each eight outputs, the eight sums in registers
+            // over every key, then the tree.
+            for c in (0..d).step_by(8) {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let add = |j: usize, acc: &mut __m256| {
+                    let v = &values(j)[c..c + 8];
+                    // SAFETY: `v` is eight f32.
+                    *acc = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(v.as_ptr()) }, _mm256_set1_ps(w[j]), *acc);
+                };
+                let full = n / 8 * 8;
+                for j in (0..full).step_by(8) {
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        add(j + l, a);
+                    }
+                }
+                for (l, a) in acc.iter_mut().enumerate().take(n - full) {
+                    add(full + l, a);
+                }
+                let pair = |x: usize, y: usize| _mm256_add_ps(acc[x], acc[y]);
+                let sum = _mm256_add_ps(_mm256_add_ps(pair(0, 4), pair(2, 6)), _mm256_add_ps(pair(1, 5), pair(3, 7)));
+                // SAFETY: c + 8 <= d = out.len().
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c), sum) };
+            }
+            return;
+        }
+        let sets = 32;
+        acc[..sets * d].fill(0.0);
+        for (j, &p) in w[..n].iter().enumerate() {
+            let set = (j / 8 % 4) * 8 + j % 8;
+            let v = values(j);
+            let row = &mut acc[set * d..(set + 1) * d];
+            let pv = _mm256_set1_ps(p);
+            for c in (0..d).step_by(8) {
+                // SAFETY: c + 8 <= d, the length of `row` and of `v` (asserted by the caller's layout).
+                unsafe {
+                    let r = row.as_mut_ptr().add(c);
+                    _mm256_storeu_ps(r, _mm256_fmadd_ps(_mm256_loadu_ps(v.as_ptr().add(c)), pv, _mm256_loadu_ps(r)));
+                }
+            }
+        }
+        let at = |set: usize, c: usize| acc[set * d + c];
+        for (c, o) in out.iter_mut().enumerate() {
+            *o = match self.order {
+                DotOrder::Tiled => {
+                    let l: [f32; 8] = std::array::from_fn(|k| at(k, c));
+                    crate::qdot::hsum_tree(l)
+                }
+                DotOrder::Vec => {
+                    // Accumulator a lane l is set 8a + l: a0 += a2, a1 += a3, a0 += a1; then the 128-bit halves
+                    // lane by lane, then two `hadd`s.
+                    let x0: [f32; 8] =
+                        std::array::from_fn(|l| (at(l, c) + at(16 + l, c)) + (at(8 + l, c) + at(24 + l, c)));
+                    let t: [f32; 4] = std::array::from_fn(|k| x0[k] + x0[k + 4]);
+                    (t[0] + t[1]) + (t[2] + t[3])
+                }
+            };
+        }
+    }
+}
+
+/// Whether the 512-bit attention kernels can run here (AVX-512 F).
+pub fn wide_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        available() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `Tiled` scores of sixteen keys at a time from transposed keys: lane `j` of `r[l]` is key `j`'s partial sum
+/// `l` (dimensions `l, l + 8, ...` in order), so the lanes hold exactly what `tinyBLAS` holds for each key; then
+/// `hsum_float_8`'s tree across the eight registers, and the scale.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn scores_wide(q: &[f32], kt: &[f32], stride: usize, n: usize, scale: f32, w: &mut [f32]) {
+    let d = q.len();
+    for jb in (0..n).step_by(16) {
+        let mut r = [_mm512_setzero_ps(); 8];
+        for s in 0..d / 8 {
+            for (l, rl) in r.iter_mut().enumerate() {
+                let e = 8 * s + l;
+                // SAFETY: row e of `kt` holds `stride` >= jb + 16 values (the caller's padding).
+                let k = unsafe { _mm512_loadu_ps(kt.as_ptr().add(e * stride + jb)) };
+                *rl = _mm512_fmadd_ps(_mm512_set1_ps(q[e]), k, *rl);
+            }
+        }
+        let pair = |x: usize, y: usize| _mm512_add_ps(r[x], r[y]);
+        let sum = _mm512_add_ps(_mm512_add_ps(pair(0, 4), pair(2, 6)), _mm512_add_ps(pair(1, 5), pair(3, 7)));
+        // SAFETY: jb + 16 <= w.len() (the caller pads the scores to a multiple of 32).
+        unsafe { _mm512_storeu_ps(w.as_mut_ptr().add(jb), _mm512_mul_ps(sum, _mm512_set1_ps(scale))) };
+    }
+}
+
+/// The `Tiled` value product with sixteen outputs per register: partial sum `j % 8` of outputs `c..c + 16` in
+/// `acc[j % 8]`, over every key; two such groups per pass. Lane for lane what the eight-wide loop computes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn values_wide<'k>(w: &[f32], d: usize, values: &impl Fn(usize) -> &'k [f32], out: &mut [f32]) {
+    let n = w.len();
+    let full = n / 8 * 8;
+    for c in (0..d).step_by(32) {
+        let mut acc = [[_mm512_setzero_ps(); 8]; 2];
+        let add = |j: usize, a0: &mut __m512, a1: &mut __m512| {
+            let v = &values(j)[c..c + 32];
+            let pv = _mm512_set1_ps(w[j]);
+            // SAFETY: `v` is 32 f32.
+            unsafe {
+                *a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v.as_ptr()), pv, *a0);
+                *a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v.as_ptr().add(16)), pv, *a1);
+            }
+        };
+        let [lo, hi] = &mut acc;
+        for j in (0..full).step_by(8) {
+            for (l, (a0, a1)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                add(j + l, a0, a1);
+            }
+        }
+        for (l, (a0, a1)) in lo.iter_mut().zip(hi.iter_mut()).enumerate().take(n - full) {
+            add(full + l, a0, a1);
+        }
+        for (h, a) in acc.iter().enumerate() {
+            let pair = |x: usize, y: usize| _mm512_add_ps(a[x], a[y]);
+            let sum = _mm512_add_ps(_mm512_add_ps(pair(0, 4), pair(2, 6)), _mm512_add_ps(pair(1, 5), pair(3, 7)));
+            // SAFETY: c + 16 h + 16 <= d = out.len().
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * h), sum) };
+        }
+    }
+}
+
+/// Attention for every row of a step, as [`HeadAttention`]: row `i` of `qkv` (`[rows, (nh + 2 nkv) d]`, Q already
+/// roped) attends to the pool slots `slots[o..o + n]` for `rows[i] = (o, n)`, whose K and V the pool holds at f16
+/// precision. Returns `[rows, nh d]`.
+pub fn attention(
+    qkv: &[f32],
+    (pool_k, pool_v): (&[f32], &[f32]),
+    rows: &[(usize, usize)],
+    slots: &[u32],
+    h: crate::cpu_attention::Heads,
+    order: DotOrder,
+) -> Vec<f32> {
+    let d = h.head_dim;
+    let width = (h.n_heads + 2 * h.n_kv_heads) * d;
+    let kv_width = h.n_kv_heads * d;
+    let group = h.n_heads / h.n_kv_heads;
+    assert!(qkv.len() == rows.len() * width && pool_k.len() == pool_v.len());
+    assert!(rows.iter().all(|&(o, n)| n > 0 && o + n <= slots.len()));
+    assert!(slots.iter().all(|&s| (s as usize + 1) * kv_width <= pool_k.len()));
+    let scale = 1.0 / (d as f32).sqrt();
+    // With AVX-512, each sequence's keys transposed once per KV head (shared by its rows and query heads):
+    // sequence at slot offset `o` with up to `n` keys -> `[nkv][d][stride]`.
+    let wide = order == DotOrder::Tiled && wide_available() && d.is_multiple_of(32);
+    let mut seqs: Vec<(usize, usize)> = Vec::new();
+    if wide {
+        for &(o, n) in rows {
+            match seqs.iter_mut().find(|s| s.0 == o) {
+                Some(s) => s.1 = s.1.max(n),
+                None => seqs.push((o, n)),
+            }
+        }
+    }
+    let strides: Vec<usize> = seqs.iter().map(|&(_, n)| n.div_ceil(32) * 32).collect();
+    let mut kts: Vec<Vec<f32>> = strides.iter().map(|&st| vec![0f32; h.n_kv_heads * d * st]).collect();
+    {
+        let ptrs: Vec<crate::team::SharedMut> =
+            kts.iter_mut().map(|k| crate::team::SharedMut::new(k.as_mut_ptr())).collect();
+        crate::team::run(seqs.len() * h.n_kv_heads, &|task| {
+            let (si, kvh) = (task / h.n_kv_heads, task % h.n_kv_heads);
+            let ((o, n), st) = (seqs[si], strides[si]);
+            // SAFETY: task (si, kvh) owns KV head kvh's d * st values of sequence si's buffer; nothing else
+            // touches them until `team::run` returns.
+            let kt = unsafe { std::slice::from_raw_parts_mut(ptrs[si].get().add(kvh * d * st), d * st) };
+            for j in 0..n {
+                let at = slots[o + j] as usize * kv_width + kvh * d;
+                for (e, &v) in pool_k[at..at + d].iter().enumerate() {
+                    kt[e * st + j] = v;
+                }
+            }
+        });
+    }
+    let mut out = vec![0f32; rows.len() * h.n_heads * d];
+    let base = crate::team::SharedMut::new(out.as_mut_ptr());
+    // One task per (row, KV head); its query heads share the keys and values it reads.
+    crate::team::run(rows.len() * h.n_kv_heads, &|task| {
+        let (i, kvh) = (task / h.n_kv_heads, task % h.n_kv_heads);
+        // SAFETY: task (i, kvh) owns out[i * nh * d + kvh * group * d..][..group * d], inside `out`; no other task
+        // writes it and `out` outlives `team::run`.
+        let o = unsafe { std::slice::from_raw_parts_mut(base.get().add((i * h.n_heads + kvh * group) * d), group * d) };
+        let (at, n) = rows[i];
+        let ctx = &slots[at..at + n];
+        let at_slot = |j: usize| ctx[j] as usize * kv_width + kvh * d;
+        let mut scratch = Vec::new();
+        let mut q = vec![0f32; d];
+        let keys_t = seqs.iter().position(|s| s.0 == at).map(|si| {
+            let st = strides[si];
+            (&kts[si][kvh * d * st..(kvh + 1) * d * st], st)
+        });
+        for (g, og) in o.chunks_exact_mut(d).enumerate() {
+            let head = kvh * group + g;
+            q.copy_from_slice(&qkv[i * width + head * d..i * width + (head + 1) * d]);
+            f16_round_slice(&mut q);
+            HeadAttention { order, d, scale, scratch: &mut scratch, keys_t }.run(
+                &q,
+                n,
+                |j| &pool_k[at_slot(j)..at_slot(j) + d],
+                |j| &pool_v[at_slot(j)..at_slot(j) + d],
+                og,
+            );
+        }
+    });
+    out
+}
