@@ -179,6 +179,8 @@ fn main() -> anyhow::Result<()> {
     let quant = Model::load(&args.model, opts(WeightFormat::Quantized), &mut |_, _| {})?;
     let quant_rss = resident_mb() - before;
     let dense = Model::load(&args.model, opts(WeightFormat::F32), &mut |_, _| {})?;
+    // The same blocks with prompts through the f32 GEMM (`--weights quantized-f32-prefill`).
+    let fast = Model::load(&args.model, opts(WeightFormat::QuantizedF32Prefill), &mut |_, _| {})?;
     let cfg = quant.net.config().clone();
     let params = cfg.matmul_params() as f64;
     let (q_bytes, f_bytes) = (quant.net.weight_bytes() as f64, dense.net.weight_bytes() as f64);
@@ -201,10 +203,11 @@ fn main() -> anyhow::Result<()> {
         roof.matmul_flops / 1e9
     );
 
-    // Rounds alternate the three systems, so a load change on the machine touches them alike.
+    // Rounds alternate the systems, so a load change on the machine touches them alike.
     let mut llama: Option<(f64, f64)> = None;
     let mut best_q: Option<Speeds> = None;
     let mut best_f: Option<Speeds> = None;
+    let mut best_p: Option<Speeds> = None;
     for round in 1..=args.rounds {
         println!("round {round}");
         if let Some(bin) = &args.llama_bench {
@@ -219,6 +222,11 @@ fn main() -> anyhow::Result<()> {
         // The quantized path streams its blocks (the embedding table is read a row per token, not streamed).
         let q = measure(&quant, &args, "quantized", &roof, q_bytes)?;
         let f = measure(&dense, &args, "f32", &roof, params * 4.0)?;
+        let p = measure(&fast, &args, "quantized-f32-prefill", &roof, q_bytes)?;
+        best_p = Some(match best_p {
+            Some(b) => b.best(&p),
+            None => p,
+        });
         best_q = Some(match best_q {
             Some(b) => b.best(&q),
             None => q,
@@ -228,7 +236,7 @@ fn main() -> anyhow::Result<()> {
             None => f,
         });
     }
-    let (q, f) = (best_q.unwrap_or_default(), best_f.unwrap_or_default());
+    let (q, f, p) = (best_q.unwrap_or_default(), best_f.unwrap_or_default(), best_p.unwrap_or_default());
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
         _ => "n/a".to_string(),
@@ -244,6 +252,13 @@ fn main() -> anyhow::Result<()> {
         f.decode_at(1).unwrap_or(0.0),
         f.decode_at(32).unwrap_or(0.0),
         llama.map_or("not measured".into(), |(pp, tg)| format!("pp512 {pp:.1}, tg128 {tg:.1} tok/s")),
+    );
+    println!(
+        "quantized-f32-prefill: prefill {:.0} tok/s ({} f32), decode b1 {:.1}, b32 {:.1} tok/s",
+        p.prefill,
+        ratio(Some(p.prefill), Some(f.prefill)),
+        p.decode_at(1).unwrap_or(0.0),
+        p.decode_at(32).unwrap_or(0.0)
     );
     println!(
         "quantized: decode b1 {} llama.cpp tg128, prefill {} f32, decode b32 {} f32, weights {:.2}x GGUF",
