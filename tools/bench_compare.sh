@@ -14,6 +14,8 @@ PORT=${PORT:-30200}
 CONC=${CONC:-32}
 THREADS=${THREADS:-$(nproc)}
 SYSTEMS=${SYSTEMS:-"radixserve radixserve-nocache llama-server llama-cpp-python"}
+# Extra flags for our server (for instance `--weights quantized-exact`).
+RADIXSERVE_FLAGS=${RADIXSERVE_FLAGS:-}
 LLAMA_SERVER=$CACHE/llamacpp-0.3.36-avx2/bin/llama-server
 BENCH_PY=$CACHE/bench-venv/bin/python
 mkdir -p "$OUT"
@@ -41,8 +43,8 @@ bench() { # label dataset args...
 for sys in $SYSTEMS; do
   : > "$OUT/$sys.txt"
   case $sys in
-    radixserve) "$TARGET/radixserve" serve --model "$MODEL" --port "$PORT" --threads "$THREADS" >"$OUT/$sys.log" 2>&1 & ;;
-    radixserve-nocache) "$TARGET/radixserve" serve --model "$MODEL" --port "$PORT" --threads "$THREADS" --disable-radix-cache >"$OUT/$sys.log" 2>&1 & ;;
+    radixserve) "$TARGET/radixserve" serve --model "$MODEL" --port "$PORT" --threads "$THREADS" $RADIXSERVE_FLAGS >"$OUT/$sys.log" 2>&1 & ;;
+    radixserve-nocache) "$TARGET/radixserve" serve --model "$MODEL" --port "$PORT" --threads "$THREADS" --disable-radix-cache $RADIXSERVE_FLAGS >"$OUT/$sys.log" 2>&1 & ;;
     llama-server) "$LLAMA_SERVER" -m "$MODEL" --host 127.0.0.1 --port "$PORT" -t "$THREADS" -np "$CONC" -c $((CONC * 8192)) --cont-batching >"$OUT/$sys.log" 2>&1 & ;;
     llama-cpp-python) "$BENCH_PY" -m llama_cpp.server --model "$MODEL" --host 127.0.0.1 --port "$PORT" --n_threads "$THREADS" --n_ctx 8192 >"$OUT/$sys.log" 2>&1 & ;;
     *) echo "unknown system $sys" >&2; exit 2 ;;

@@ -20,9 +20,9 @@ pub struct DeviceArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// How a GGUF file's quantized matrices are held on the CPU: `quantized` (as their blocks, multiplied by
-    /// integer kernels, every step computed as llama.cpp computes it; about the file's size in memory),
-    /// `quantized-f32-prefill` (the same blocks, prompts through an f32 GEMM: faster prompts, results close to
-    /// llama.cpp's rather than equal) or `f32` (dequantized at load, the numerics reference).
+    /// integer kernels in decode steps and an f32 GEMM for prompts; about the file's size in memory),
+    /// `quantized-exact` (the same blocks, every step computed as llama.cpp computes it, to the bit; prompts
+    /// about 0.65x as fast) or `f32` (dequantized at load, the numerics reference).
     #[arg(long, default_value = "quantized")]
     pub weights: kernels::WeightFormat,
 }

@@ -350,8 +350,7 @@ impl HeadAttention<'_> {
             }
         }
         // Values: output element `c` is the dot of the weights with column `c` of V over the shared dimension
-        // j, whose element j goes to partial sum (set) `j % 8` (Tiled) or `(j / 8 % 4, j % 8)` (Vec). The sets
-        // are held as rows of `d` values in `acc`, so each key's row of V is one vector pass.
+        // j, whose element j goes to partial sum (set) `j % 8` (Tiled) or `(j / 8 % 4, j % 8)` (Vec).
         #[cfg(target_arch = "x86_64")]
         if self.order == DotOrder::Tiled && self.keys_t.is_some() && d.is_multiple_of(32) {
             // SAFETY: AVX-512 F is present (`keys_t` is only given where it is); `values(j)` has d values.
@@ -384,6 +383,7 @@ impl HeadAttention<'_> {
             }
             return;
         }
+        // Vec (one-token steps): the 32 sets held as rows of `d` values in `acc`, each key's row of V one pass.
         let sets = 32;
         acc[..sets * d].fill(0.0);
         for (j, &p) in w[..n].iter().enumerate() {
@@ -401,20 +401,11 @@ impl HeadAttention<'_> {
         }
         let at = |set: usize, c: usize| acc[set * d + c];
         for (c, o) in out.iter_mut().enumerate() {
-            *o = match self.order {
-                DotOrder::Tiled => {
-                    let l: [f32; 8] = std::array::from_fn(|k| at(k, c));
-                    crate::qdot::hsum_tree(l)
-                }
-                DotOrder::Vec => {
-                    // Accumulator a lane l is set 8a + l: a0 += a2, a1 += a3, a0 += a1; then the 128-bit halves
-                    // lane by lane, then two `hadd`s.
-                    let x0: [f32; 8] =
-                        std::array::from_fn(|l| (at(l, c) + at(16 + l, c)) + (at(8 + l, c) + at(24 + l, c)));
-                    let t: [f32; 4] = std::array::from_fn(|k| x0[k] + x0[k + 4]);
-                    (t[0] + t[1]) + (t[2] + t[3])
-                }
-            };
+            // Accumulator a lane l is set 8a + l: a0 += a2, a1 += a3, a0 += a1; then the 128-bit halves lane by
+            // lane, then two `hadd`s.
+            let x0: [f32; 8] = std::array::from_fn(|l| (at(l, c) + at(16 + l, c)) + (at(8 + l, c) + at(24 + l, c)));
+            let t: [f32; 4] = std::array::from_fn(|k| x0[k] + x0[k + 4]);
+            *o = (t[0] + t[1]) + (t[2] + t[3]);
         }
     }
 }
@@ -513,15 +504,19 @@ pub fn attention(
     // With AVX-512, each sequence's keys transposed once per KV head (shared by its rows and query heads):
     // sequence at slot offset `o` with up to `n` keys -> `[nkv][d][stride]`.
     let wide = order == DotOrder::Tiled && wide_available() && d.is_multiple_of(32);
-    let mut seqs: Vec<(usize, usize)> = Vec::new();
+    // Only for sequences with two or more rows in the step: a decode row would transpose its whole context to
+    // read it once.
+    let mut seqs: Vec<(usize, usize, usize)> = Vec::new();
     if wide {
         for &(o, n) in rows {
             match seqs.iter_mut().find(|s| s.0 == o) {
-                Some(s) => s.1 = s.1.max(n),
-                None => seqs.push((o, n)),
+                Some(s) => (s.1, s.2) = (s.1.max(n), s.2 + 1),
+                None => seqs.push((o, n, 1)),
             }
         }
+        seqs.retain(|s| s.2 >= 2);
     }
+    let seqs: Vec<(usize, usize)> = seqs.into_iter().map(|(o, n, _)| (o, n)).collect();
     let strides: Vec<usize> = seqs.iter().map(|&(_, n)| n.div_ceil(32) * 32).collect();
     let mut kts: Vec<Vec<f32>> = strides.iter().map(|&st| vec![0f32; h.n_kv_heads * d * st]).collect();
     {

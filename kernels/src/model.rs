@@ -27,14 +27,15 @@ pub struct LoadOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
     /// As their blocks, multiplied by [`crate::qmatmul`] (where the CPU has AVX2, FMA and F16C): about the
-    /// file's size in memory. Every step is computed as llama.cpp's CPU backend computes it, to the bit
-    /// ([`crate::ggml_ops`]).
+    /// file's size in memory. Steps of up to 32 tokens round activations to int8 and multiply in integers, as
+    /// llama.cpp; longer ones (prompts) multiply the activations as they are by the weights dequantized a chunk
+    /// at a time (libtorch's f32 GEMM). Results close to llama.cpp's, not equal.
     #[default]
     Quantized,
-    /// As [`Self::Quantized`], but steps of more than 32 tokens (prompts) multiply the activations as they are
-    /// by the weights dequantized a chunk at a time (libtorch's f32 GEMM, and its attention): prompts about 1.4x
-    /// faster (`make bench-model` on SmolLM2), results close to llama.cpp's rather than equal.
-    QuantizedF32Prefill,
+    /// The same blocks, every step computed as llama.cpp's CPU backend computes it, to the bit
+    /// ([`crate::ggml_ops`]): outputs equal llama.cpp's on the same GGUF; prompts about 0.65x as fast
+    /// (`make bench-model` on SmolLM2).
+    QuantizedExact,
     /// Dequantized to f32 at load (the numerics reference; about 8x the memory of a 4-bit file).
     F32,
 }
@@ -44,11 +45,11 @@ impl std::str::FromStr for WeightFormat {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "quantized" => Ok(Self::Quantized),
-            "quantized-f32-prefill" => Ok(Self::QuantizedF32Prefill),
+            "quantized-exact" => Ok(Self::QuantizedExact),
             "f32" => Ok(Self::F32),
-            other => Err(Error::invalid(format!(
-                "weights `{other}`: expected `quantized`, `quantized-f32-prefill` or `f32`"
-            ))),
+            other => {
+                Err(Error::invalid(format!("weights `{other}`: expected `quantized`, `quantized-exact` or `f32`")))
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The quantized-block weights (`WeightFormat::Quantized`, the default for GGUF on CPU) against llama.cpp on the
-//! same GGUF (`kernels/testdata/llamacpp_reference.json`, written by `tools/llamacpp_fixtures.py` through
+//! The quantized-block weights (`WeightFormat::Quantized`, the default for GGUF on CPU, and
+//! `WeightFormat::QuantizedExact`, llama.cpp's numerics to the bit) against llama.cpp on the same GGUF (`kernels/testdata/llamacpp_reference.json`, written by `tools/llamacpp_fixtures.py` through
 //! llama-cpp-python), against transformers' f32 reference, and against our own f32 path.
 //!
 //! Measures per model: over every prompt position of five prompts, how often our argmax is the reference's, and
@@ -163,8 +163,8 @@ fn against_transformers(m: &Model, reference: &str) -> Agreement {
 }
 
 /// The model at `path` on quantized blocks, holding at most 1.1x the file's bytes of weights (issue #21).
-fn load_quantized(path: &std::path::Path, label: &str) -> Model {
-    let m = load(path, WeightFormat::Quantized);
+fn load_quantized(path: &std::path::Path, label: &str, weights: WeightFormat) -> Model {
+    let m = load(path, weights);
     assert!(m.net.quantized());
     let file = std::fs::metadata(path).unwrap().len() as f64;
     let held = m.net.weight_bytes() as f64;
@@ -175,18 +175,29 @@ fn load_quantized(path: &std::path::Path, label: &str) -> Model {
 
 #[test]
 fn smollm2_quantized_agrees_with_llama_cpp() {
-    let m = load_quantized(&model_path(), "SmolLM2 Q4_1");
+    let exact = load_quantized(&model_path(), "SmolLM2 Q4_1 (exact)", WeightFormat::QuantizedExact);
+    let a = against_llama_cpp(&exact, "smollm2");
+    a.report("SmolLM2 quantized-exact vs llama.cpp");
+    against_transformers(&exact, "smollm2_reference.json").report("SmolLM2 quantized-exact vs transformers f32");
+    assert_equals_llama_cpp(&a);
+    let m = load_quantized(&model_path(), "SmolLM2 Q4_1", WeightFormat::Quantized);
     let a = against_llama_cpp(&m, "smollm2");
     a.report("SmolLM2 quantized vs llama.cpp");
     against_transformers(&m, "smollm2_reference.json").report("SmolLM2 quantized vs transformers f32");
-    assert_equals_llama_cpp(&a);
+    assert!(a.argmax_rate() >= 0.99 && a.mean_kl() < 0.01, "{a:?}");
+    // The default prefills prompts with the f32 GEMM: close to llama.cpp, not equal, and SmolLM2's continuations
+    // are chains of near-ties that any difference tips (measured 2/5, first differences after 18, 2 and 1
+    // tokens). Guarded: the first token (from the prompt) always agrees, and they agree for a while on average.
+    let (min, total) =
+        (a.first_divergence.iter().min().copied().unwrap_or(0), a.first_divergence.iter().sum::<usize>());
+    assert!(min >= 1 && total >= 8 * a.prompts, "{a:?}");
 }
 
 /// Issue #21 asks for argmax agreement at 99% of positions, mean KL under 0.01 and 4 of 5 identical greedy
-/// continuations. We compute what llama.cpp computes, to the bit ([`kernels::ggml_ops`]), so the agreement is
-/// complete: every argmax, every continuation, and a KL that only the fixture's rounding to 6 decimals leaves.
-/// (Before, with each part merely close to ggml's, SmolLM2 agreed on 2 of 5 continuations: int8 rounding turns
-/// any last-bit difference into a whole rounding step, and SmolLM2's continuations are full of near-ties.)
+/// continuations. `quantized-exact` computes what llama.cpp computes, to the bit ([`kernels::ggml_ops`]), so the
+/// agreement is complete: every argmax, every continuation, and a KL that only the fixture's rounding to 6
+/// decimals leaves. (With each part merely close to ggml's, SmolLM2 agreed on 2 of 5 continuations: int8
+/// rounding turns any last-bit difference into a whole rounding step.)
 fn assert_equals_llama_cpp(a: &Agreement) {
     assert!(a.argmax_same == a.positions && a.mean_kl() < 1e-4 && a.greedy_same == a.prompts, "{a:?}");
 }
@@ -196,24 +207,39 @@ fn assert_equals_llama_cpp(a: &Agreement) {
 #[test]
 #[ignore = "needs the opt-in Qwen2 model: make model-qwen"]
 fn qwen2_quantized_agrees_with_llama_cpp() {
-    let m = load_quantized(&repo_root().join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"), "Qwen2.5 Q4_K_M");
+    let path = repo_root().join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let exact = load_quantized(&path, "Qwen2.5 Q4_K_M (exact)", WeightFormat::QuantizedExact);
+    let a = against_llama_cpp(&exact, "qwen2");
+    a.report("Qwen2.5 quantized-exact vs llama.cpp");
+    against_transformers(&exact, "qwen2_reference.json").report("Qwen2.5 quantized-exact vs transformers f32");
+    assert_equals_llama_cpp(&a);
+    let m = load_quantized(&path, "Qwen2.5 Q4_K_M", WeightFormat::Quantized);
     let a = against_llama_cpp(&m, "qwen2");
     a.report("Qwen2.5 quantized vs llama.cpp");
     against_transformers(&m, "qwen2_reference.json").report("Qwen2.5 quantized vs transformers f32");
-    assert_equals_llama_cpp(&a);
+    // The default: close to llama.cpp (measured 98.5% argmax, 4/5 continuations); guarded at that level.
+    assert!(a.argmax_rate() >= 0.98 && a.mean_kl() < 0.01 && a.greedy_same >= 4, "{a:?}");
 }
 
-/// Our f32 path is the numerics reference: a prompt prefilled in one call and fed a token at a time (both with
-/// int8 activations, in llama.cpp's order) stays close to it, and the two agree with each other.
+/// Our f32 path is the numerics reference: a prompt prefilled in one call and fed a token at a time stays close
+/// to it on both quantized paths, and the two agree with each other. The default's prefill (the dequantized GEMM)
+/// computes exactly the f32 function; the exact path rounds activations there too.
 #[test]
 fn quantized_weights_stay_close_to_f32_on_every_path() {
-    let (q, f) = (load(&model_path(), WeightFormat::Quantized), load(&model_path(), WeightFormat::F32));
+    let f = load(&model_path(), WeightFormat::F32);
+    for (weights, prefill_kl) in [(WeightFormat::Quantized, 1e-6), (WeightFormat::QuantizedExact, 0.02)] {
+        let q = load(&model_path(), weights);
+        close_to_f32(&q, &f, prefill_kl);
+    }
+}
+
+fn close_to_f32(q: &Model, f: &Model, prefill_kl: f64) {
     assert!(q.net.quantized() && !f.net.quantized());
     let text = "The quick brown fox jumps over the lazy dog. In 1492, Columbus sailed the ocean blue; the capital of \
                 France is Paris, and the capital of Italy is";
     let ids = q.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
     assert!(ids.len() > 32, "a prompt of more than 32 tokens: the products' tiled orders");
-    let (prefilled, lf) = (log_probs(&q, &ids), log_probs(&f, &ids));
+    let (prefilled, lf) = (log_probs(q, &ids), log_probs(f, &ids));
     let mut kv = q.net.new_kv_pool(ids.len()).unwrap();
     let slots: Vec<u32> = (0..ids.len() as u32).collect();
     let rows: Vec<Tensor> = (0..ids.len())
@@ -235,12 +261,13 @@ fn quantized_weights_stay_close_to_f32_on_every_path() {
         prefilled.argmax(-1, false).eq_tensor(&stepped.argmax(-1, false)).to_kind(Kind::Double).mean(Kind::Double);
     let same = same.double_value(&[]);
     eprintln!(
-        "mean KL(f32 || quantized): prefilled {:.4}, a token at a time {:.4}; argmax of the two the same at {:.1}% \
-         of positions",
+        "mean KL(f32 || quantized, exact: {}): prefilled {:.1e}, a token at a time {:.4}; argmax of the two the \
+         same at {:.1}% of positions",
+        q.net.ggml_numerics(),
         kl(&lf, &prefilled),
         kl(&lf, &stepped),
         100.0 * same
     );
-    assert!(kl(&lf, &prefilled) < 0.02 && kl(&lf, &stepped) < 0.02);
+    assert!(kl(&lf, &prefilled) < prefill_kl && kl(&lf, &stepped) < 0.02);
     assert!(same >= 0.9, "{same}");
 }
