@@ -473,17 +473,12 @@ pub fn vec_dot_portable(ty: GgmlType, w: &[u8], a: &[Q8Block]) -> Result<f32> {
     Ok(hsum_tree(lanes) + mins)
 }
 
-/// `acc + m s`, as ggml's 32-value kernels add a block's min term (`summs += m * s`, which its compiler fuses).
+/// `acc + m s` in one rounding, as ggml's 32-value kernels add a block's min term (`summs += m * s`, which its
+/// compiler fuses: the unfused sum differs in the last bit).
 #[inline]
 pub(crate) fn min_term(m: f32, s: f32, acc: f32) -> f32 {
-    if FUSED_MIN {
-        m.mul_add(s, acc)
-    } else {
-        acc + m * s
-    }
+    m.mul_add(s, acc)
 }
-
-pub(crate) const FUSED_MIN: bool = true;
 
 /// [`vec_dot_portable`] with the AVX2 kernel where the CPU has AVX2 and FMA.
 pub fn vec_dot(ty: GgmlType, w: &[u8], a: &[Q8Block]) -> Result<f32> {

@@ -18,9 +18,10 @@
 //! in the order of llama.cpp's CPU kernel for its type and the product's size (see [`crate::qdot`]): eight
 //! partial sums per row for the 32-value types, one fused multiply-add per block each, the tree of
 //! `hsum_float_8`; the K-quants per [`crate::qdot::KOrder`]. The results equal llama.cpp's to the bit, which is
-//! what `--weights quantized-exact` runs ([`crate::ggml_ops`] has the rest of the layer). Integer sums are exact in any
-//! order, so the kernels are free in how they get them: eight rows per 256-bit register (AVX2, `maddubs`/`madd`),
-//! or two groups of eight per 512-bit register with `vpdpbusd` (AVX-512 VNNI, where present; the same lanes).
+//! what `--weights quantized-exact` runs ([`crate::ggml_ops`] has the rest of the layer); [`QuantMatrix::matmul_t`]
+//! (the default) runs the same kernels up to [`INT_ROWS`] rows. Integer sums are exact in any order, so the
+//! kernels are free in how they get them: eight rows per 256-bit register (AVX2, `maddubs`/`madd`), or two groups
+//! of eight per 512-bit register with `vpdpbusd` (AVX-512 VNNI, where present; the same lanes).
 //!
 //! [`QuantMatrix::matmul_t`] runs products of more than [`INT_ROWS`] rows (prompts) differently: it dequantizes up
 //! to 16 MB of rows at a time into an f32 buffer for libtorch's GEMM (`--weights quantized`, the default); the
@@ -365,10 +366,13 @@ impl QuantMatrix {
         let wide = fast && wide_available();
         // Per activation row and block, the sums of each four values (what the offset types' bias multiplies).
         let biased = self.segs.iter().any(|s| matches!(s.ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0));
-        let sums: Vec<Vec<[i32; 8]>> = a32
-            .iter()
-            .map(|r| if wide && biased { r.iter().map(chunk_sums).collect() } else { vec![[0; 8]; r.len()] })
-            .collect();
+        let sums: Vec<Vec<[i32; 8]>> = if wide {
+            a32.iter()
+                .map(|r| if biased { r.iter().map(chunk_sums).collect() } else { vec![[0; 8]; r.len()] })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let run = |task: usize| {
             let mut tile = vec![[0f32; GROUP]; m];
             let mut tile2 = vec![[0f32; 2 * GROUP]; if wide { m } else { 0 }];
@@ -694,11 +698,7 @@ mod avx512 {
                     let m16 = halves(p0.add(f.rec_m()), p1.add(f.rec_m()));
                     for i in 0..XR {
                         let s = _mm512_set1_ps(a[i][b].s);
-                        mins[i] = if crate::qdot::FUSED_MIN {
-                            _mm512_fmadd_ps(m16, s, mins[i])
-                        } else {
-                            _mm512_add_ps(mins[i], _mm512_mul_ps(m16, s))
-                        };
+                        mins[i] = _mm512_fmadd_ps(m16, s, mins[i]);
                     }
                 }
             }
@@ -881,11 +881,7 @@ mod avx2 {
                 }
                 if ty == GgmlType::Q4_1 || ty == GgmlType::Q5_1 {
                     let s = _mm256_set1_ps(act.s);
-                    mins = if crate::qdot::FUSED_MIN {
-                        _mm256_fmadd_ps(m8, s, mins)
-                    } else {
-                        _mm256_add_ps(mins, _mm256_mul_ps(m8, s))
-                    };
+                    mins = _mm256_fmadd_ps(m8, s, mins);
                 }
             }
         }
