@@ -228,7 +228,7 @@ fn dot_f16(order: DotOrder, n: usize, a: &[f32], b: &[f32]) -> f32 {
                     acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(s)), _mm256_loadu_ps(b.as_ptr().add(s)), acc)
                 };
             }
-            hsum8(acc)
+            crate::qdot::avx2::hsum(acc)
         }
         DotOrder::Vec => {
             let mut acc = [_mm256_setzero_ps(); 4];
@@ -243,15 +243,6 @@ fn dot_f16(order: DotOrder, n: usize, a: &[f32], b: &[f32]) -> f32 {
             reduce_vec(acc)
         }
     }
-}
-
-/// `hsum_float_8`'s tree.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn hsum8(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 /// `GGML_F32x8_REDUCE` over four accumulators (then to f64 and back, as `ggml_vec_dot_f16` returns it: exact).
@@ -336,7 +327,7 @@ impl HeadAttention<'_> {
             v[..live].copy_from_slice(&w[g..g + live]);
             // SAFETY: `v` is eight f32.
             let e = expf8(_mm256_sub_ps(unsafe { _mm256_loadu_ps(v.as_ptr()) }, _mm256_set1_ps(max)));
-            sum += hsum8(e) as f64;
+            sum += crate::qdot::avx2::hsum(e) as f64;
             // SAFETY: g + 8 <= np = w.len().
             unsafe { _mm256_storeu_ps(w.as_mut_ptr().add(g), e) };
         }
@@ -376,10 +367,8 @@ impl HeadAttention<'_> {
                 for (l, a) in acc.iter_mut().enumerate().take(n - full) {
                     add(full + l, a);
                 }
-                let pair = |x: usize, y: usize| _mm256_add_ps(acc[x], acc[y]);
-                let sum = _mm256_add_ps(_mm256_add_ps(pair(0, 4), pair(2, 6)), _mm256_add_ps(pair(1, 5), pair(3, 7)));
                 // SAFETY: c + 8 <= d = out.len().
-                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c), sum) };
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c), crate::qdot::avx2::tree8(&acc)) };
             }
             return;
         }
@@ -439,8 +428,7 @@ fn scores_wide(q: &[f32], kt: &[f32], stride: usize, n: usize, scale: f32, w: &m
                 *rl = _mm512_fmadd_ps(_mm512_set1_ps(q[e]), k, *rl);
             }
         }
-        let pair = |x: usize, y: usize| _mm512_add_ps(r[x], r[y]);
-        let sum = _mm512_add_ps(_mm512_add_ps(pair(0, 4), pair(2, 6)), _mm512_add_ps(pair(1, 5), pair(3, 7)));
+        let sum = crate::qdot::avx2::tree8_512(&r);
         // SAFETY: jb + 16 <= w.len() (the caller pads the scores to a multiple of 32).
         unsafe { _mm512_storeu_ps(w.as_mut_ptr().add(jb), _mm512_mul_ps(sum, _mm512_set1_ps(scale))) };
     }
@@ -474,10 +462,8 @@ fn values_wide<'k>(w: &[f32], d: usize, values: &impl Fn(usize) -> &'k [f32], ou
             add(full + l, a0, a1);
         }
         for (h, a) in acc.iter().enumerate() {
-            let pair = |x: usize, y: usize| _mm512_add_ps(a[x], a[y]);
-            let sum = _mm512_add_ps(_mm512_add_ps(pair(0, 4), pair(2, 6)), _mm512_add_ps(pair(1, 5), pair(3, 7)));
             // SAFETY: c + 16 h + 16 <= d = out.len().
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * h), sum) };
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * h), crate::qdot::avx2::tree8_512(a)) };
         }
     }
 }

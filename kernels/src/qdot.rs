@@ -566,8 +566,9 @@ pub(crate) mod avx2 {
         _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
     }
 
+    /// `hsum_float_8`: the 128-bit halves added lane by lane, then pairs ([`super::hsum_tree`] in one register).
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
+    pub(crate) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -785,6 +786,20 @@ pub(crate) mod avx2 {
         for r in 0..rows {
             out[r] = if orders[r] == KOrder::Lanes { hsum(lanes_acc[r]) } else { folds[r].finish(orders[r]) };
         }
+    }
+
+    /// [`super::hsum_tree`] across eight registers, lane by lane: partial sum `l` of every output in `a[l]`.
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn tree8(a: &[__m256; 8]) -> __m256 {
+        let pair = |x: usize, y: usize| _mm256_add_ps(a[x], a[y]);
+        _mm256_add_ps(_mm256_add_ps(pair(0, 4), pair(2, 6)), _mm256_add_ps(pair(1, 5), pair(3, 7)))
+    }
+
+    /// [`tree8`] for 512-bit registers.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn tree8_512(a: &[__m512; 8]) -> __m512 {
+        let pair = |x: usize, y: usize| _mm512_add_ps(a[x], a[y]);
+        _mm512_add_ps(_mm512_add_ps(pair(0, 4), pair(2, 6)), _mm512_add_ps(pair(1, 5), pair(3, 7)))
     }
 
     const _: () = assert!(QK == 32);

@@ -430,19 +430,18 @@ impl QuantMatrix {
         let span = GROUP * nb * bb;
         let data = &seg.data[g * span..(g + 1) * span];
         if is_k(seg.ty) {
-            let m = ak.len();
+            // The activation rows in fours, each with its order (the same for every weight row).
+            let orders: Vec<qdot::KOrder> = (0..ak.len()).map(|i| qdot::KOrder::of(seg.ty, ak.len(), i)).collect();
+            let rows: Vec<&[Q8KBlock]> = ak.iter().map(|v| v.as_slice()).collect();
             for r in 0..GROUP {
                 let w = &data[r * nb * bb..(r + 1) * nb * bb];
-                for (i0, (t, a)) in tile.chunks_mut(4).zip(ak.chunks(4)).enumerate() {
-                    let orders: Vec<qdot::KOrder> =
-                        (0..a.len()).map(|i| qdot::KOrder::of(seg.ty, m, 4 * i0 + i)).collect();
-                    let rows: Vec<&[Q8KBlock]> = a.iter().map(|v| v.as_slice()).collect();
+                for ((t, a), o) in tile.chunks_mut(4).zip(rows.chunks(4)).zip(orders.chunks(4)) {
                     let mut out = [0f32; 4];
                     // SAFETY: `seg.ty` is a K-quant and `w` holds `nb` blocks, as many as each row of `a`
                     // (checked at `new`); at most four rows.
-                    unsafe { qdot::vec_dot_k_rows_unchecked(seg.ty, w, &rows, &orders, &mut out[..a.len()]) };
-                    for (ti, o) in t.iter_mut().zip(out) {
-                        ti[r] = o;
+                    unsafe { qdot::vec_dot_k_rows_unchecked(seg.ty, w, a, o, &mut out[..a.len()]) };
+                    for (ti, v) in t.iter_mut().zip(out) {
+                        ti[r] = v;
                     }
                 }
             }
@@ -704,9 +703,7 @@ mod avx512 {
             }
         }
         for i in 0..XR {
-            let c = &acc[i];
-            let pair = |x: usize, y: usize| _mm512_add_ps(c[x], c[y]);
-            let sum = _mm512_add_ps(_mm512_add_ps(pair(0, 4), pair(2, 6)), _mm512_add_ps(pair(1, 5), pair(3, 7)));
+            let sum = crate::qdot::avx2::tree8_512(&acc[i]);
             // SAFETY: `out[i]` holds 16 f32.
             unsafe { _mm512_storeu_ps(out[i].as_mut_ptr(), _mm512_add_ps(sum, mins[i])) };
         }
@@ -751,17 +748,14 @@ mod avx2 {
     /// F16C; `p` points at a whole record of `ty`.
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn scales_offsets(ty: GgmlType, f: Fields, p: *const u8) -> (__m256, __m256) {
-        // SAFETY: the scales are the record's first 16 bytes, the mins the 16 at `rec_m` (types with a min).
-        unsafe {
-            let d8 = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-            let off8 = match ty {
-                GgmlType::Q4_0 => _mm256_mul_ps(d8, _mm256_set1_ps(-8.0)),
-                GgmlType::Q5_0 => _mm256_mul_ps(d8, _mm256_set1_ps(-16.0)),
-                GgmlType::Q4_1 | GgmlType::Q5_1 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(f.rec_m()) as *const __m128i)),
-                _ => _mm256_setzero_ps(),
-            };
-            (d8, off8)
-        }
+        // SAFETY: as this function's contract.
+        let (d8, m8) = unsafe { scales_mins(ty, f, p) };
+        let off8 = match ty {
+            GgmlType::Q4_0 => _mm256_mul_ps(d8, _mm256_set1_ps(-8.0)),
+            GgmlType::Q5_0 => _mm256_mul_ps(d8, _mm256_set1_ps(-16.0)),
+            _ => m8,
+        };
+        (d8, off8)
     }
 
     /// The quants of a record as registers of eight rows by four values: `(chunk c, register)` for the chunks
@@ -885,8 +879,7 @@ mod avx2 {
                 }
             }
         }
-        let pair = |i: usize, j: usize| _mm256_add_ps(acc[i], acc[j]);
-        let sum = _mm256_add_ps(_mm256_add_ps(pair(0, 4), pair(2, 6)), _mm256_add_ps(pair(1, 5), pair(3, 7)));
+        let sum = crate::qdot::avx2::tree8(&acc);
         // SAFETY: `out` holds eight f32.
         unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(sum, mins)) };
     }
