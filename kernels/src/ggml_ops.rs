@@ -265,9 +265,6 @@ pub struct HeadAttention<'a> {
     pub d: usize,
     pub scale: f32,
     pub scratch: &'a mut Vec<f32>,
-    /// With AVX-512 and the `Tiled` order: the keys transposed (`d` rows of `stride` values, key `j` at column
-    /// `j`, zeros past `n`), so sixteen keys' scores are computed side by side, lane by lane as `keys(j)`'s.
-    pub keys_t: Option<(&'a [f32], usize)>,
 }
 
 impl HeadAttention<'_> {
@@ -289,7 +286,7 @@ impl HeadAttention<'_> {
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn run_avx2<'k>(
         &mut self,
         q: &[f32],
@@ -305,49 +302,12 @@ impl HeadAttention<'_> {
         s.clear();
         s.resize(np + 8 * 4 * d, 0.0);
         let (w, acc) = s.split_at_mut(np);
-        match self.keys_t {
-            #[cfg(target_arch = "x86_64")]
-            Some((kt, stride)) if self.order == DotOrder::Tiled => {
-                assert!(wide_available() && stride.is_multiple_of(16) && stride >= np && kt.len() >= d * stride);
-                // SAFETY: AVX-512 F is present (asserted); the slices' sizes as asserted.
-                unsafe { scores_wide(q, kt, stride, n, self.scale, w) };
-            }
-            _ => {
-                for (j, wj) in w[..n].iter_mut().enumerate() {
-                    *wj = dot_f16(self.order, d, q, keys(j)) * self.scale;
-                }
-            }
+        for (j, wj) in w[..n].iter_mut().enumerate() {
+            *wj = dot_f16(self.order, d, q, keys(j)) * self.scale;
         }
-        let max = w[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        // Softmax: exp in groups of eight (the padding gives exp(-inf) = 0), each group's sum added in f64.
-        let mut sum = 0.0f64;
-        for g in (0..np).step_by(8) {
-            let mut v = [f32::NEG_INFINITY; 8];
-            let live = n.saturating_sub(g).min(8);
-            v[..live].copy_from_slice(&w[g..g + live]);
-            // SAFETY: `v` is eight f32.
-            let e = expf8(_mm256_sub_ps(unsafe { _mm256_loadu_ps(v.as_ptr()) }, _mm256_set1_ps(max)));
-            sum += crate::qdot::avx2::hsum(e) as f64;
-            // SAFETY: g + 8 <= np = w.len().
-            unsafe { _mm256_storeu_ps(w.as_mut_ptr().add(g), e) };
-        }
-        let inv = _mm256_set1_ps((1.0 / sum) as f32);
-        for g in (0..np).step_by(8) {
-            // SAFETY: g + 8 <= np = w.len().
-            unsafe {
-                let p = w.as_mut_ptr().add(g);
-                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(_mm256_loadu_ps(p), inv));
-                _mm256_storeu_ps(p, _mm256_cvtph_ps(h));
-            }
-        }
+        softmax_f16(w, n);
         // Values: output element `c` is the dot of the weights with column `c` of V over the shared dimension
         // j, whose element j goes to partial sum (set) `j % 8` (Tiled) or `(j / 8 % 4, j % 8)` (Vec).
-        #[cfg(target_arch = "x86_64")]
-        if self.order == DotOrder::Tiled && self.keys_t.is_some() && d.is_multiple_of(32) {
-            // SAFETY: AVX-512 F is present (`keys_t` is only given where it is); `values(j)` has d values.
-            unsafe { values_wide(&w[..n], d, &values, out) };
-            return;
-        }
         if self.order == DotOrder::Tiled {
             // Eight partial sums per output element, j % 8: for each eight outputs, the eight sums in registers
             // over every key, then the tree.
@@ -411,59 +371,151 @@ pub fn wide_available() -> bool {
     }
 }
 
-/// `Tiled` scores of sixteen keys at a time from transposed keys: lane `j` of `r[l]` is key `j`'s partial sum
-/// `l` (dimensions `l, l + 8, ...` in order), so the lanes hold exactly what `tinyBLAS` holds for each key; then
-/// `hsum_float_8`'s tree across the eight registers, and the scale.
+/// `Tiled` scores of sixteen keys at a time from transposed keys, for `H` query heads sharing them: lane `j` of
+/// `r[h][l]` is key `j`'s partial sum `l` for head `h` (dimensions `l, l + 8, ...` in order), so the lanes hold
+/// exactly what `tinyBLAS` holds for each key; then `hsum_float_8`'s tree across the eight registers, and the
+/// scale. Each key register feeds all `H` heads (up to three: 24 accumulators), so the transposed keys, which
+/// live in L2 for long prompts, are read once per three heads rather than once per head.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn scores_wide(q: &[f32], kt: &[f32], stride: usize, n: usize, scale: f32, w: &mut [f32]) {
-    let d = q.len();
+#[allow(clippy::needless_range_loop)] // registers indexed in lock-step by head and partial sum
+fn scores_wide<const H: usize>(
+    q: [&[f32]; H],
+    kt: &[f32],
+    stride: usize,
+    n: usize,
+    scale: f32,
+    w: &mut [&mut [f32]; H],
+) {
+    let d = q[0].len();
+    assert!(q.iter().all(|qh| qh.len() == d) && d.is_multiple_of(8));
     for jb in (0..n).step_by(16) {
-        let mut r = [_mm512_setzero_ps(); 8];
+        let mut r = [[_mm512_setzero_ps(); 8]; H];
         for s in 0..d / 8 {
-            for (l, rl) in r.iter_mut().enumerate() {
+            for l in 0..8 {
                 let e = 8 * s + l;
                 // SAFETY: row e of `kt` holds `stride` >= jb + 16 values (the caller's padding).
                 let k = unsafe { _mm512_loadu_ps(kt.as_ptr().add(e * stride + jb)) };
-                *rl = _mm512_fmadd_ps(_mm512_set1_ps(q[e]), k, *rl);
+                for h in 0..H {
+                    // SAFETY: e < d = q[h].len() (asserted).
+                    let qe = unsafe { *q[h].get_unchecked(e) };
+                    r[h][l] = _mm512_fmadd_ps(_mm512_set1_ps(qe), k, r[h][l]);
+                }
             }
         }
-        let sum = crate::qdot::avx2::tree8_512(&r);
-        // SAFETY: jb + 16 <= w.len() (the caller pads the scores to a multiple of 32).
-        unsafe { _mm512_storeu_ps(w.as_mut_ptr().add(jb), _mm512_mul_ps(sum, _mm512_set1_ps(scale))) };
+        for h in 0..H {
+            let sum = crate::qdot::avx2::tree8_512(&r[h]);
+            // SAFETY: jb + 16 <= w[h].len() (the caller pads the scores to a multiple of 32).
+            unsafe { _mm512_storeu_ps(w[h].as_mut_ptr().add(jb), _mm512_mul_ps(sum, _mm512_set1_ps(scale))) };
+        }
     }
 }
 
-/// The `Tiled` value product with sixteen outputs per register: partial sum `j % 8` of outputs `c..c + 16` in
-/// `acc[j % 8]`, over every key; two such groups per pass. Lane for lane what the eight-wide loop computes.
+/// The `Tiled` value product with sixteen outputs per register for `H` heads sharing the values: partial sum
+/// `j % 8` of head `h`'s outputs `c..c + 16` in `acc[h][j % 8]`, over every key (`w[h]`: head `h`'s weights for
+/// the `n` keys, then zeros to a multiple of 8). Lane for lane what the eight-wide loop computes; each value
+/// register feeds all `H` heads. The last group of eight adds the zero weights' products with key `n - 1`'s
+/// values (as llama.cpp adds its padded cache's, masked to zero), which leaves every sum as it was and keeps the
+/// accumulators in registers (indexed by constants only).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn values_wide<'k>(w: &[f32], d: usize, values: &impl Fn(usize) -> &'k [f32], out: &mut [f32]) {
-    let n = w.len();
-    let full = n / 8 * 8;
-    for c in (0..d).step_by(32) {
-        let mut acc = [[_mm512_setzero_ps(); 8]; 2];
-        let add = |j: usize, a0: &mut __m512, a1: &mut __m512| {
-            let v = &values(j)[c..c + 32];
-            let pv = _mm512_set1_ps(w[j]);
-            // SAFETY: `v` is 32 f32.
-            unsafe {
-                *a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v.as_ptr()), pv, *a0);
-                *a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v.as_ptr().add(16)), pv, *a1);
-            }
-        };
-        let [lo, hi] = &mut acc;
-        for j in (0..full).step_by(8) {
-            for (l, (a0, a1)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
-                add(j + l, a0, a1);
+#[allow(clippy::needless_range_loop)] // registers indexed in lock-step by head and partial sum
+fn values_wide<'k, const H: usize>(
+    w: [&[f32]; H],
+    n: usize,
+    d: usize,
+    values: &impl Fn(usize) -> &'k [f32],
+    out: &mut [&mut [f32]; H],
+) {
+    let np = n.div_ceil(8) * 8;
+    assert!(n > 0 && w.iter().all(|wh| wh.len() >= np && wh[n..np].iter().all(|&x| x == 0.0)));
+    assert!(d.is_multiple_of(16) && out.iter().all(|o| o.len() == d));
+    // The keys' rows first (padding repeats key n - 1's), so the loop below is loads and fused multiply-adds only,
+    // unrolled, with the accumulators in registers.
+    let rows: Vec<*const f32> = (0..np)
+        .map(|j| {
+            let row = values(j.min(n - 1));
+            assert!(row.len() >= d);
+            row.as_ptr()
+        })
+        .collect();
+    for c in (0..d).step_by(16) {
+        let mut acc = [[_mm512_setzero_ps(); 8]; H];
+        for j in (0..np).step_by(8) {
+            for l in 0..8 {
+                // SAFETY: j + l < np = rows.len(); each row holds d >= c + 16 values (asserted).
+                let v = unsafe { _mm512_loadu_ps(rows.get_unchecked(j + l).add(c)) };
+                for h in 0..H {
+                    // SAFETY: j + l < np <= w[h].len() (asserted).
+                    let wj = unsafe { *w[h].get_unchecked(j + l) };
+                    acc[h][l] = _mm512_fmadd_ps(v, _mm512_set1_ps(wj), acc[h][l]);
+                }
             }
         }
-        for (l, (a0, a1)) in lo.iter_mut().zip(hi.iter_mut()).enumerate().take(n - full) {
-            add(full + l, a0, a1);
+        for h in 0..H {
+            // SAFETY: c + 16 <= d = out[h].len() (asserted).
+            unsafe { _mm512_storeu_ps(out[h].as_mut_ptr().add(c), crate::qdot::avx2::tree8_512(&acc[h])) };
         }
-        for (h, a) in acc.iter().enumerate() {
-            // SAFETY: c + 16 h + 16 <= d = out.len().
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * h), crate::qdot::avx2::tree8_512(a)) };
+    }
+}
+
+/// [`HeadAttention`]'s `Tiled` order with AVX-512 for `H` query heads of one KV head (`q[h]`: `d` values,
+/// f16-rounded; `kt`: the keys transposed, see [`HeadAttention::keys_t`]). `scratch` is reused between calls.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)] // the attention's inputs, as HeadAttention's fields and run's arguments
+fn heads_wide<'k, const H: usize>(
+    q: [&[f32]; H],
+    (kt, stride): (&[f32], usize),
+    n: usize,
+    scale: f32,
+    values: &impl Fn(usize) -> &'k [f32],
+    scratch: &mut Vec<f32>,
+    out: [&mut [f32]; H],
+) {
+    let d = q[0].len();
+    let np = n.div_ceil(32) * 32;
+    assert!(stride.is_multiple_of(16) && stride >= np && kt.len() >= d * stride && d.is_multiple_of(16));
+    scratch.clear();
+    scratch.resize(H * np, 0.0);
+    let mut ws = scratch.chunks_exact_mut(np);
+    let mut w: [&mut [f32]; H] = std::array::from_fn(|_| ws.next().expect("H chunks"));
+    scores_wide(q, kt, stride, n, scale, &mut w);
+    for wh in w.iter_mut() {
+        softmax_f16(wh, n);
+    }
+    let w: [&[f32]; H] = std::array::from_fn(|h| &*w[h]);
+    let mut out = out;
+    values_wide(w, n, d, values, &mut out);
+}
+
+/// ggml's softmax of the scores `w[..n]` in place, then rounded to f16 (the weights' precision in the value
+/// product): exp in groups of eight (padding to `w.len()`, a multiple of 8, gives exp(-inf) = 0), each group's
+/// sum added in f64.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn softmax_f16(w: &mut [f32], n: usize) {
+    let np = w.len();
+    debug_assert!(np.is_multiple_of(8) && n <= np);
+    let max = w[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for g in (0..np).step_by(8) {
+        let mut v = [f32::NEG_INFINITY; 8];
+        let live = n.saturating_sub(g).min(8);
+        v[..live].copy_from_slice(&w[g..g + live]);
+        // SAFETY: `v` is eight f32.
+        let e = expf8(_mm256_sub_ps(unsafe { _mm256_loadu_ps(v.as_ptr()) }, _mm256_set1_ps(max)));
+        sum += crate::qdot::avx2::hsum(e) as f64;
+        // SAFETY: g + 8 <= np = w.len().
+        unsafe { _mm256_storeu_ps(w.as_mut_ptr().add(g), e) };
+    }
+    let inv = _mm256_set1_ps((1.0 / sum) as f32);
+    for g in (0..np).step_by(8) {
+        // SAFETY: g + 8 <= np = w.len().
+        unsafe {
+            let p = w.as_mut_ptr().add(g);
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(_mm256_loadu_ps(p), inv));
+            _mm256_storeu_ps(p, _mm256_cvtph_ps(h));
         }
     }
 }
@@ -489,7 +541,7 @@ pub fn attention(
     let scale = 1.0 / (d as f32).sqrt();
     // With AVX-512, each sequence's keys transposed once per KV head (shared by its rows and query heads):
     // sequence at slot offset `o` with up to `n` keys -> `[nkv][d][stride]`.
-    let wide = order == DotOrder::Tiled && wide_available() && d.is_multiple_of(32);
+    let wide = order == DotOrder::Tiled && wide_available() && d.is_multiple_of(16);
     // Only for sequences with two or more rows in the step: a decode row would transpose its whole context to
     // read it once.
     let mut seqs: Vec<(usize, usize, usize)> = Vec::new();
@@ -534,23 +586,96 @@ pub fn attention(
         let ctx = &slots[at..at + n];
         let at_slot = |j: usize| ctx[j] as usize * kv_width + kvh * d;
         let mut scratch = Vec::new();
-        let mut q = vec![0f32; d];
-        let keys_t = seqs.iter().position(|s| s.0 == at).map(|si| {
+        let mut q: Vec<f32> = qkv[i * width + kvh * group * d..i * width + (kvh + 1) * group * d].to_vec();
+        f16_round_slice(&mut q);
+        let keys = |j: usize| &pool_k[at_slot(j)..at_slot(j) + d];
+        let values = |j: usize| &pool_v[at_slot(j)..at_slot(j) + d];
+        #[cfg(target_arch = "x86_64")]
+        if let Some(si) = seqs.iter().position(|s| s.0 == at) {
             let st = strides[si];
-            (&kts[si][kvh * d * st..(kvh + 1) * d * st], st)
-        });
-        for (g, og) in o.chunks_exact_mut(d).enumerate() {
-            let head = kvh * group + g;
-            q.copy_from_slice(&qkv[i * width + head * d..i * width + (head + 1) * d]);
-            f16_round_slice(&mut q);
-            HeadAttention { order, d, scale, scratch: &mut scratch, keys_t }.run(
-                &q,
-                n,
-                |j| &pool_k[at_slot(j)..at_slot(j) + d],
-                |j| &pool_v[at_slot(j)..at_slot(j) + d],
-                og,
-            );
+            let kt = (&kts[si][kvh * d * st..(kvh + 1) * d * st], st);
+            // The group's heads three at a time (what the registers hold), then the rest.
+            let mut qs = q.chunks_exact(d);
+            let mut os = o.chunks_exact_mut(d);
+            for _ in 0..group / 3 {
+                let (qh, oh) =
+                    (std::array::from_fn(|_| qs.next().unwrap()), std::array::from_fn(|_| os.next().unwrap()));
+                // SAFETY: `kts` exists only where AVX-512 F is (`wide`); AVX2 and FMA with it.
+                unsafe { heads_wide::<3>(qh, kt, n, scale, &values, &mut scratch, oh) };
+            }
+            match group % 3 {
+                // SAFETY: as above.
+                2 => unsafe {
+                    let (qh, oh) = ([qs.next().unwrap(), qs.next().unwrap()], [os.next().unwrap(), os.next().unwrap()]);
+                    heads_wide::<2>(qh, kt, n, scale, &values, &mut scratch, oh)
+                },
+                // SAFETY: as above.
+                1 => unsafe {
+                    heads_wide::<1>([qs.next().unwrap()], kt, n, scale, &values, &mut scratch, [os.next().unwrap()])
+                },
+                _ => {}
+            }
+            return;
+        }
+        for (qh, og) in q.chunks_exact(d).zip(o.chunks_exact_mut(d)) {
+            HeadAttention { order, d, scale, scratch: &mut scratch }.run(qh, n, keys, values, og);
         }
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The AVX-512 attention (query heads three at a time, keys transposed) equals, bit for bit, the eight-wide
+    /// `Tiled` loop run a head at a time, for every group size up to 7 (Qwen2.5's) and causal rows whose key
+    /// counts are not multiples of 8 or 16.
+    #[test]
+    fn wide_attention_equals_head_by_head() {
+        if !wide_available() {
+            eprintln!("no AVX-512 F here: the wide kernels do not run");
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for group in 1..=7 {
+            let (n_kv_heads, d, m) = (2, 64, 37);
+            let h = crate::cpu_attention::Heads { n_heads: group * n_kv_heads, n_kv_heads, head_dim: d };
+            let width = (h.n_heads + 2 * n_kv_heads) * d;
+            let qkv: Vec<f32> = (0..m * width).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+            // The pool at f16 precision, its slots in a scrambled order.
+            let kv_width = n_kv_heads * d;
+            let mut pool = |_| {
+                let mut p: Vec<f32> = (0..(m + 5) * kv_width).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                f16_round_slice(&mut p);
+                p
+            };
+            let (pk, pv) = (pool(0), pool(1));
+            let slots: Vec<u32> = (0..m as u32).map(|i| (i * 7 + 3) % (m as u32 + 5)).collect();
+            let rows: Vec<(usize, usize)> = (0..m).map(|i| (0, i + 1)).collect();
+            let wide = attention(&qkv, (&pk, &pv), &rows, &slots, h, DotOrder::Tiled);
+            let mut scratch = Vec::new();
+            for (i, &(_, n)) in rows.iter().enumerate() {
+                for head in 0..h.n_heads {
+                    let kvh = head / group;
+                    let mut q = qkv[i * width + head * d..i * width + (head + 1) * d].to_vec();
+                    f16_round_slice(&mut q);
+                    let at = |j: usize| slots[j] as usize * kv_width + kvh * d;
+                    let mut out = vec![0f32; d];
+                    let scale = 1.0 / (d as f32).sqrt();
+                    HeadAttention { order: DotOrder::Tiled, d, scale, scratch: &mut scratch }.run(
+                        &q,
+                        n,
+                        |j| &pk[at(j)..at(j) + d],
+                        |j| &pv[at(j)..at(j) + d],
+                        &mut out,
+                    );
+                    let got = &wide[(i * h.n_heads + head) * d..][..d];
+                    let same = got.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "group {group}, row {i}, head {head}: {:?} vs {:?}", &got[..4], &out[..4]);
+                }
+            }
+        }
+    }
 }
