@@ -67,27 +67,32 @@ pub fn rope_and_store(
             std::slice::from_raw_parts_mut(pool_v.data_ptr() as *mut f32, pool_rows * kv_width),
         )
     };
-    for (i, row) in x.chunks_exact_mut(width).enumerate() {
-        let p = positions[i] as usize;
-        let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
-        let rotated = (h.n_heads + h.n_kv_heads) * d;
-        for head in row[..rotated].chunks_exact_mut(d) {
-            for j in 0..half {
-                let (u, v) = if rope.adjacent { (2 * j, 2 * j + 1) } else { (j, j + half) };
-                let (a, b) = (head[u], head[v]);
-                (head[u], head[v]) = if rope.ggml {
-                    crate::ggml_ops::rotate(a, b, c[j], s[j])
-                } else {
-                    (a * c[j] - b * s[j], b * c[j] + a * s[j])
-                };
+    let k_at = h.n_heads * d;
+    let rotated = (h.n_heads + h.n_kv_heads) * d;
+    // The rows rotated in parallel (a prompt's rows are independent), then stored in the pool.
+    crate::team::rows_mut(x, width, crate::ggml_ops::PARALLEL_ROWS, &|first, part| {
+        for (i, row) in part.chunks_exact_mut(width).enumerate() {
+            let p = positions[first + i] as usize;
+            let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+            for head in row[..rotated].chunks_exact_mut(d) {
+                if rope.ggml {
+                    crate::ggml_ops::rotate_head(head, c, s, rope.adjacent);
+                    continue;
+                }
+                for j in 0..half {
+                    let (u, v) = if rope.adjacent { (2 * j, 2 * j + 1) } else { (j, j + half) };
+                    let (a, b) = (head[u], head[v]);
+                    (head[u], head[v]) = (a * c[j] - b * s[j], b * c[j] + a * s[j]);
+                }
+            }
+            if rope.ggml {
+                // llama.cpp's cache holds K and V at f16.
+                crate::ggml_ops::f16_round_slice(&mut row[k_at..]);
             }
         }
-        let slot = slots[i] as usize;
-        let k_at = h.n_heads * d;
-        if rope.ggml {
-            // llama.cpp's cache holds K and V at f16.
-            crate::ggml_ops::f16_round_slice(&mut row[k_at..]);
-        }
+    });
+    for (row, &slot) in x.chunks_exact(width).zip(slots) {
+        let slot = slot as usize;
         pk[slot * kv_width..(slot + 1) * kv_width].copy_from_slice(&row[k_at..k_at + kv_width]);
         pv[slot * kv_width..(slot + 1) * kv_width].copy_from_slice(&row[k_at + kv_width..k_at + 2 * kv_width]);
     }

@@ -73,15 +73,21 @@ fn f16_round_f16c(x: &mut [f32]) {
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let n = w.len();
     assert!(n > 0 && x.len().is_multiple_of(n) && out.len() == x.len());
-    for (xr, yr) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        let sum: f64 = xr.iter().fold(0.0f64, |s, &v| s + (v * v) as f64);
-        let mean = (sum / n as f64) as f32;
-        let scale = 1.0f32 / (mean + eps).sqrt();
-        for ((y, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
-            *y = v * scale * g;
+    crate::team::rows_mut(out, n, PARALLEL_ROWS, &|first, ys| {
+        for (xr, yr) in x[first * n..].chunks_exact(n).zip(ys.chunks_exact_mut(n)) {
+            let sum: f64 = xr.iter().fold(0.0f64, |s, &v| s + (v * v) as f64);
+            let mean = (sum / n as f64) as f32;
+            let scale = 1.0f32 / (mean + eps).sqrt();
+            for ((y, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
+                *y = v * scale * g;
+            }
         }
-    }
+    });
 }
+
+/// Rows below which the row-wise operations here run on the calling thread alone (a decode step's few rows
+/// cost less than handing them to the team).
+pub(crate) const PARALLEL_ROWS: usize = 32;
 
 /// Rope tables `[positions, dims / 2]` (cos, sin) as ggml's `ggml_rope_cache_init` makes them: for position `p`
 /// the angle starts at `p` and is multiplied by `base^(-2 / dims)` (computed in f32) once per pair, optionally
@@ -103,10 +109,32 @@ pub fn rope_tables(base: f32, dims: usize, positions: usize, factors: Option<&[f
     (cos, sin)
 }
 
-/// Rotates one pair as ggml's compiled `rope_f32` does: `(fma(a, c, -(b s)), fma(a, s, b c))`.
-#[inline]
-pub fn rotate(a: f32, b: f32, c: f32, s: f32) -> (f32, f32) {
-    (a.mul_add(c, -(b * s)), a.mul_add(s, b * c))
+/// Rotates the pairs of one head as ggml's compiled `rope_f32` does: `(fma(a, c, -(b s)), fma(a, s, b c))` for
+/// pair `j` at `(2j, 2j + 1)` (`adjacent`) or `(j, j + d / 2)`, with angle `j`'s `c[j]`, `s[j]`.
+pub fn rotate_head(head: &mut [f32], c: &[f32], s: &[f32], adjacent: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: FMA is present (checked just above).
+        return unsafe { rotate_head_fma(head, c, s, adjacent) };
+    }
+    rotate_pairs(head, c, s, adjacent);
+}
+
+/// [`rotate_head`] compiled with FMA, so `mul_add` is the instruction rather than a call to libm's `fmaf`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+fn rotate_head_fma(head: &mut [f32], c: &[f32], s: &[f32], adjacent: bool) {
+    rotate_pairs(head, c, s, adjacent);
+}
+
+#[inline(always)]
+fn rotate_pairs(head: &mut [f32], c: &[f32], s: &[f32], adjacent: bool) {
+    let half = head.len() / 2;
+    for j in 0..half {
+        let (u, v) = if adjacent { (2 * j, 2 * j + 1) } else { (j, j + half) };
+        let (a, b) = (head[u], head[v]);
+        (head[u], head[v]) = (a.mul_add(c[j], -(b * s[j])), a.mul_add(s[j], b * c[j]));
+    }
 }
 
 /// `out[i] = silu(gate[i]) * up[i]` for each row of `gu` (`[rows, 2 n]`: the gate's `n` values, then the up
@@ -114,11 +142,13 @@ pub fn rotate(a: f32, b: f32, c: f32, s: f32) -> (f32, f32) {
 pub fn swiglu(gu: &[f32], n: usize, out: &mut [f32]) {
     assert!(available() && n > 0 && gu.len().is_multiple_of(2 * n) && out.len() * 2 == gu.len());
     #[cfg(target_arch = "x86_64")]
-    for (row, y) in gu.chunks_exact(2 * n).zip(out.chunks_exact_mut(n)) {
-        let (g, u) = row.split_at(n);
-        // SAFETY: AVX2 and FMA are present (asserted); the three slices hold `n` values each.
-        unsafe { swiglu_avx2(g, u, y) };
-    }
+    crate::team::rows_mut(out, n, PARALLEL_ROWS, &|first, ys| {
+        for (row, y) in gu[first * 2 * n..].chunks_exact(2 * n).zip(ys.chunks_exact_mut(n)) {
+            let (g, u) = row.split_at(n);
+            // SAFETY: AVX2 and FMA are present (asserted); the three slices hold `n` values each.
+            unsafe { swiglu_avx2(g, u, y) };
+        }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -345,13 +345,15 @@ impl QuantMatrix {
         }
         // SAFETY: contiguous f32 CPU tensor of m * k elements, only read during this call.
         let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, m * self.k) };
+        // Each activation row quantized once, the rows spread over the team.
+        let rows: Vec<&[f32]> = xs.chunks_exact(self.k).collect();
         let a32: Vec<Vec<Q8Block>> = if self.segs.iter().any(|s| is_q32(s.ty)) {
-            xs.chunks_exact(self.k).map(qdot::quantize_row_q8).collect::<Result<_>>()?
+            crate::team::map(&rows, PARALLEL_ROWS, &|r| qdot::quantize_row_q8(r)).into_iter().collect::<Result<_>>()?
         } else {
             Vec::new()
         };
         let ak: Vec<Vec<Q8KBlock>> = if self.segs.iter().any(|s| is_k(s.ty)) {
-            xs.chunks_exact(self.k).map(qdot::quantize_row_q8k).collect::<Result<_>>()?
+            crate::team::map(&rows, PARALLEL_ROWS, &|r| qdot::quantize_row_q8k(r)).into_iter().collect::<Result<_>>()?
         } else {
             Vec::new()
         };
@@ -367,15 +369,18 @@ impl QuantMatrix {
         // Per activation row and block, the sums of each four values (what the offset types' bias multiplies).
         let biased = self.segs.iter().any(|s| matches!(s.ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0));
         let sums: Vec<Vec<[i32; 8]>> = if wide {
-            a32.iter()
-                .map(|r| if biased { r.iter().map(chunk_sums).collect() } else { vec![[0; 8]; r.len()] })
-                .collect()
+            crate::team::map(&a32, PARALLEL_ROWS, &|r| {
+                if biased {
+                    r.iter().map(chunk_sums).collect()
+                } else {
+                    vec![[0; 8]; r.len()]
+                }
+            })
         } else {
             Vec::new()
         };
         let run = |task: usize| {
             let mut tile = vec![[0f32; GROUP]; m];
-            let mut tile2 = vec![[0f32; 2 * GROUP]; if wide { m } else { 0 }];
             let end = ((task + 1) * per_task).min(groups);
             let mut g = task * per_task;
             while g < end {
@@ -388,15 +393,22 @@ impl QuantMatrix {
                     let nb = self.k / QK;
                     let span = GROUP * nb * seg.ty.block_bytes();
                     let data = &seg.data[at * span..(at + 2) * span];
-                    for (t, (a, s)) in tile2.chunks_mut(2).zip(a32.chunks(2).zip(sums.chunks(2))) {
+                    // The kernel writes each row's 16 outputs into `y` itself (a copy from a tile cost 5% of a
+                    // prompt: the stores miss the cache either way, but inside the kernel they overlap its work).
+                    let dst = |i: usize| {
+                        // SAFETY: row i < m, columns row..row + 2 GROUP <= n lie inside `y` (m x n); these two
+                        // groups' columns are written by this task only, and each (row, group) once.
+                        unsafe { &mut *(out.get().add(i * self.n + row) as *mut [f32; 2 * GROUP]) }
+                    };
+                    for (i0, (a, s)) in (0..m).step_by(2).zip(a32.chunks(2).zip(sums.chunks(2))) {
                         // SAFETY: AVX-512 F/BW/VNNI and F16C are present (`wide`); `data` is two groups of `nb`
                         // records of `seg.ty`; every activation row has `nb` blocks and `nb` chunk sums.
-                        unsafe { avx512::groups_q32(seg.ty, data, nb, a, s, t) };
-                    }
-                    for (i, t) in tile2.iter().enumerate() {
-                        // SAFETY: as below, for the two groups' 16 columns.
                         unsafe {
-                            std::ptr::copy_nonoverlapping(t.as_ptr(), out.get().add(i * self.n + row), 2 * GROUP)
+                            if a.len() == 2 {
+                                avx512::groups_q32(seg.ty, data, nb, a, s, &mut [dst(i0), dst(i0 + 1)])
+                            } else {
+                                avx512::groups_q32(seg.ty, data, nb, a, s, &mut [dst(i0)])
+                            }
                         };
                     }
                     g += 2;
@@ -540,6 +552,9 @@ fn chunk_sums(b: &Q8Block) -> [i32; 8] {
 
 const QK: usize = 32;
 
+/// Activation rows below which they are quantized on the calling thread alone.
+const PARALLEL_ROWS: usize = 32;
+
 /// The 32-value kernel on AVX-512 (F, BW, VNNI): two groups (16 rows) per register, `vpdpbusd` for each four
 /// values' products, the same per-lane arithmetic as [`avx2::group_q32`], so results are equal to the bit. The
 /// weights enter `vpdpbusd` unsigned: the offset types' stored values (`q + 8`, `q + 16`) or Q8_0's `q + 128`,
@@ -599,7 +614,7 @@ mod avx512 {
         nb: usize,
         a: &[Vec<Q8Block>],
         sums: &[Vec<[i32; 8]>],
-        out: &mut [[f32; 2 * GROUP]],
+        out: &mut [&mut [f32; 2 * GROUP]],
     ) {
         // SAFETY: the contract above, passed on.
         unsafe {
@@ -631,7 +646,7 @@ mod avx512 {
         nb: usize,
         a: &[Vec<Q8Block>],
         sums: &[Vec<[i32; 8]>],
-        out: &mut [[f32; 2 * GROUP]],
+        out: &mut [&mut [f32; 2 * GROUP]],
     ) {
         let ty = TYPES[T];
         let f = Fields::of(ty);

@@ -218,9 +218,59 @@ fn run_with_spin(tasks: usize, f: &(dyn Fn(usize) + Sync), spin: Duration) {
     }
 }
 
+/// Calls `f(first, part)` for consecutive parts of `rows` (whole rows of `row_len` items, the part starting at
+/// row `first`), the parts spread over the team: at most one per thread and none under `min_rows` rows (a short
+/// job runs on the calling thread alone). For row-wise work between the products (norms, activations,
+/// quantizing a product's input) that would otherwise leave the other cores spinning.
+pub fn rows_mut<T: Send>(rows: &mut [T], row_len: usize, min_rows: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
+    assert!(row_len > 0 && rows.len().is_multiple_of(row_len));
+    let n = rows.len() / row_len;
+    let parts = width().min(n / min_rows.max(1)).max(1);
+    if parts <= 1 {
+        f(0, rows);
+        return;
+    }
+    let per = n.div_ceil(parts);
+    // A lock per part only to hand `&mut` across threads safely: each part is taken by exactly one task.
+    let chunks: Vec<std::sync::Mutex<(usize, &mut [T])>> =
+        rows.chunks_mut(per * row_len).enumerate().map(|(i, c)| std::sync::Mutex::new((i * per, c))).collect();
+    run(chunks.len(), &|i| {
+        let mut part = chunks[i].lock().unwrap_or_else(|e| e.into_inner());
+        let (first, ref mut rows) = *part;
+        f(first, rows);
+    });
+}
+
+/// `items.iter().map(f).collect()` with the items spread over the team as in [`rows_mut`].
+pub fn map<I: Sync, B: Send>(items: &[I], min_items: usize, f: &(dyn Fn(&I) -> B + Sync)) -> Vec<B> {
+    let mut out: Vec<Option<B>> = items.iter().map(|_| None).collect();
+    if !out.is_empty() {
+        rows_mut(&mut out, 1, min_items, &|first, part| {
+            for (o, item) in part.iter_mut().zip(&items[first..]) {
+                *o = Some(f(item));
+            }
+        });
+    }
+    out.into_iter().map(|o| o.expect("rows_mut visits every item")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_mut_visits_every_row_once_in_whole_rows() {
+        for (n, min) in [(0usize, 1usize), (1, 1), (7, 1), (64, 4), (1000, 8), (5, 100)] {
+            let mut v = vec![0usize; n * 3];
+            rows_mut(&mut v, 3, min, &|first, part| {
+                assert!(part.len().is_multiple_of(3));
+                for (r, row) in part.chunks_mut(3).enumerate() {
+                    row.iter_mut().for_each(|x| *x += first + r + 1);
+                }
+            });
+            assert!(v.chunks(3).enumerate().all(|(r, row)| row.iter().all(|&x| x == r + 1)), "{n} rows");
+        }
+    }
 
     #[test]
     fn every_task_runs_once_from_many_callers() {
