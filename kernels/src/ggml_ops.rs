@@ -443,42 +443,28 @@ fn scores_wide<const H: usize>(
 
 /// The `Tiled` value product with sixteen outputs per register for `H` heads sharing the values: partial sum
 /// `j % 8` of head `h`'s outputs `c..c + 16` in `acc[h][j % 8]`, over every key (`w[h]`: head `h`'s weights for
-/// the `n` keys, then zeros to a multiple of 8). Lane for lane what the eight-wide loop computes; each value
-/// register feeds all `H` heads. The last group of eight adds the zero weights' products with key `n - 1`'s
-/// values (as llama.cpp adds its padded cache's, masked to zero), which leaves every sum as it was and keeps the
-/// accumulators in registers (indexed by constants only).
+/// the `n` keys, then zeros to a multiple of 8; `v`: key `j`'s `d` values at `v[j d..]`, zeros past key `n`).
+/// Lane for lane what the eight-wide loop computes; each value register feeds all `H` heads. The last group of
+/// eight adds zero products (as llama.cpp adds its padded cache's, masked to zero), which leaves every sum as it
+/// was and keeps the accumulators in registers (indexed by constants only).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // registers indexed in lock-step by head and partial sum
-fn values_wide<'k, const H: usize>(
-    w: [&[f32]; H],
-    n: usize,
-    d: usize,
-    values: &impl Fn(usize) -> &'k [f32],
-    out: &mut [&mut [f32]; H],
-) {
+fn values_wide<const H: usize>(w: [&[f32]; H], n: usize, v: &[f32], out: &mut [&mut [f32]; H]) {
     let np = n.div_ceil(8) * 8;
+    let d = out[0].len();
     assert!(n > 0 && w.iter().all(|wh| wh.len() >= np && wh[n..np].iter().all(|&x| x == 0.0)));
-    assert!(d.is_multiple_of(16) && out.iter().all(|o| o.len() == d));
-    // The keys' rows first (padding repeats key n - 1's), so the loop below is loads and fused multiply-adds only,
-    // unrolled, with the accumulators in registers.
-    let rows: Vec<*const f32> = (0..np)
-        .map(|j| {
-            let row = values(j.min(n - 1));
-            assert!(row.len() >= d);
-            row.as_ptr()
-        })
-        .collect();
+    assert!(d.is_multiple_of(16) && out.iter().all(|o| o.len() == d) && v.len() >= np * d);
     for c in (0..d).step_by(16) {
         let mut acc = [[_mm512_setzero_ps(); 8]; H];
         for j in (0..np).step_by(8) {
             for l in 0..8 {
-                // SAFETY: j + l < np = rows.len(); each row holds d >= c + 16 values (asserted).
-                let v = unsafe { _mm512_loadu_ps(rows.get_unchecked(j + l).add(c)) };
+                // SAFETY: (j + l) d + c + 16 <= np d <= v.len() (asserted).
+                let vj = unsafe { _mm512_loadu_ps(v.as_ptr().add((j + l) * d + c)) };
                 for h in 0..H {
                     // SAFETY: j + l < np <= w[h].len() (asserted).
                     let wj = unsafe { *w[h].get_unchecked(j + l) };
-                    acc[h][l] = _mm512_fmadd_ps(v, _mm512_set1_ps(wj), acc[h][l]);
+                    acc[h][l] = _mm512_fmadd_ps(vj, _mm512_set1_ps(wj), acc[h][l]);
                 }
             }
         }
@@ -489,23 +475,33 @@ fn values_wide<'k, const H: usize>(
     }
 }
 
+/// One KV head of one sequence laid out for the AVX-512 kernels, once per step: the keys transposed (`kt`: `d`
+/// rows of `stride` values, key `j` at column `j`) and the values in key order (`v`: `stride` rows of `d`), zeros
+/// past the sequence's keys; `stride` is a multiple of 32.
+#[derive(Clone, Copy)]
+struct WideKv<'a> {
+    kt: &'a [f32],
+    v: &'a [f32],
+    stride: usize,
+}
+
 /// [`HeadAttention`]'s `Tiled` order with AVX-512 for `H` query heads of one KV head (`q[h]`: `d` values,
-/// f16-rounded; `kt`: the keys transposed, see [`HeadAttention::keys_t`]). `scratch` is reused between calls.
+/// f16-rounded) over the first `n` keys of `kv`. `scratch` is reused between calls.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)] // the attention's inputs, as HeadAttention's fields and run's arguments
-fn heads_wide<'k, const H: usize>(
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+fn heads_wide<const H: usize>(
     q: [&[f32]; H],
-    (kt, stride): (&[f32], usize),
+    kv: WideKv<'_>,
     n: usize,
     scale: f32,
-    values: &impl Fn(usize) -> &'k [f32],
     scratch: &mut Vec<f32>,
     out: [&mut [f32]; H],
 ) {
     let d = q[0].len();
     let np = n.div_ceil(32) * 32;
-    assert!(stride.is_multiple_of(16) && stride >= np && kt.len() >= d * stride && d.is_multiple_of(16));
+    let WideKv { kt, v, stride } = kv;
+    assert!(stride.is_multiple_of(32) && stride >= np && kt.len() >= d * stride && v.len() >= d * stride);
+    assert!(d.is_multiple_of(16));
     scratch.clear();
     scratch.resize(H * np, 0.0);
     let mut ws = scratch.chunks_exact_mut(np);
@@ -516,7 +512,7 @@ fn heads_wide<'k, const H: usize>(
     }
     let w: [&[f32]; H] = std::array::from_fn(|h| &*w[h]);
     let mut out = out;
-    values_wide(w, n, d, values, &mut out);
+    values_wide(w, n, v, &mut out);
 }
 
 /// ggml's softmax of the scores `w[..n]` in place, then rounded to f16 (the weights' precision in the value
@@ -586,21 +582,29 @@ pub fn attention(
     }
     let seqs: Vec<(usize, usize)> = seqs.into_iter().map(|(o, n, _)| (o, n)).collect();
     let strides: Vec<usize> = seqs.iter().map(|&(_, n)| n.div_ceil(32) * 32).collect();
-    let mut kts: Vec<Vec<f32>> = strides.iter().map(|&st| vec![0f32; h.n_kv_heads * d * st]).collect();
+    // Per sequence: for each KV head its keys transposed (d x st), then for each its values (st x d).
+    let mut bufs: Vec<Vec<f32>> = strides.iter().map(|&st| vec![0f32; 2 * h.n_kv_heads * d * st]).collect();
     {
         let ptrs: Vec<crate::team::SharedMut> =
-            kts.iter_mut().map(|k| crate::team::SharedMut::new(k.as_mut_ptr())).collect();
+            bufs.iter_mut().map(|k| crate::team::SharedMut::new(k.as_mut_ptr())).collect();
         crate::team::run(seqs.len() * h.n_kv_heads, &|task| {
             let (si, kvh) = (task / h.n_kv_heads, task % h.n_kv_heads);
             let ((o, n), st) = (seqs[si], strides[si]);
-            // SAFETY: task (si, kvh) owns KV head kvh's d * st values of sequence si's buffer; nothing else
+            let nkv = h.n_kv_heads;
+            // SAFETY: task (si, kvh) owns KV head kvh's two d * st regions of sequence si's buffer; nothing else
             // touches them until `team::run` returns.
-            let kt = unsafe { std::slice::from_raw_parts_mut(ptrs[si].get().add(kvh * d * st), d * st) };
+            let (kt, v) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(ptrs[si].get().add(kvh * d * st), d * st),
+                    std::slice::from_raw_parts_mut(ptrs[si].get().add((nkv + kvh) * d * st), d * st),
+                )
+            };
             for j in 0..n {
                 let at = slots[o + j] as usize * kv_width + kvh * d;
-                for (e, &v) in pool_k[at..at + d].iter().enumerate() {
-                    kt[e * st + j] = v;
+                for (e, &x) in pool_k[at..at + d].iter().enumerate() {
+                    kt[e * st + j] = x;
                 }
+                v[j * d..(j + 1) * d].copy_from_slice(&pool_v[at..at + d]);
             }
         });
     }
@@ -622,27 +626,29 @@ pub fn attention(
         let values = |j: usize| &pool_v[at_slot(j)..at_slot(j) + d];
         #[cfg(target_arch = "x86_64")]
         if let Some(si) = seqs.iter().position(|s| s.0 == at) {
-            let st = strides[si];
-            let kt = (&kts[si][kvh * d * st..(kvh + 1) * d * st], st);
+            let (st, nkv) = (strides[si], h.n_kv_heads);
+            let kv = WideKv {
+                kt: &bufs[si][kvh * d * st..(kvh + 1) * d * st],
+                v: &bufs[si][(nkv + kvh) * d * st..(nkv + kvh + 1) * d * st],
+                stride: st,
+            };
             // The group's heads three at a time (what the registers hold), then the rest.
             let mut qs = q.chunks_exact(d);
             let mut os = o.chunks_exact_mut(d);
             for _ in 0..group / 3 {
                 let (qh, oh) =
                     (std::array::from_fn(|_| qs.next().unwrap()), std::array::from_fn(|_| os.next().unwrap()));
-                // SAFETY: `kts` exists only where AVX-512 F is (`wide`); AVX2 and FMA with it.
-                unsafe { heads_wide::<3>(qh, kt, n, scale, &values, &mut scratch, oh) };
+                // SAFETY: `bufs` exists only where AVX-512 F is (`wide`); AVX2, FMA and F16C with it.
+                unsafe { heads_wide::<3>(qh, kv, n, scale, &mut scratch, oh) };
             }
             match group % 3 {
                 // SAFETY: as above.
                 2 => unsafe {
                     let (qh, oh) = ([qs.next().unwrap(), qs.next().unwrap()], [os.next().unwrap(), os.next().unwrap()]);
-                    heads_wide::<2>(qh, kt, n, scale, &values, &mut scratch, oh)
+                    heads_wide::<2>(qh, kv, n, scale, &mut scratch, oh)
                 },
                 // SAFETY: as above.
-                1 => unsafe {
-                    heads_wide::<1>([qs.next().unwrap()], kt, n, scale, &values, &mut scratch, [os.next().unwrap()])
-                },
+                1 => unsafe { heads_wide::<1>([qs.next().unwrap()], kv, n, scale, &mut scratch, [os.next().unwrap()]) },
                 _ => {}
             }
             return;

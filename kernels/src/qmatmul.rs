@@ -360,10 +360,14 @@ impl QuantMatrix {
         let y = Tensor::empty([m as i64, self.n as i64], (Kind::Float, Device::Cpu));
         let out = crate::team::SharedMut::new(y.data_ptr() as *mut f32);
         let groups = self.n / GROUP;
-        // One contiguous range of groups per thread of the team (each core streams one run of the weights). A
-        // small product runs on the calling thread alone: sharing it costs more than it saves.
+        // For a few rows, one contiguous range of groups per thread of the team (each core streams one run of
+        // the weights). A small product runs on the calling thread alone: sharing it costs more than it saves.
         let threads = if self.bytes() * m < SERIAL_BYTES { 1 } else { crate::team::width() };
-        let per_task = groups.div_ceil(threads).max(1);
+        // A product of many rows is bound by arithmetic, not by streaming the weights: there the groups go in
+        // smaller runs (an even number of groups, for the two-group kernel), taken as threads come free, so a
+        // core that falls behind (another process, a busy VM neighbour) does not hold the others up.
+        let parts = if m >= BALANCED_ROWS { threads * 4 } else { threads };
+        let per_task = groups.div_ceil(parts).next_multiple_of(2).max(1);
         let fast = available();
         let wide = fast && wide_available();
         // Per activation row and block, the sums of each four values (what the offset types' bias multiplies).
@@ -551,6 +555,9 @@ fn chunk_sums(b: &Q8Block) -> [i32; 8] {
 }
 
 const QK: usize = 32;
+
+/// Activation rows from which a product's groups are shared out in small runs rather than one per thread.
+const BALANCED_ROWS: usize = 16;
 
 /// Activation rows below which they are quantized on the calling thread alone.
 const PARALLEL_ROWS: usize = 32;
