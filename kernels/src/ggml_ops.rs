@@ -441,26 +441,92 @@ fn scores_wide<const H: usize>(
     }
 }
 
+/// Where the AVX-512 kernels read key `j`'s `d` values (keys or values) from, for `j` up to the padded count:
+/// past the last key, rows whose products are discarded (scores) or multiplied by zero weights (values).
+trait Rows {
+    /// A pointer to `d` readable values.
+    fn row(&self, j: usize) -> *const f32;
+    /// Asks for rows `j..j + count` (`d` values each) to be brought into the cache, where they are scattered.
+    #[inline(always)]
+    fn prefetch(&self, _j: usize, _count: usize, _d: usize) {}
+}
+
+/// Rows in key order, `d` apart, zeros past the keys ([`WideKv::v`]).
+struct Contiguous<'a> {
+    v: &'a [f32],
+    d: usize,
+}
+
+impl Rows for Contiguous<'_> {
+    #[inline(always)]
+    fn row(&self, j: usize) -> *const f32 {
+        debug_assert!((j + 1) * self.d <= self.v.len());
+        self.v.as_ptr().wrapping_add(j * self.d)
+    }
+}
+
+/// Rows in the pool: key `j` at slot `slots[j]` (keys past `slots` read the last one's), `at` values into each
+/// slot's `width`.
+struct Pooled<'a> {
+    pool: &'a [f32],
+    slots: &'a [u32],
+    width: usize,
+    at: usize,
+}
+
+impl Pooled<'_> {
+    fn new<'a>(pool: &'a [f32], slots: &'a [u32], width: usize, at: usize, d: usize) -> Pooled<'a> {
+        assert!(!slots.is_empty() && at + d <= width);
+        assert!(slots.iter().all(|&s| (s as usize + 1) * width <= pool.len()));
+        Pooled { pool, slots, width, at }
+    }
+}
+
+impl Rows for Pooled<'_> {
+    #[inline(always)]
+    fn row(&self, j: usize) -> *const f32 {
+        let j = j.min(self.slots.len() - 1);
+        // SAFETY: j < slots.len().
+        let slot = unsafe { *self.slots.get_unchecked(j) } as usize;
+        // Inside the pool: every slot's row was checked at `new`.
+        self.pool.as_ptr().wrapping_add(slot * self.width + self.at)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn prefetch(&self, j: usize, count: usize, d: usize) {
+        for r in j..(j + count).min(self.slots.len()) {
+            let p = self.row(r) as *const i8;
+            for line in (0..d * 4).step_by(64) {
+                // SAFETY: a prefetch is a hint: it reads nothing and cannot fault.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line)) };
+            }
+        }
+    }
+}
+
 /// The `Tiled` value product with sixteen outputs per register for `H` heads sharing the values: partial sum
 /// `j % 8` of head `h`'s outputs `c..c + 16` in `acc[h][j % 8]`, over every key (`w[h]`: head `h`'s weights for
-/// the `n` keys, then zeros to a multiple of 8; `v`: key `j`'s `d` values at `v[j d..]`, zeros past key `n`).
-/// Lane for lane what the eight-wide loop computes; each value register feeds all `H` heads. The last group of
-/// eight adds zero products (as llama.cpp adds its padded cache's, masked to zero), which leaves every sum as it
-/// was and keeps the accumulators in registers (indexed by constants only).
+/// the `n` keys, then zeros to a multiple of 8; `v.row(j)`: key `j`'s `d` values). Lane for lane what the
+/// eight-wide loop computes; each value register feeds all `H` heads. The last group of eight adds zero-weight
+/// products (as llama.cpp adds its padded cache's, masked to zero), which leaves every sum as it was and keeps
+/// the accumulators in registers (indexed by constants only).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // registers indexed in lock-step by head and partial sum
-fn values_wide<const H: usize>(w: [&[f32]; H], n: usize, v: &[f32], out: &mut [&mut [f32]; H]) {
+fn values_wide<const H: usize>(w: [&[f32]; H], n: usize, v: &impl Rows, out: &mut [&mut [f32]; H]) {
     let np = n.div_ceil(8) * 8;
     let d = out[0].len();
     assert!(n > 0 && w.iter().all(|wh| wh.len() >= np && wh[n..np].iter().all(|&x| x == 0.0)));
-    assert!(d.is_multiple_of(16) && out.iter().all(|o| o.len() == d) && v.len() >= np * d);
+    assert!(d.is_multiple_of(16) && out.iter().all(|o| o.len() == d));
     for c in (0..d).step_by(16) {
         let mut acc = [[_mm512_setzero_ps(); 8]; H];
         for j in (0..np).step_by(8) {
+            if c == 0 {
+                v.prefetch(j + PREFETCH_KEYS, 8, d);
+            }
             for l in 0..8 {
-                // SAFETY: (j + l) d + c + 16 <= np d <= v.len() (asserted).
-                let vj = unsafe { _mm512_loadu_ps(v.as_ptr().add((j + l) * d + c)) };
+                // SAFETY: every row holds d >= c + 16 values (the `Rows` contract).
+                let vj = unsafe { _mm512_loadu_ps(v.row(j + l).add(c)) };
                 for h in 0..H {
                     // SAFETY: j + l < np <= w[h].len() (asserted).
                     let wj = unsafe { *w[h].get_unchecked(j + l) };
@@ -475,6 +541,61 @@ fn values_wide<const H: usize>(w: [&[f32]; H], n: usize, v: &[f32], out: &mut [&
     }
 }
 
+/// How many keys ahead the kernels ask for scattered rows ([`Rows::prefetch`]).
+const PREFETCH_KEYS: usize = 16;
+
+/// `Tiled` scores of `H` heads against keys read in place (a sequence with one row in the step, where
+/// transposing its keys would cost as much as reading them): two keys per register, key `j`'s eight partial
+/// sums in the low half and key `j + 1`'s in the high half (dimensions `l, l + 8, ...` in order, as
+/// `tinyBLAS`), then `hsum_float_8`'s pairing in each half, and the scale.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // registers indexed in lock-step by head
+fn scores_rows<const H: usize>(q: [&[f32]; H], keys: &impl Rows, n: usize, scale: f32, w: &mut [&mut [f32]; H]) {
+    let d = q[0].len();
+    assert!(q.iter().all(|qh| qh.len() == d) && d.is_multiple_of(8) && w.iter().all(|wh| wh.len() >= n));
+    // Each head's query with every eight values repeated in both halves of a register.
+    let qq: Vec<__m512> = q
+        .iter()
+        .flat_map(|qh| {
+            qh.chunks_exact(8).map(|c| {
+                // SAFETY: `c` is eight f32.
+                let x = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+                _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(x)))
+            })
+        })
+        .collect();
+    let steps = d / 8;
+    let scale = _mm512_set1_ps(scale);
+    for j in (0..n).step_by(2) {
+        let (a, b) = (keys.row(j), keys.row(j + 1));
+        // The pool's rows are scattered (one head's part of each slot): fetch those a few keys ahead.
+        keys.prefetch(j + PREFETCH_KEYS, 2, d);
+        let mut acc = [_mm512_setzero_ps(); H];
+        for s in 0..steps {
+            // SAFETY: each row holds d >= 8 s + 8 values (the `Rows` contract).
+            let k = unsafe {
+                let lo = _mm512_castps_pd(_mm512_castps256_ps512(_mm256_loadu_ps(a.add(8 * s))));
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, _mm256_castps_pd(_mm256_loadu_ps(b.add(8 * s)))))
+            };
+            for h in 0..H {
+                acc[h] = _mm512_fmadd_ps(k, qq[h * steps + s], acc[h]);
+            }
+        }
+        for h in 0..H {
+            // hsum_float_8 in each half: (v0 + v4) + (v2 + v6), (v1 + v5) + (v3 + v7), then those two.
+            let x = acc[h];
+            let t = _mm512_add_ps(x, _mm512_shuffle_f32x4::<0b10_11_00_01>(x, x));
+            let u = _mm512_add_ps(t, _mm512_permute_ps::<0b11_10_11_10>(t));
+            let r = _mm512_mul_ps(_mm512_add_ps(u, _mm512_movehdup_ps(u)), scale);
+            w[h][j] = _mm512_cvtss_f32(r);
+            if j + 1 < n {
+                w[h][j + 1] = _mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(r));
+            }
+        }
+    }
+}
+
 /// One KV head of one sequence laid out for the AVX-512 kernels, once per step: the keys transposed (`kt`: `d`
 /// rows of `stride` values, key `j` at column `j`) and the values in key order (`v`: `stride` rows of `d`), zeros
 /// past the sequence's keys; `stride` is a multiple of 32.
@@ -485,13 +606,21 @@ struct WideKv<'a> {
     stride: usize,
 }
 
+/// Where [`heads_wide`] reads a KV head's keys and values.
+enum WideSource<'a> {
+    /// A sequence with several rows in the step: its keys and values laid out once.
+    Laid(WideKv<'a>),
+    /// A sequence with one row: keys and values read in place from the pool.
+    Pool(Pooled<'a>, Pooled<'a>),
+}
+
 /// [`HeadAttention`]'s `Tiled` order with AVX-512 for `H` query heads of one KV head (`q[h]`: `d` values,
-/// f16-rounded) over the first `n` keys of `kv`. `scratch` is reused between calls.
+/// f16-rounded) over the first `n` keys of `src`. `scratch` is reused between calls.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 fn heads_wide<const H: usize>(
     q: [&[f32]; H],
-    kv: WideKv<'_>,
+    src: &WideSource<'_>,
     n: usize,
     scale: f32,
     scratch: &mut Vec<f32>,
@@ -499,20 +628,28 @@ fn heads_wide<const H: usize>(
 ) {
     let d = q[0].len();
     let np = n.div_ceil(32) * 32;
-    let WideKv { kt, v, stride } = kv;
-    assert!(stride.is_multiple_of(32) && stride >= np && kt.len() >= d * stride && v.len() >= d * stride);
     assert!(d.is_multiple_of(16));
     scratch.clear();
     scratch.resize(H * np, 0.0);
     let mut ws = scratch.chunks_exact_mut(np);
     let mut w: [&mut [f32]; H] = std::array::from_fn(|_| ws.next().expect("H chunks"));
-    scores_wide(q, kt, stride, n, scale, &mut w);
+    match src {
+        WideSource::Laid(kv) => {
+            let &WideKv { kt, v, stride } = kv;
+            assert!(stride.is_multiple_of(32) && stride >= np && kt.len() >= d * stride && v.len() >= d * stride);
+            scores_wide(q, kt, stride, n, scale, &mut w);
+        }
+        WideSource::Pool(keys, _) => scores_rows(q, keys, n, scale, &mut w),
+    }
     for wh in w.iter_mut() {
         softmax_f16(wh, n);
     }
     let w: [&[f32]; H] = std::array::from_fn(|h| &*w[h]);
     let mut out = out;
-    values_wide(w, n, v, &mut out);
+    match src {
+        WideSource::Laid(kv) => values_wide(w, n, &Contiguous { v: kv.v, d }, &mut out),
+        WideSource::Pool(_, values) => values_wide(w, n, values, &mut out),
+    }
 }
 
 /// ggml's softmax of the scores `w[..n]` in place, then rounded to f16 (the weights' precision in the value
@@ -625,12 +762,20 @@ pub fn attention(
         let keys = |j: usize| &pool_k[at_slot(j)..at_slot(j) + d];
         let values = |j: usize| &pool_v[at_slot(j)..at_slot(j) + d];
         #[cfg(target_arch = "x86_64")]
-        if let Some(si) = seqs.iter().position(|s| s.0 == at) {
-            let (st, nkv) = (strides[si], h.n_kv_heads);
-            let kv = WideKv {
-                kt: &bufs[si][kvh * d * st..(kvh + 1) * d * st],
-                v: &bufs[si][(nkv + kvh) * d * st..(nkv + kvh + 1) * d * st],
-                stride: st,
+        if wide {
+            let src = match seqs.iter().position(|s| s.0 == at) {
+                Some(si) => {
+                    let (st, nkv) = (strides[si], h.n_kv_heads);
+                    WideSource::Laid(WideKv {
+                        kt: &bufs[si][kvh * d * st..(kvh + 1) * d * st],
+                        v: &bufs[si][(nkv + kvh) * d * st..(nkv + kvh + 1) * d * st],
+                        stride: st,
+                    })
+                }
+                None => WideSource::Pool(
+                    Pooled::new(pool_k, ctx, kv_width, kvh * d, d),
+                    Pooled::new(pool_v, ctx, kv_width, kvh * d, d),
+                ),
             };
             // The group's heads three at a time (what the registers hold), then the rest.
             let mut qs = q.chunks_exact(d);
@@ -638,17 +783,19 @@ pub fn attention(
             for _ in 0..group / 3 {
                 let (qh, oh) =
                     (std::array::from_fn(|_| qs.next().unwrap()), std::array::from_fn(|_| os.next().unwrap()));
-                // SAFETY: `bufs` exists only where AVX-512 F is (`wide`); AVX2, FMA and F16C with it.
-                unsafe { heads_wide::<3>(qh, kv, n, scale, &mut scratch, oh) };
+                // SAFETY: `wide` only where AVX-512 F is; AVX2, FMA and F16C with it.
+                unsafe { heads_wide::<3>(qh, &src, n, scale, &mut scratch, oh) };
             }
             match group % 3 {
                 // SAFETY: as above.
                 2 => unsafe {
                     let (qh, oh) = ([qs.next().unwrap(), qs.next().unwrap()], [os.next().unwrap(), os.next().unwrap()]);
-                    heads_wide::<2>(qh, kv, n, scale, &mut scratch, oh)
+                    heads_wide::<2>(qh, &src, n, scale, &mut scratch, oh)
                 },
                 // SAFETY: as above.
-                1 => unsafe { heads_wide::<1>([qs.next().unwrap()], kv, n, scale, &mut scratch, [os.next().unwrap()]) },
+                1 => unsafe {
+                    heads_wide::<1>([qs.next().unwrap()], &src, n, scale, &mut scratch, [os.next().unwrap()])
+                },
                 _ => {}
             }
             return;
@@ -689,28 +836,93 @@ mod tests {
             };
             let (pk, pv) = (pool(0), pool(1));
             let slots: Vec<u32> = (0..m as u32).map(|i| (i * 7 + 3) % (m as u32 + 5)).collect();
-            let rows: Vec<(usize, usize)> = (0..m).map(|i| (0, i + 1)).collect();
-            let wide = attention(&qkv, (&pk, &pv), &rows, &slots, h, DotOrder::Tiled);
-            let mut scratch = Vec::new();
-            for (i, &(_, n)) in rows.iter().enumerate() {
-                for head in 0..h.n_heads {
-                    let kvh = head / group;
-                    let mut q = qkv[i * width + head * d..i * width + (head + 1) * d].to_vec();
-                    f16_round_slice(&mut q);
-                    let at = |j: usize| slots[j] as usize * kv_width + kvh * d;
-                    let mut out = vec![0f32; d];
-                    let scale = 1.0 / (d as f32).sqrt();
-                    HeadAttention { order: DotOrder::Tiled, d, scale, scratch: &mut scratch }.run(
-                        &q,
-                        n,
-                        |j| &pk[at(j)..at(j) + d],
-                        |j| &pv[at(j)..at(j) + d],
-                        &mut out,
-                    );
-                    let got = &wide[(i * h.n_heads + head) * d..][..d];
-                    let same = got.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "group {group}, row {i}, head {head}: {:?} vs {:?}", &got[..4], &out[..4]);
-                }
+            // A prompt's causal rows (keys laid out once), then a step of single-row sequences at other offsets
+            // (keys read in place) next to a two-row one.
+            let prompt: Vec<(usize, usize)> = (0..m).map(|i| (0, i + 1)).collect();
+            let mixed = vec![(3, 20), (5, 1), (1, 33), (0, 7), (10, 27), (0, 8), (2, 35)];
+            for rows in [prompt, mixed] {
+                let qkv = &qkv[..rows.len() * width];
+                check(qkv, (&pk, &pv), &rows, &slots, h);
+            }
+        }
+    }
+
+    /// Both AVX-512 score kernels (keys transposed, keys in place) give each key `dot_f16`'s `Tiled` score to the
+    /// bit, on values spread over many binades (where a different order of the sums would show).
+    #[test]
+    fn wide_scores_equal_dot_f16() {
+        if !wide_available() {
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut value = || {
+            let v = rng.random_range(-1.0f32..1.0) * 2f32.powi(rng.random_range(-8..8));
+            f16_round(v)
+        };
+        let (d, n, stride) = (64, 45, 64);
+        let q: Vec<Vec<f32>> = (0..3).map(|_| (0..d).map(|_| value()).collect()).collect();
+        let keys: Vec<f32> = (0..n * d).map(|_| value()).collect();
+        let mut kt = vec![0f32; d * stride];
+        for j in 0..n {
+            for e in 0..d {
+                kt[e * stride + j] = keys[j * d + e];
+            }
+        }
+        let slots: Vec<u32> = (0..n as u32).collect();
+        let scale = 0.125;
+        let mut a = vec![vec![0f32; stride]; 3];
+        let mut b = vec![vec![0f32; stride]; 3];
+        let qs: [&[f32]; 3] = std::array::from_fn(|h| q[h].as_slice());
+        {
+            let [a0, a1, a2] = &mut a[..] else { unreachable!() };
+            let [b0, b1, b2] = &mut b[..] else { unreachable!() };
+            // SAFETY: AVX-512 F is present (checked above).
+            unsafe {
+                scores_wide(qs, &kt, stride, n, scale, &mut [&mut a0[..], &mut a1[..], &mut a2[..]]);
+                let rows = Pooled::new(&keys, &slots, d, 0, d);
+                scores_rows(qs, &rows, n, scale, &mut [&mut b0[..], &mut b1[..], &mut b2[..]]);
+            }
+        }
+        for h in 0..3 {
+            for j in 0..n {
+                // SAFETY: AVX2 and FMA are present (AVX-512 F implies them here).
+                let want = unsafe { dot_f16(DotOrder::Tiled, d, &q[h], &keys[j * d..(j + 1) * d]) } * scale;
+                assert_eq!(a[h][j].to_bits(), want.to_bits(), "transposed, head {h}, key {j}");
+                assert_eq!(b[h][j].to_bits(), want.to_bits(), "in place, head {h}, key {j}");
+            }
+        }
+    }
+
+    /// [`attention`]'s rows equal [`HeadAttention`]'s `Tiled` loop, head by head, to the bit.
+    fn check(
+        qkv: &[f32],
+        (pk, pv): (&[f32], &[f32]),
+        rows: &[(usize, usize)],
+        slots: &[u32],
+        h: crate::cpu_attention::Heads,
+    ) {
+        let (d, group) = (h.head_dim, h.n_heads / h.n_kv_heads);
+        let (width, kv_width) = ((h.n_heads + 2 * h.n_kv_heads) * d, h.n_kv_heads * d);
+        let wide = attention(qkv, (pk, pv), rows, slots, h, DotOrder::Tiled);
+        let mut scratch = Vec::new();
+        for (i, &(o, n)) in rows.iter().enumerate() {
+            for head in 0..h.n_heads {
+                let kvh = head / group;
+                let mut q = qkv[i * width + head * d..i * width + (head + 1) * d].to_vec();
+                f16_round_slice(&mut q);
+                let at = |j: usize| slots[o + j] as usize * kv_width + kvh * d;
+                let mut out = vec![0f32; d];
+                let scale = 1.0 / (d as f32).sqrt();
+                HeadAttention { order: DotOrder::Tiled, d, scale, scratch: &mut scratch }.run(
+                    &q,
+                    n,
+                    |j| &pk[at(j)..at(j) + d],
+                    |j| &pv[at(j)..at(j) + d],
+                    &mut out,
+                );
+                let got = &wide[(i * h.n_heads + head) * d..][..d];
+                let same = got.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "group {group}, row {i} {:?}, head {head}: {:?} vs {:?}", (o, n), &got[..4], &out[..4]);
             }
         }
     }
