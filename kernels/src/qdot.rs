@@ -190,6 +190,44 @@ pub fn kblock_ints(ty: GgmlType, b: &[u8]) -> Result<([i32; QK_K], [f32; 16], [f
     Ok((q, scale, offset))
 }
 
+/// A Q4_K or Q6_K block in the integers the AVX-512 prompt kernel multiplies ([`crate::qmatmul`]): the 256
+/// weights unsigned (Q4_K's `q`, Q6_K's `q + 32`), the sub-blocks' scales (Q4_K: eight of 32 values; Q6_K:
+/// sixteen of 16, signed), Q4_K's eight mins, and the block's `d` and `dmin` (0 for Q6_K).
+pub(crate) struct KUnpacked {
+    pub q: [u8; QK_K],
+    pub scales: [i32; 16],
+    pub mins: [i32; 8],
+    pub d: f32,
+    pub dmin: f32,
+}
+
+pub(crate) fn kblock_unpacked(ty: GgmlType, b: &[u8]) -> Result<KUnpacked> {
+    let (ints, _, _) = kblock_ints(ty, b)?;
+    let mut out = KUnpacked { q: [0; QK_K], scales: [0; 16], mins: [0; 8], d: 0.0, dmin: 0.0 };
+    match ty {
+        GgmlType::Q4K => {
+            for (o, &v) in out.q.iter_mut().zip(&ints) {
+                *o = v as u8;
+            }
+            for (j, (sc, m)) in scales_mins_k4(&b[4..16]).into_iter().enumerate() {
+                (out.scales[j], out.mins[j]) = (sc as i32, m as i32);
+            }
+            (out.d, out.dmin) = (half(b, 0), half(b, 2));
+        }
+        GgmlType::Q6K => {
+            for (o, &v) in out.q.iter_mut().zip(&ints) {
+                *o = (v + 32) as u8;
+            }
+            for (o, &sc) in out.scales.iter_mut().zip(&b[192..208]) {
+                *o = sc as i8 as i32;
+            }
+            out.d = half(b, 208);
+        }
+        other => return Err(Error::unsupported(format!("unpacked K-quant block for {other:?}"))),
+    }
+    Ok(out)
+}
+
 /// The eight 6-bit (scale, min) pairs packed into a Q4_K/Q5_K block's 12 bytes.
 fn scales_mins_k4(s: &[u8]) -> [(u8, u8); 8] {
     std::array::from_fn(|j| {

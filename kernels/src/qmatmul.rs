@@ -383,6 +383,12 @@ impl QuantMatrix {
         } else {
             Vec::new()
         };
+        // For the K-quant prompt kernel: the activation rows as slices and each row's order.
+        let a_k: Vec<&[Q8KBlock]> = ak.iter().map(|v| v.as_slice()).collect();
+        let k_orders: Vec<Vec<qdot::KOrder>> = [GgmlType::Q4K, GgmlType::Q6K]
+            .iter()
+            .map(|&ty| (0..if ak.is_empty() { 0 } else { m }).map(|i| qdot::KOrder::of(ty, m, i)).collect())
+            .collect();
         let run = |task: usize| {
             let mut tile = vec![[0f32; GROUP]; m];
             let end = ((task + 1) * per_task).min(groups);
@@ -391,19 +397,42 @@ impl QuantMatrix {
                 let row = g * GROUP;
                 let seg = self.segs.iter().find(|s| row < s.row0 + s.rows).expect("group inside the matrix");
                 let at = (row - seg.row0) / GROUP;
+                let pair = g + 1 < end && row + 2 * GROUP <= seg.row0 + seg.rows;
+                let dst = |i: usize| {
+                    // SAFETY: row i < m, columns row..row + 2 GROUP <= n lie inside `y` (m x n); these two
+                    // groups' columns are written by this task only, and each (row, group) once.
+                    unsafe { &mut *(out.get().add(i * self.n + row) as *mut [f32; 2 * GROUP]) }
+                };
                 #[cfg(target_arch = "x86_64")]
-                if wide && is_q32(seg.ty) && g + 1 < end && row + 2 * GROUP <= seg.row0 + seg.rows {
+                if wide && pair && matches!(seg.ty, GgmlType::Q4K | GgmlType::Q6K) && m >= KPANEL_ROWS {
+                    // A prompt on Q4_K/Q6_K: the two groups' blocks unpacked once (for every activation row), then
+                    // sixteen rows per register, four activation rows at a time.
+                    let nsb = self.k / qdot::QK_K;
+                    let rb = nsb * seg.ty.block_bytes();
+                    let data = &seg.data[at * GROUP * rb..(at + 2) * GROUP * rb];
+                    let rows: Vec<&[u8]> = data.chunks_exact(rb).collect();
+                    let panel = avx512::KPanel::new(seg.ty, &rows, nsb).expect("Q4_K or Q6_K blocks");
+                    for i0 in (0..m).step_by(4) {
+                        let i1 = (i0 + 4).min(m);
+                        let mut o: Vec<&mut [f32; 2 * GROUP]> = (i0..i1).map(dst).collect();
+                        // SAFETY: AVX-512 F/BW/VNNI are present (`wide`); every activation row has `nsb` blocks;
+                        // the orders are llama.cpp's for Q6_K (Chain from 8 rows) and Q4_K (Split64/Split).
+                        unsafe {
+                            let orders = &k_orders[usize::from(seg.ty == GgmlType::Q6K)][i0..i1];
+                            avx512::kquant_rows(&panel, &a_k[i0..i1], orders, &mut o)
+                        };
+                    }
+                    g += 2;
+                    continue;
+                }
+                #[cfg(target_arch = "x86_64")]
+                if wide && is_q32(seg.ty) && pair {
                     // Two groups at once in 512-bit registers: the same arithmetic, lane for lane.
                     let nb = self.k / QK;
                     let span = GROUP * nb * seg.ty.block_bytes();
                     let data = &seg.data[at * span..(at + 2) * span];
                     // The kernel writes each row's 16 outputs into `y` itself (a copy from a tile cost 5% of a
                     // prompt: the stores miss the cache either way, but inside the kernel they overlap its work).
-                    let dst = |i: usize| {
-                        // SAFETY: row i < m, columns row..row + 2 GROUP <= n lie inside `y` (m x n); these two
-                        // groups' columns are written by this task only, and each (row, group) once.
-                        unsafe { &mut *(out.get().add(i * self.n + row) as *mut [f32; 2 * GROUP]) }
-                    };
                     for (i0, (a, s)) in (0..m).step_by(2).zip(a32.chunks(2).zip(sums.chunks(2))) {
                         // SAFETY: AVX-512 F/BW/VNNI and F16C are present (`wide`); `data` is two groups of `nb`
                         // records of `seg.ty`; every activation row has `nb` blocks and `nb` chunk sums.
@@ -556,6 +585,10 @@ fn chunk_sums(b: &Q8Block) -> [i32; 8] {
 
 const QK: usize = 32;
 
+/// Activation rows from which Q4_K and Q6_K products run the unpacked-panel kernel (Q6_K's order is llama.cpp's
+/// tiled one from eight rows).
+const KPANEL_ROWS: usize = 8;
+
 /// Activation rows from which a product's groups are shared out in small runs rather than one per thread.
 const BALANCED_ROWS: usize = 16;
 
@@ -641,6 +674,224 @@ mod avx512 {
     }
 
     const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
+
+    /// Sixteen rows of Q4_K or Q6_K blocks (two groups) unpacked once for a product of many activation rows
+    /// ([`kquant_rows`]): the unsigned weights four values per row per 64 bytes (`q[sb][chunk][row][4]`), the
+    /// sub-blocks' scales and Q4_K's mins per row (`[sb][sub][row]`), and each block's `d` and `dmin`
+    /// (`[sb][row]`). Built per task from the stored blocks, so the stored layout (what decode steps stream)
+    /// stays as it is.
+    pub(super) struct KPanel {
+        ty: GgmlType,
+        nsb: usize,
+        q: Vec<u8>,
+        scales: Vec<i32>,
+        mins: Vec<i32>,
+        d: Vec<f32>,
+        dmin: Vec<f32>,
+    }
+
+    const ROWS: usize = 2 * GROUP;
+
+    impl KPanel {
+        /// The panel of `rows` (16 rows of `nsb` blocks of `ty`, Q4_K or Q6_K).
+        pub(super) fn new(ty: GgmlType, rows: &[&[u8]], nsb: usize) -> crate::error::Result<Self> {
+            assert!(rows.len() == ROWS && matches!(ty, GgmlType::Q4K | GgmlType::Q6K));
+            let bb = ty.block_bytes();
+            let mut p = KPanel {
+                ty,
+                nsb,
+                q: vec![0; nsb * 256 * ROWS],
+                scales: vec![0; nsb * 16 * ROWS],
+                mins: vec![0; nsb * 8 * ROWS],
+                d: vec![0.0; nsb * ROWS],
+                dmin: vec![0.0; nsb * ROWS],
+            };
+            for (r, row) in rows.iter().enumerate() {
+                for b in 0..nsb {
+                    let u = crate::qdot::kblock_unpacked(ty, &row[b * bb..(b + 1) * bb])?;
+                    for (c, four) in u.q.chunks_exact(4).enumerate() {
+                        let at = ((b * 64 + c) * ROWS + r) * 4;
+                        p.q[at..at + 4].copy_from_slice(four);
+                    }
+                    for (j, &sc) in u.scales.iter().enumerate() {
+                        p.scales[(b * 16 + j) * ROWS + r] = sc;
+                    }
+                    for (j, &m) in u.mins.iter().enumerate() {
+                        p.mins[(b * 8 + j) * ROWS + r] = m;
+                    }
+                    (p.d[b * ROWS + r], p.dmin[b * ROWS + r]) = (u.d, u.dmin);
+                }
+            }
+            Ok(p)
+        }
+    }
+
+    /// `out[i][r]` for the panel's 16 rows and up to four activation rows, in llama.cpp's K-quant order for a
+    /// product of many rows: Q6_K's tiled `fma(d Σ - dmin Σ_min, d_a, acc)` per block ([`KOrder::Chain`]);
+    /// Q4_K's repacked kernels' two chains `fma(Σ, d d_a, acc)`, `fma(Σ_min, dmin d_a, m)` per 64 values
+    /// ([`KOrder::Split64`]) or per block ([`KOrder::Split`]), then `acc - m`. The integer sums (exact, in any
+    /// order) come from `vpdpbusd` with the sixteen rows in the lanes; the float steps are lane for lane those of
+    /// [`crate::qdot::vec_dot_k_portable`], so results are equal to the bit.
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and VNNI; `a.len() == orders.len() == out.len()` is 1 to 4; each `a[i]` has the panel's
+    /// `nsb` blocks; `orders` are `Chain` for Q6_K and `Split64` or `Split` for Q4_K.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn kquant_rows(
+        p: &KPanel,
+        a: &[&[crate::qdot::Q8KBlock]],
+        orders: &[crate::qdot::KOrder],
+        out: &mut [&mut [f32; ROWS]],
+    ) {
+        // SAFETY: the contract above, passed on.
+        unsafe {
+            match (p.ty, a.len()) {
+                (GgmlType::Q6K, 1) => k6::<1>(p, a, out),
+                (GgmlType::Q6K, 2) => k6::<2>(p, a, out),
+                (GgmlType::Q6K, 3) => k6::<3>(p, a, out),
+                (GgmlType::Q6K, _) => k6::<4>(p, a, out),
+                (_, 1) => k4::<1>(p, a, orders, out),
+                (_, 2) => k4::<2>(p, a, orders, out),
+                (_, 3) => k4::<3>(p, a, orders, out),
+                (_, _) => k4::<4>(p, a, orders, out),
+            }
+        }
+    }
+
+    /// Four activation bytes (values `4c..4c + 4` of a block) in every lane.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn act4(qs: &[i8; 256], c: usize) -> __m512i {
+        assert!(c < 64);
+        // SAFETY: bytes 4c..4c + 4 lie inside the block's 256 (asserted).
+        _mm512_set1_epi32(unsafe { (qs.as_ptr().add(4 * c) as *const i32).read_unaligned() })
+    }
+
+    /// [`kquant_rows`] for Q6_K and `XR` activation rows.
+    ///
+    /// # Safety
+    /// As [`kquant_rows`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::needless_range_loop)] // registers indexed in lock-step by activation row
+    unsafe fn k6<const XR: usize>(p: &KPanel, a: &[&[crate::qdot::Q8KBlock]], out: &mut [&mut [f32; ROWS]]) {
+        assert!(a.len() == XR && out.len() == XR && a.iter().all(|r| r.len() == p.nsb));
+        let mut acc = [_mm512_setzero_ps(); XR];
+        for b in 0..p.nsb {
+            let mut tot = [_mm512_setzero_si512(); XR];
+            let mut corr = [_mm512_setzero_si512(); XR];
+            for s in 0..16 {
+                let mut isum = [_mm512_setzero_si512(); XR];
+                for c in 4 * s..4 * s + 4 {
+                    // SAFETY: chunk c of block b is 64 bytes inside `q` (sized at `new`).
+                    let w = unsafe { _mm512_loadu_si512(p.q.as_ptr().add((b * 64 + c) * ROWS * 4) as *const _) };
+                    for i in 0..XR {
+                        isum[i] = _mm512_dpbusd_epi32(isum[i], w, act4(&a[i][b].qs, c));
+                    }
+                }
+                // SAFETY: sub-block s of block b is 16 i32 inside `scales`.
+                let sc = unsafe { _mm512_loadu_si512(p.scales.as_ptr().add((b * 16 + s) * ROWS) as *const _) };
+                for i in 0..XR {
+                    tot[i] = _mm512_add_epi32(tot[i], _mm512_mullo_epi32(isum[i], sc));
+                    let bsum = _mm512_set1_epi32(a[i][b].bsums[s] as i32);
+                    corr[i] = _mm512_add_epi32(corr[i], _mm512_mullo_epi32(sc, bsum));
+                }
+            }
+            // SAFETY: block b's 16 d and dmin values lie inside theirs.
+            let (d, dmin) = unsafe {
+                (_mm512_loadu_ps(p.d.as_ptr().add(b * ROWS)), _mm512_loadu_ps(p.dmin.as_ptr().add(b * ROWS)))
+            };
+            // -dmin with its sign flipped bitwise (so -0 for Q6_K's 0, as the scalar `-dmin`).
+            let neg_dmin =
+                _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dmin), _mm512_set1_epi32(i32::MIN)));
+            for i in 0..XR {
+                // The unsigned weights' sum less 32 Σ sc Σ a: the signed weights' (q - 32) sum.
+                let total = _mm512_sub_epi32(tot[i], _mm512_slli_epi32::<5>(corr[i]));
+                let t = _mm512_mul_ps(d, _mm512_cvtepi32_ps(total));
+                // Q6_K has no mins: fma(-0, 0, t) = t, kept as the scalar reference writes it.
+                let u = _mm512_fmadd_ps(neg_dmin, _mm512_setzero_ps(), t);
+                acc[i] = _mm512_fmadd_ps(u, _mm512_set1_ps(a[i][b].d), acc[i]);
+            }
+        }
+        for i in 0..XR {
+            // SAFETY: `out[i]` holds 16 f32.
+            unsafe { _mm512_storeu_ps(out[i].as_mut_ptr(), acc[i]) };
+        }
+    }
+
+    /// [`kquant_rows`] for Q4_K and `XR` activation rows.
+    ///
+    /// # Safety
+    /// As [`kquant_rows`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::needless_range_loop)] // registers indexed in lock-step by activation row
+    unsafe fn k4<const XR: usize>(
+        p: &KPanel,
+        a: &[&[crate::qdot::Q8KBlock]],
+        orders: &[crate::qdot::KOrder],
+        out: &mut [&mut [f32; ROWS]],
+    ) {
+        use crate::qdot::KOrder;
+        assert!(a.len() == XR && out.len() == XR && orders.len() == XR && a.iter().all(|r| r.len() == p.nsb));
+        assert!(orders.iter().all(|o| matches!(o, KOrder::Split | KOrder::Split64)));
+        let per64: [bool; XR] = std::array::from_fn(|i| orders[i] == KOrder::Split64);
+        let mut acc = [_mm512_setzero_ps(); XR];
+        let mut mns = [_mm512_setzero_ps(); XR];
+        for b in 0..p.nsb {
+            // SAFETY: block b's 16 d and dmin values lie inside theirs.
+            let (d, dmin) = unsafe {
+                (_mm512_loadu_ps(p.d.as_ptr().add(b * ROWS)), _mm512_loadu_ps(p.dmin.as_ptr().add(b * ROWS)))
+            };
+            let mut tot = [_mm512_setzero_si512(); XR];
+            let mut totm = [_mm512_setzero_si512(); XR];
+            for part in 0..4 {
+                let mut sum = [_mm512_setzero_si512(); XR];
+                let mut summ = [_mm512_setzero_si512(); XR];
+                for s in 2 * part..2 * part + 2 {
+                    let mut isum = [_mm512_setzero_si512(); XR];
+                    for c in 8 * s..8 * s + 8 {
+                        // SAFETY: chunk c of block b is 64 bytes inside `q`.
+                        let w = unsafe { _mm512_loadu_si512(p.q.as_ptr().add((b * 64 + c) * ROWS * 4) as *const _) };
+                        for i in 0..XR {
+                            isum[i] = _mm512_dpbusd_epi32(isum[i], w, act4(&a[i][b].qs, c));
+                        }
+                    }
+                    // SAFETY: sub-block s of block b is 16 i32 inside `scales` and `mins`.
+                    let (sc, mn) = unsafe {
+                        (
+                            _mm512_loadu_si512(p.scales.as_ptr().add((b * 16 + s) * ROWS) as *const _),
+                            _mm512_loadu_si512(p.mins.as_ptr().add((b * 8 + s) * ROWS) as *const _),
+                        )
+                    };
+                    for i in 0..XR {
+                        sum[i] = _mm512_add_epi32(sum[i], _mm512_mullo_epi32(isum[i], sc));
+                        let bs = a[i][b].bsums[2 * s] as i32 + a[i][b].bsums[2 * s + 1] as i32;
+                        summ[i] = _mm512_add_epi32(summ[i], _mm512_mullo_epi32(mn, _mm512_set1_epi32(bs)));
+                    }
+                }
+                for i in 0..XR {
+                    if per64[i] {
+                        let da = _mm512_set1_ps(a[i][b].d);
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[i]), _mm512_mul_ps(d, da), acc[i]);
+                        mns[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(summ[i]), _mm512_mul_ps(dmin, da), mns[i]);
+                    } else {
+                        tot[i] = _mm512_add_epi32(tot[i], sum[i]);
+                        totm[i] = _mm512_add_epi32(totm[i], summ[i]);
+                    }
+                }
+            }
+            for i in 0..XR {
+                if !per64[i] {
+                    let da = _mm512_set1_ps(a[i][b].d);
+                    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot[i]), _mm512_mul_ps(d, da), acc[i]);
+                    mns[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(totm[i]), _mm512_mul_ps(dmin, da), mns[i]);
+                }
+            }
+        }
+        for i in 0..XR {
+            // SAFETY: `out[i]` holds 16 f32.
+            unsafe { _mm512_storeu_ps(out[i].as_mut_ptr(), _mm512_sub_ps(acc[i], mns[i])) };
+        }
+    }
 
     /// [`groups_q32`] for `TYPES[T]` and `XR` activation rows.
     ///
@@ -1027,6 +1278,33 @@ mod tests {
                     let err = (&got - &want).abs().max().double_value(&[]);
                     let scale = want.abs().max().double_value(&[]);
                     assert!(err <= 1e-5 * scale, "{pair:?} m={m}: error {err} against scale {scale}");
+                }
+            }
+        }
+    }
+
+    /// Q4_K and Q6_K products of prompt size (the unpacked-panel kernel on two groups at a time, the row kernel
+    /// on the odd group left over) equal llama.cpp's order per row, to the bit, below and above a whole four.
+    #[test]
+    fn k_quant_prompt_products_equal_the_portable_order() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let (rows, k) = (40, 512);
+        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+            let a = random_rows(ty, rows, k, &mut rng);
+            let q = QuantMatrix::new(k, &[RowBlocks { ty, rows, bytes: &a, unpermute_heads: None }]).unwrap();
+            let rb = ty.block_bytes() * k / ty.block_len();
+            for m in [8i64, 9, 12, 13, 37] {
+                let x = Tensor::randn([m, k as i64], (Kind::Float, Device::Cpu));
+                let xs = Vec::<f32>::try_from(x.flatten(0, -1)).unwrap();
+                let got = Vec::<f32>::try_from(q.matmul_t_int(&x).unwrap().flatten(0, -1)).unwrap();
+                for (i, row) in xs.chunks(k).enumerate() {
+                    let act = qdot::quantize_row_q8k(row).unwrap();
+                    let order = qdot::KOrder::of(ty, m as usize, i);
+                    for r in 0..rows {
+                        let want = qdot::vec_dot_k_portable(ty, &a[r * rb..(r + 1) * rb], &act, order).unwrap();
+                        let g = got[i * rows + r];
+                        assert_eq!(g.to_bits(), want.to_bits(), "{ty:?} m={m} ({i}, {r}): {g} vs {want}");
+                    }
                 }
             }
         }
