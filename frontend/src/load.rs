@@ -19,10 +19,11 @@ pub struct DeviceArgs {
     /// libtorch intra-op threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// How a GGUF file's quantized matrices are held on the CPU: `quantized` (as their blocks, multiplied by
-    /// integer kernels in decode steps and an f32 GEMM for prompts; about the file's size in memory),
-    /// `quantized-exact` (the same blocks, every step computed as llama.cpp computes it, to the bit; prompts
-    /// about 0.65x as fast) or `f32` (dequantized at load, the numerics reference).
+    /// How a GGUF file's quantized matrices are held on the CPU: `quantized` (as their blocks, about the file's
+    /// size in memory, every step computed as llama.cpp's CPU backend computes it, to the bit; `quantized-exact`
+    /// is the same), `quantized-f32-prefill` (the same blocks, prompts through an f32 GEMM instead: faster
+    /// prompts on models whose block types the integer kernels run slowly, results close to llama.cpp's but not
+    /// equal) or `f32` (dequantized at load, the numerics reference).
     #[arg(long, default_value = "quantized")]
     pub weights: kernels::WeightFormat,
 }

@@ -27,15 +27,18 @@ pub struct LoadOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
     /// As their blocks, multiplied by [`crate::qmatmul`] (where the CPU has AVX2, FMA and F16C): about the
-    /// file's size in memory. Steps of up to 32 tokens round activations to int8 and multiply in integers, as
-    /// llama.cpp; longer ones (prompts) multiply the activations as they are by the weights dequantized a chunk
-    /// at a time (libtorch's f32 GEMM). Results close to llama.cpp's, not equal.
+    /// file's size in memory. Every step is computed as llama.cpp's CPU backend computes it, to the bit
+    /// (activations rounded to int8, products in integers, and the rest of the layer in [`crate::ggml_ops`]), so
+    /// outputs equal llama.cpp's on the same GGUF. (`quantized-exact`, its name before it was the default, is
+    /// still accepted.) Without F16C, or for models with Llama 3 rope scaling, steps run as
+    /// [`Self::QuantizedF32Prefill`].
     #[default]
     Quantized,
-    /// The same blocks, every step computed as llama.cpp's CPU backend computes it, to the bit
-    /// ([`crate::ggml_ops`]): outputs equal llama.cpp's on the same GGUF; prompts about 0.65x as fast
-    /// (`make bench-model` on SmolLM2).
-    QuantizedExact,
+    /// The same blocks; steps of up to 32 tokens in integers, longer ones (prompts) multiplying the activations as
+    /// they are by the weights dequantized a chunk at a time (libtorch's f32 GEMM), with libtorch's norms and
+    /// attention. Closer to f32 than to llama.cpp; prompts faster on models whose blocks the integer kernels
+    /// run slowly (Qwen2.5's Q5_0: 1.6x, `make bench-model`).
+    QuantizedF32Prefill,
     /// Dequantized to f32 at load (the numerics reference; about 8x the memory of a 4-bit file).
     F32,
 }
@@ -44,12 +47,12 @@ impl std::str::FromStr for WeightFormat {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
-            "quantized" => Ok(Self::Quantized),
-            "quantized-exact" => Ok(Self::QuantizedExact),
+            "quantized" | "quantized-exact" => Ok(Self::Quantized),
+            "quantized-f32-prefill" => Ok(Self::QuantizedF32Prefill),
             "f32" => Ok(Self::F32),
-            other => {
-                Err(Error::invalid(format!("weights `{other}`: expected `quantized`, `quantized-exact` or `f32`")))
-            }
+            other => Err(Error::invalid(format!(
+                "weights `{other}`: expected `quantized`, `quantized-f32-prefill` or `f32`"
+            ))),
         }
     }
 }

@@ -18,13 +18,13 @@
 //! in the order of llama.cpp's CPU kernel for its type and the product's size (see [`crate::qdot`]): eight
 //! partial sums per row for the 32-value types, one fused multiply-add per block each, the tree of
 //! `hsum_float_8`; the K-quants per [`crate::qdot::KOrder`]. The results equal llama.cpp's to the bit, which is
-//! what `--weights quantized-exact` runs ([`crate::ggml_ops`] has the rest of the layer); [`QuantMatrix::matmul_t`]
-//! (the default) runs the same kernels up to [`INT_ROWS`] rows. Integer sums are exact in any order, so the
+//! what `--weights quantized` (the default) runs ([`crate::ggml_ops`] has the rest of the layer);
+//! [`QuantMatrix::matmul_t`] (`--weights quantized-f32-prefill`) runs the same kernels up to [`INT_ROWS`] rows. Integer sums are exact in any order, so the
 //! kernels are free in how they get them: eight rows per 256-bit register (AVX2, `maddubs`/`madd`), or two groups
 //! of eight per 512-bit register with `vpdpbusd` (AVX-512 VNNI, where present; the same lanes).
 //!
 //! [`QuantMatrix::matmul_t`] runs products of more than [`INT_ROWS`] rows (prompts) differently: it dequantizes up
-//! to 16 MB of rows at a time into an f32 buffer for libtorch's GEMM (`--weights quantized`, the default); the
+//! to 16 MB of rows at a time into an f32 buffer for libtorch's GEMM (`--weights quantized-f32-prefill`); the
 //! dequantization is paid once per chunk for all rows of `x`, and the f32 weights never exist whole. That product
 //! is exactly the f32 product of the dequantized weights, close to llama.cpp's but not equal.
 //!
