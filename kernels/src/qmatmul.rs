@@ -383,6 +383,24 @@ impl QuantMatrix {
         } else {
             Vec::new()
         };
+        // For the 32-value panel kernel (prompts): each offset type's `vpdpbusd` start values, `-offset Σ` of
+        // each four activations.
+        let inits: Vec<(i32, Vec<Vec<[i32; 8]>>)> = if wide && m >= KPANEL_ROWS {
+            let mut offsets: Vec<i32> = self.segs.iter().filter(|s| is_q32(s.ty)).map(|s| offset_of(s.ty)).collect();
+            offsets.sort_unstable();
+            offsets.dedup();
+            offsets
+                .into_iter()
+                .map(|o| {
+                    let scaled = crate::team::map(&sums, PARALLEL_ROWS, &|r: &Vec<[i32; 8]>| {
+                        r.iter().map(|c| c.map(|x| -o * x)).collect::<Vec<[i32; 8]>>()
+                    });
+                    (o, scaled)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         // For the K-quant prompt kernel: the activation rows as slices and each row's order.
         let a_k: Vec<&[Q8KBlock]> = ak.iter().map(|v| v.as_slice()).collect();
         let k_orders: Vec<Vec<qdot::KOrder>> = [GgmlType::Q4K, GgmlType::Q6K]
@@ -431,6 +449,24 @@ impl QuantMatrix {
                     let nb = self.k / QK;
                     let span = GROUP * nb * seg.ty.block_bytes();
                     let data = &seg.data[at * span..(at + 2) * span];
+                    // A prompt: the blocks unpacked once for every activation row (a panel in L1).
+                    if let Some((_, init)) = inits.iter().find(|(b, _)| *b == offset_of(seg.ty)) {
+                        // SAFETY: AVX-512 F/BW are present (`wide`); `data` is two groups of `nb` records.
+                        let panel = unsafe { avx512::Q32Panel::new(seg.ty, data, nb) };
+                        for (i0, (a, s)) in (0..m).step_by(2).zip(a32.chunks(2).zip(init.chunks(2))) {
+                            // SAFETY: AVX-512 F/BW/VNNI (`wide`); every activation row has `nb` blocks and start
+                            // values.
+                            unsafe {
+                                if a.len() == 2 {
+                                    avx512::panel_q32(&panel, a, s, &mut [dst(i0), dst(i0 + 1)])
+                                } else {
+                                    avx512::panel_q32(&panel, a, s, &mut [dst(i0)])
+                                }
+                            };
+                        }
+                        g += 2;
+                        continue;
+                    }
                     // The kernel writes each row's 16 outputs into `y` itself (a copy from a tile cost 5% of a
                     // prompt: the stores miss the cache either way, but inside the kernel they overlap its work).
                     for (i0, (a, s)) in (0..m).step_by(2).zip(a32.chunks(2).zip(sums.chunks(2))) {
@@ -579,6 +615,16 @@ fn wide_available() -> bool {
 }
 
 /// The sums of each four activations of a block (values `4c..4c + 4`): what an offset type's bias multiplies.
+/// The offset a 32-value type's stored values carry (`q + offset`, unsigned), 0 for those with a min instead.
+fn offset_of(ty: GgmlType) -> i32 {
+    match ty {
+        GgmlType::Q4_0 => 8,
+        GgmlType::Q5_0 => 16,
+        GgmlType::Q8_0 => 128,
+        _ => 0,
+    }
+}
+
 fn chunk_sums(b: &Q8Block) -> [i32; 8] {
     std::array::from_fn(|c| b.qs[4 * c..4 * c + 4].iter().map(|&q| q as i32).sum())
 }
@@ -674,6 +720,143 @@ mod avx512 {
     }
 
     const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
+
+    /// Two groups' blocks of a 32-value type unpacked once for a product of many activation rows
+    /// ([`panel_q32`]): per block, the eight 64-byte registers [`groups_q32`] would unpack (the sixteen rows'
+    /// unsigned values, four per row per chunk), the scales and the mins (f32, sixteen rows each).
+    pub(super) struct Q32Panel {
+        nb: usize,
+        w: Vec<__m512i>,
+        d: Vec<__m512>,
+        m: Vec<__m512>,
+    }
+
+    impl Q32Panel {
+        /// # Safety
+        /// AVX-512 F and BW; `ty` is a 32-value type; `data` holds two groups of `nb` records of it.
+        #[target_feature(enable = "avx512f,avx512bw")]
+        pub(super) unsafe fn new(ty: GgmlType, data: &[u8], nb: usize) -> Self {
+            let f = Fields::of(ty);
+            let rb = GROUP * ty.block_bytes();
+            assert!(data.len() >= 2 * nb * rb);
+            let low4 = _mm512_set1_epi8(0x0F);
+            let mut p = Q32Panel { nb, w: Vec::with_capacity(8 * nb), d: Vec::new(), m: Vec::new() };
+            for b in 0..nb {
+                // SAFETY: record b of each group lies inside `data` (asserted); every read is inside it.
+                unsafe {
+                    let (p0, p1) = (data.as_ptr().add(b * rb), data.as_ptr().add((nb + b) * rb));
+                    p.d.push(halves(p0, p1));
+                    if f.m.is_some() {
+                        p.m.push(halves(p0.add(f.rec_m()), p1.add(f.rec_m())));
+                    }
+                    let qs = f.rec_qs();
+                    let mut w = [_mm512_setzero_si512(); 8];
+                    if ty == GgmlType::Q8_0 {
+                        for (piece, wp) in w.iter_mut().enumerate() {
+                            let raw = pair(p0.add(qs + 32 * piece), p1.add(qs + 32 * piece));
+                            *wp = _mm512_xor_si512(raw, _mm512_set1_epi8(-128));
+                        }
+                    } else {
+                        for piece in 0..4 {
+                            let raw = pair(p0.add(qs + 32 * piece), p1.add(qs + 32 * piece));
+                            let mut lo = _mm512_and_si512(raw, low4);
+                            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low4);
+                            if f.qh.is_some() {
+                                let mask = |c: usize| {
+                                    let m0 = (p0.add(f.rec_qh() + 4 * c) as *const u32).read_unaligned() as u64;
+                                    let m1 = (p1.add(f.rec_qh() + 4 * c) as *const u32).read_unaligned() as u64;
+                                    m0 | (m1 << 32)
+                                };
+                                lo = _mm512_or_si512(lo, _mm512_maskz_mov_epi8(mask(piece), _mm512_set1_epi8(0x10)));
+                                hi =
+                                    _mm512_or_si512(hi, _mm512_maskz_mov_epi8(mask(piece + 4), _mm512_set1_epi8(0x10)));
+                            }
+                            (w[piece], w[piece + 4]) = (lo, hi);
+                        }
+                    }
+                    p.w.extend_from_slice(&w);
+                }
+            }
+            p
+        }
+    }
+
+    /// [`groups_q32`] over a [`Q32Panel`] (the same arithmetic, lane for lane, without unpacking), with each
+    /// activation row's `vpdpbusd` start values precomputed: `init[i][b][c] = -bias Σ` of chunk `c`'s four
+    /// activations (0 for the types without an offset).
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and VNNI; `a`, `init` and `out` have the same length, 1 or 2; each `a[i]` and `init[i]` has
+    /// the panel's `nb` entries.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn panel_q32(
+        p: &Q32Panel,
+        a: &[Vec<Q8Block>],
+        init: &[Vec<[i32; 8]>],
+        out: &mut [&mut [f32; 2 * GROUP]],
+    ) {
+        // SAFETY: the contract above, passed on.
+        unsafe {
+            match a.len() {
+                1 => panel_kernel::<1>(p, a, init, out),
+                _ => panel_kernel::<2>(p, a, init, out),
+            }
+        }
+    }
+
+    /// [`panel_q32`] for `XR` activation rows.
+    ///
+    /// # Safety
+    /// As [`panel_q32`], with `a.len() == XR`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::needless_range_loop)] // arrays indexed in lock-step by activation row
+    unsafe fn panel_kernel<const XR: usize>(
+        p: &Q32Panel,
+        a: &[Vec<Q8Block>],
+        init: &[Vec<[i32; 8]>],
+        out: &mut [&mut [f32; 2 * GROUP]],
+    ) {
+        let nb = p.nb;
+        assert!(a.len() == XR && init.len() == XR && out.len() == XR && p.w.len() == 8 * nb && p.d.len() == nb);
+        assert!(p.m.is_empty() || p.m.len() == nb);
+        assert!(a.iter().all(|r| r.len() >= nb) && init.iter().all(|r| r.len() >= nb));
+        let has_min = !p.m.is_empty();
+        let mut acc = [[_mm512_setzero_ps(); 8]; XR];
+        let mut mins = [_mm512_setzero_ps(); XR];
+        // Raw pointers (every index below is inside, as asserted): no bounds checks in the loop, whose
+        // accumulators must stay in registers.
+        let (wp, dp, mp) = (p.w.as_ptr(), p.d.as_ptr(), p.m.as_ptr());
+        let ap: [*const Q8Block; XR] = std::array::from_fn(|i| a[i].as_ptr());
+        let ip: [*const [i32; 8]; XR] = std::array::from_fn(|i| init[i].as_ptr());
+        for b in 0..nb {
+            // SAFETY: b < nb: block b of each activation row, its start values, and the panel's block b.
+            unsafe {
+                let blk: [&Q8Block; XR] = std::array::from_fn(|i| &*ap[i].add(b));
+                let ini: [&[i32; 8]; XR] = std::array::from_fn(|i| &*ip[i].add(b));
+                let d = *dp.add(b);
+                let dd: [__m512; XR] = std::array::from_fn(|i| _mm512_mul_ps(d, _mm512_set1_ps(blk[i].d)));
+                for c in 0..8 {
+                    let w = *wp.add(8 * b + c);
+                    for i in 0..XR {
+                        let yc = _mm512_set1_epi32((blk[i].qs.as_ptr().add(4 * c) as *const i32).read_unaligned());
+                        let isum = _mm512_dpbusd_epi32(_mm512_set1_epi32(ini[i][c]), w, yc);
+                        acc[i][c] = _mm512_fmadd_ps(dd[i], _mm512_cvtepi32_ps(isum), acc[i][c]);
+                    }
+                }
+                if has_min {
+                    let m = *mp.add(b);
+                    for i in 0..XR {
+                        mins[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(blk[i].s), mins[i]);
+                    }
+                }
+            }
+        }
+        for i in 0..XR {
+            let sum = crate::qdot::avx2::tree8_512(&acc[i]);
+            // SAFETY: `out[i]` holds 16 f32.
+            unsafe { _mm512_storeu_ps(out[i].as_mut_ptr(), _mm512_add_ps(sum, mins[i])) };
+        }
+    }
 
     /// Sixteen rows of Q4_K or Q6_K blocks (two groups) unpacked once for a product of many activation rows
     /// ([`kquant_rows`]): the unsigned weights four values per row per 64 bytes (`q[sb][chunk][row][4]`), the
@@ -911,12 +1094,7 @@ mod avx512 {
         let rb = GROUP * ty.block_bytes();
         assert!(data.len() >= 2 * nb * rb && a.len() == XR && sums.len() == XR && out.len() == XR);
         assert!(a.iter().all(|r| r.len() >= nb) && sums.iter().all(|r| r.len() >= nb));
-        let bias: i32 = match ty {
-            GgmlType::Q4_0 => 8,
-            GgmlType::Q5_0 => 16,
-            GgmlType::Q8_0 => 128,
-            _ => 0,
-        };
+        let bias = super::offset_of(ty);
         let has_min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
         let low4 = _mm512_set1_epi8(0x0F);
         let mut acc = [[_mm512_setzero_ps(); 8]; XR];
