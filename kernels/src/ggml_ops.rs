@@ -389,11 +389,19 @@ impl HeadAttention<'_> {
     }
 }
 
+/// Whether `RADIXSERVE_NO_AVX512` (any value but `0`) asks the kernels to leave AVX-512 alone: the AVX2 kernels
+/// (what a CPU without AVX-512 runs, with the same results to the bit) tested and timed on a machine that has it.
+/// Read once.
+pub fn avx512_disabled() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var("RADIXSERVE_NO_AVX512").is_ok_and(|v| v != "0"))
+}
+
 /// Whether the 512-bit attention kernels can run here (AVX-512 F).
 pub fn wide_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        available() && std::arch::is_x86_feature_detected!("avx512f")
+        available() && std::arch::is_x86_feature_detected!("avx512f") && !avx512_disabled()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -12,7 +12,8 @@
 //! get one causal SDPA call each. K/V of new tokens are written into the pool before attention reads it back.
 //! Logits are computed only for the rows asked for.
 //!
-//! With `--weights quantized` (the default for GGUF) on the CPU, every step is instead computed as llama.cpp's CPU
+//! With `--weights quantized-exact` on the CPU (and the default `quantized` where the CPU has AVX-512 VNNI), every
+//! step is instead computed as llama.cpp's CPU
 //! backend computes it, to the bit: the products in integers at every size ([`crate::qmatmul`]), the norms, rope,
 //! attention and SwiGLU of [`crate::ggml_ops`], K and V at f16 precision, and Llama's Q/K rows in the GGUF's
 //! order (rope pairs adjacent), since the attention's sums run over the head dimension in that order.
@@ -115,17 +116,20 @@ impl LlamaModel {
     pub fn load(cfg: ModelConfig, src: &WeightSource, opts: LoadOptions, progress: Progress<'_>) -> Result<Self> {
         let (device, kind) = (opts.device, opts.kind);
         let is_gguf = matches!(src, WeightSource::Gguf(_));
-        let quantize = matches!(opts.weights, WeightFormat::Quantized | WeightFormat::QuantizedF32Prefill)
-            && is_gguf
+        let quantize = matches!(
+            opts.weights,
+            WeightFormat::Quantized | WeightFormat::QuantizedExact | WeightFormat::QuantizedF32Prefill
+        ) && is_gguf
             && device == Device::Cpu
             && kind == Kind::Float
             && crate::qmatmul::available();
-        // `quantized` follows llama.cpp's numerics (`ggml` below), which sums Q·K over the head dimension
+        // `quantized-exact` (and `quantized` where the CPU runs it fast) follows llama.cpp's numerics (`ggml` below), which sums Q·K over the head dimension
         // in the file's order: for the architectures whose GGUF interleaves each head's rope pairs, the rows stay
         // so and the rope turns adjacent pairs. (The Llama 3 frequency scaling is not reproduced: such models
         // keep the HF order and the f64 tables.)
         let ggml_wanted = quantize
-            && opts.weights == WeightFormat::Quantized
+            && (opts.weights == WeightFormat::QuantizedExact
+                || (opts.weights == WeightFormat::Quantized && crate::qmatmul::exact_is_fast()))
             && cfg.rope_scaling.is_none()
             && crate::ggml_ops::available();
         let interleaved = ggml_wanted && is_gguf && gguf_qk_permuted(cfg.arch);

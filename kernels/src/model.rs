@@ -26,18 +26,21 @@ pub struct LoadOptions {
 /// How a GGUF file's quantized matrices are held on the CPU (other devices and dtypes always dequantize).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
-    /// As their blocks, multiplied by [`crate::qmatmul`] (where the CPU has AVX2, FMA and F16C): about the
-    /// file's size in memory. Every step is computed as llama.cpp's CPU backend computes it, to the bit
-    /// (activations rounded to int8, products in integers, and the rest of the layer in [`crate::ggml_ops`]), so
-    /// outputs equal llama.cpp's on the same GGUF. (`quantized-exact`, its name before it was the default, is
-    /// still accepted.) Without F16C, or for models with Llama 3 rope scaling, steps run as
-    /// [`Self::QuantizedF32Prefill`].
+    /// As their blocks (about the file's size in memory), computed as [`Self::QuantizedExact`] where the CPU has
+    /// AVX-512 F, BW and VNNI, whose kernels run llama.cpp's numerics at the f32 path's prompt speed, and as
+    /// [`Self::QuantizedF32Prefill`] elsewhere: with AVX2 alone the exact prompts run at 0.70x (SmolLM2) and
+    /// 0.41x (Qwen2.5) the f32 path's speed, where the f32-GEMM prompts keep 0.95x and 0.92x (`make
+    /// bench-model` with `RADIXSERVE_NO_AVX512=1`, BENCHMARKS.md session 14).
     #[default]
     Quantized,
+    /// The same blocks, every step computed as llama.cpp's CPU backend computes it, to the bit (activations
+    /// rounded to int8, products in integers, and the rest of the layer in [`crate::ggml_ops`]): outputs equal
+    /// llama.cpp's on the same GGUF, on any CPU with AVX2, FMA and F16C. Without F16C, or for models with Llama 3
+    /// rope scaling, steps run as [`Self::QuantizedF32Prefill`].
+    QuantizedExact,
     /// The same blocks; steps of up to 32 tokens in integers, longer ones (prompts) multiplying the activations as
     /// they are by the weights dequantized a chunk at a time (libtorch's f32 GEMM), with libtorch's norms and
-    /// attention. Closer to f32 than to llama.cpp; prompts faster on models whose blocks the integer kernels
-    /// run slowly (Qwen2.5's Q5_0: 1.6x, `make bench-model`).
+    /// attention: closer to f32 than to llama.cpp, not equal to either.
     QuantizedF32Prefill,
     /// Dequantized to f32 at load (the numerics reference; about 8x the memory of a 4-bit file).
     F32,
@@ -47,11 +50,12 @@ impl std::str::FromStr for WeightFormat {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
-            "quantized" | "quantized-exact" => Ok(Self::Quantized),
+            "quantized" => Ok(Self::Quantized),
+            "quantized-exact" => Ok(Self::QuantizedExact),
             "quantized-f32-prefill" => Ok(Self::QuantizedF32Prefill),
             "f32" => Ok(Self::F32),
             other => Err(Error::invalid(format!(
-                "weights `{other}`: expected `quantized`, `quantized-f32-prefill` or `f32`"
+                "weights `{other}`: expected `quantized`, `quantized-exact`, `quantized-f32-prefill` or `f32`"
             ))),
         }
     }

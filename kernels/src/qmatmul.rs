@@ -18,7 +18,8 @@
 //! in the order of llama.cpp's CPU kernel for its type and the product's size (see [`crate::qdot`]): eight
 //! partial sums per row for the 32-value types, one fused multiply-add per block each, the tree of
 //! `hsum_float_8`; the K-quants per [`crate::qdot::KOrder`]. The results equal llama.cpp's to the bit, which is
-//! what `--weights quantized` (the default) runs ([`crate::ggml_ops`] has the rest of the layer);
+//! what `--weights quantized-exact` runs (and the default, `quantized`, with AVX-512 VNNI; [`crate::ggml_ops`] has
+//! the rest of the layer);
 //! [`QuantMatrix::matmul_t`] (`--weights quantized-f32-prefill`) runs the same kernels up to [`INT_ROWS`] rows. Integer sums are exact in any order, so the
 //! kernels are free in how they get them: eight rows per 256-bit register (AVX2, `maddubs`/`madd`), or two groups
 //! of eight per 512-bit register with `vpdpbusd` (AVX-512 VNNI, where present; the same lanes).
@@ -602,6 +603,13 @@ impl QuantMatrix {
     }
 }
 
+/// Whether llama.cpp's numerics run here about as fast as the f32 path's: the 512-bit product and attention
+/// kernels (AVX-512 F, BW and VNNI, not turned off by `RADIXSERVE_NO_AVX512`). What `--weights quantized`
+/// chooses by.
+pub fn exact_is_fast() -> bool {
+    available() && wide_available() && crate::ggml_ops::wide_available()
+}
+
 /// Whether the 512-bit kernels can run here (AVX-512 F, BW and VNNI).
 fn wide_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -614,7 +622,6 @@ fn wide_available() -> bool {
     }
 }
 
-/// The sums of each four activations of a block (values `4c..4c + 4`): what an offset type's bias multiplies.
 /// The offset a 32-value type's stored values carry (`q + offset`, unsigned), 0 for those with a min instead.
 fn offset_of(ty: GgmlType) -> i32 {
     match ty {
@@ -625,6 +632,7 @@ fn offset_of(ty: GgmlType) -> i32 {
     }
 }
 
+/// The sums of each four activations of a block (values `4c..4c + 4`): what an offset type's bias multiplies.
 fn chunk_sums(b: &Q8Block) -> [i32; 8] {
     std::array::from_fn(|c| b.qs[4 * c..4 * c + 4].iter().map(|&q| q as i32).sum())
 }
@@ -658,6 +666,7 @@ mod avx512 {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vnni")
+            && !crate::ggml_ops::avx512_disabled()
     }
 
     /// Two groups' eight records side by side: `lo` from the first group's record, `hi` the second's.

@@ -94,7 +94,7 @@ pub fn check_device(device: Device) -> Result<()> {
 /// a prompt's buffers are zeroed page by page each time. That cost 10-20% of a 512-token prefill on this 2-core
 /// VM, in some runs and not others (the adaptive threshold depends on the order of earlier frees): SmolLM2
 /// `quantized` 744-952 tok/s run to run, 907-962 with the fixed thresholds below; f32 1046-1252 against
-/// 1212-1265 (`scratch` runs of 6 prompts, interleaved). Fixed thresholds (32 MiB mmap, glibc's largest; 256
+/// 1212-1265 (the best of six 512-token prompts per process, processes interleaved). Fixed thresholds (32 MiB mmap, glibc's largest; 256
 /// MiB trim) keep those buffers in the heap; what a process holds beyond its live data is bounded by the trim
 /// threshold per arena. Set only where the environment does not tune malloc itself.
 pub fn init_process() {

@@ -1,5 +1,6 @@
-//! The quantized-block weights (`WeightFormat::Quantized`, the default for GGUF on CPU: llama.cpp's numerics to
-//! the bit; and `WeightFormat::QuantizedF32Prefill`, prompts through the f32 GEMM) against llama.cpp on the same GGUF (`kernels/testdata/llamacpp_reference.json`, written by `tools/llamacpp_fixtures.py` through
+//! The quantized-block weights (`WeightFormat::QuantizedExact`, llama.cpp's numerics to the bit, what the default
+//! `Quantized` runs with AVX-512 VNNI; and `WeightFormat::QuantizedF32Prefill`, prompts through the f32 GEMM, what
+//! it runs elsewhere) against llama.cpp on the same GGUF (`kernels/testdata/llamacpp_reference.json`, written by `tools/llamacpp_fixtures.py` through
 //! llama-cpp-python), against transformers' f32 reference, and against our own f32 path.
 //!
 //! Measures per model: over every prompt position of five prompts, how often our argmax is the reference's, and
@@ -175,10 +176,10 @@ fn load_quantized(path: &std::path::Path, label: &str, weights: WeightFormat) ->
 
 #[test]
 fn smollm2_quantized_agrees_with_llama_cpp() {
-    let exact = load_quantized(&model_path(), "SmolLM2 Q4_1", WeightFormat::Quantized);
+    let exact = load_quantized(&model_path(), "SmolLM2 Q4_1 (exact)", WeightFormat::QuantizedExact);
     let a = against_llama_cpp(&exact, "smollm2");
-    a.report("SmolLM2 quantized vs llama.cpp");
-    against_transformers(&exact, "smollm2_reference.json").report("SmolLM2 quantized vs transformers f32");
+    a.report("SmolLM2 quantized-exact vs llama.cpp");
+    against_transformers(&exact, "smollm2_reference.json").report("SmolLM2 quantized-exact vs transformers f32");
     assert_equals_llama_cpp(&a);
     let m = load_quantized(&model_path(), "SmolLM2 Q4_1 (f32 prefill)", WeightFormat::QuantizedF32Prefill);
     let a = against_llama_cpp(&m, "smollm2");
@@ -194,7 +195,7 @@ fn smollm2_quantized_agrees_with_llama_cpp() {
 }
 
 /// Issue #21 asks for argmax agreement at 99% of positions, mean KL under 0.01 and 4 of 5 identical greedy
-/// continuations. `quantized` (the default) computes what llama.cpp computes, to the bit ([`kernels::ggml_ops`]), so the
+/// continuations. `quantized-exact` (the default's choice with AVX-512 VNNI) computes what llama.cpp computes, to the bit ([`kernels::ggml_ops`]), so the
 /// agreement is complete: every argmax, every continuation, and a KL that only the fixture's rounding to 6
 /// decimals leaves. (With each part merely close to ggml's, SmolLM2 agreed on 2 of 5 continuations: int8
 /// rounding turns any last-bit difference into a whole rounding step.)
@@ -208,10 +209,10 @@ fn assert_equals_llama_cpp(a: &Agreement) {
 #[ignore = "needs the opt-in Qwen2 model: make model-qwen"]
 fn qwen2_quantized_agrees_with_llama_cpp() {
     let path = repo_root().join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    let exact = load_quantized(&path, "Qwen2.5 Q4_K_M", WeightFormat::Quantized);
+    let exact = load_quantized(&path, "Qwen2.5 Q4_K_M (exact)", WeightFormat::QuantizedExact);
     let a = against_llama_cpp(&exact, "qwen2");
-    a.report("Qwen2.5 quantized vs llama.cpp");
-    against_transformers(&exact, "qwen2_reference.json").report("Qwen2.5 quantized vs transformers f32");
+    a.report("Qwen2.5 quantized-exact vs llama.cpp");
+    against_transformers(&exact, "qwen2_reference.json").report("Qwen2.5 quantized-exact vs transformers f32");
     assert_equals_llama_cpp(&a);
     let m = load_quantized(&path, "Qwen2.5 Q4_K_M (f32 prefill)", WeightFormat::QuantizedF32Prefill);
     let a = against_llama_cpp(&m, "qwen2");
@@ -223,11 +224,11 @@ fn qwen2_quantized_agrees_with_llama_cpp() {
 
 /// Our f32 path is the numerics reference: a prompt prefilled in one call and fed a token at a time stays close
 /// to it on both quantized paths, and the two agree with each other. quantized-f32-prefill's prefill (the
-/// dequantized GEMM) computes exactly the f32 function; the default rounds activations there too, as llama.cpp.
+/// dequantized GEMM) computes exactly the f32 function; quantized-exact rounds activations there too, as llama.cpp.
 #[test]
 fn quantized_weights_stay_close_to_f32_on_every_path() {
     let f = load(&model_path(), WeightFormat::F32);
-    for (weights, prefill_kl) in [(WeightFormat::QuantizedF32Prefill, 1e-6), (WeightFormat::Quantized, 0.02)] {
+    for (weights, prefill_kl) in [(WeightFormat::QuantizedF32Prefill, 1e-6), (WeightFormat::QuantizedExact, 0.02)] {
         let q = load(&model_path(), weights);
         close_to_f32(&q, &f, prefill_kl);
     }

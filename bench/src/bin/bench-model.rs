@@ -179,8 +179,15 @@ fn main() -> anyhow::Result<()> {
     let quant = Model::load(&args.model, opts(WeightFormat::Quantized), &mut |_, _| {})?;
     let quant_rss = resident_mb() - before;
     let dense = Model::load(&args.model, opts(WeightFormat::F32), &mut |_, _| {})?;
-    // The same blocks with prompts through the f32 GEMM (`--weights quantized-f32-prefill`).
-    let split = Model::load(&args.model, opts(WeightFormat::QuantizedF32Prefill), &mut |_, _| {})?;
+    // The default computes llama.cpp's numerics where this CPU runs them fast (AVX-512 VNNI), else prompts through
+    // the f32 GEMM: the other of the two is measured beside it.
+    let exact = quant.net.ggml_numerics();
+    let (other_format, other_label) = if exact {
+        (WeightFormat::QuantizedF32Prefill, "quantized-f32-prefill")
+    } else {
+        (WeightFormat::QuantizedExact, "quantized-exact")
+    };
+    let other = Model::load(&args.model, opts(other_format), &mut |_, _| {})?;
     let cfg = quant.net.config().clone();
     let params = cfg.matmul_params() as f64;
     let (q_bytes, f_bytes) = (quant.net.weight_bytes() as f64, dense.net.weight_bytes() as f64);
@@ -193,6 +200,14 @@ fn main() -> anyhow::Result<()> {
         f_bytes / 1e6
     );
     println!("resident memory added by loading the quantized model: {quant_rss:.1} MB");
+    println!(
+        "quantized (the default) computes {} here",
+        if exact {
+            "llama.cpp's numerics (quantized-exact)"
+        } else {
+            "prompts through the f32 GEMM (quantized-f32-prefill)"
+        }
+    );
     println!("threads {threads} (ours and llama-bench's)");
 
     let roof = Roofline::measure(kernels::Device::Cpu);
@@ -222,7 +237,7 @@ fn main() -> anyhow::Result<()> {
         // The quantized path streams its blocks (the embedding table is read a row per token, not streamed).
         let q = measure(&quant, &args, "quantized", &roof, q_bytes)?;
         let f = measure(&dense, &args, "f32", &roof, params * 4.0)?;
-        let p = measure(&split, &args, "quantized-f32-prefill", &roof, q_bytes)?;
+        let p = measure(&other, &args, other_label, &roof, q_bytes)?;
         best_p = Some(match best_p {
             Some(b) => b.best(&p),
             None => p,
@@ -254,7 +269,7 @@ fn main() -> anyhow::Result<()> {
         llama.map_or("not measured".into(), |(pp, tg)| format!("pp512 {pp:.1}, tg128 {tg:.1} tok/s")),
     );
     println!(
-        "quantized-f32-prefill: prefill {:.0} tok/s ({} f32), decode b1 {:.1}, b32 {:.1} tok/s",
+        "{other_label}: prefill {:.0} tok/s ({} f32), decode b1 {:.1}, b32 {:.1} tok/s",
         p.prefill,
         ratio(Some(p.prefill), Some(f.prefill)),
         p.decode_at(1).unwrap_or(0.0),
