@@ -14,7 +14,7 @@ PORT=${PORT:-30200}
 CONC=${CONC:-32}
 THREADS=${THREADS:-$(nproc)}
 SYSTEMS=${SYSTEMS:-"radixserve radixserve-nocache llama-server llama-cpp-python"}
-# Extra flags for our server (for instance `--weights quantized-f32-prefill`).
+# Extra flags for our server (for instance `--weights quantized-exact`).
 RADIXSERVE_FLAGS=${RADIXSERVE_FLAGS:-}
 LLAMA_SERVER=$CACHE/llamacpp-0.3.36-avx2/bin/llama-server
 BENCH_PY=$CACHE/bench-venv/bin/python

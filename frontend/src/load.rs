@@ -20,10 +20,10 @@ pub struct DeviceArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// How a GGUF file's quantized matrices are held on the CPU: `quantized` (as their blocks, about the file's
-    /// size in memory, every step computed as llama.cpp's CPU backend computes it, to the bit; `quantized-exact`
-    /// is the same), `quantized-f32-prefill` (the same blocks, prompts through an f32 GEMM instead: faster
-    /// prompts on models whose block types the integer kernels run slowly, results close to llama.cpp's but not
-    /// equal) or `f32` (dequantized at load, the numerics reference).
+    /// size in memory; `quantized-exact` where the CPU has AVX-512 VNNI, `quantized-f32-prefill` elsewhere),
+    /// `quantized-exact` (every step computed as llama.cpp's CPU backend computes it, to the bit),
+    /// `quantized-f32-prefill` (prompts through an f32 GEMM: close to llama.cpp's results, not equal; faster
+    /// prompts on CPUs with AVX2 alone) or `f32` (dequantized at load, the numerics reference).
     #[arg(long, default_value = "quantized")]
     pub weights: kernels::WeightFormat,
 }
