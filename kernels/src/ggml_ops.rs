@@ -26,8 +26,9 @@
 //! every argmax and every greedy continuation of the llama.cpp fixture equal.
 //!
 //! Everything here needs AVX2, FMA and F16C ([`available`]); callers use their f32 paths elsewhere. With AVX-512
-//! the `Tiled` attention runs sixteen keys (scores, from keys transposed once per step) or sixteen outputs
-//! (values) per register, lane for lane the same arithmetic.
+//! the `Tiled` attention takes a KV head's query heads three at a time and runs sixteen keys (scores, from keys
+//! transposed once per step), two keys (scores of a sequence with one row in the step, keys read in place) or
+//! sixteen outputs (values) per register, lane for lane the same arithmetic.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
