@@ -60,6 +60,7 @@ pub fn load_model(path: &Path, opts: LoadOptions) -> anyhow::Result<Model> {
         model = %path.display(),
         weights_mb = model.net.weight_bytes() as f64 / 1e6,
         quantized = model.net.quantized(),
+        llama_cpp_numerics = model.net.ggml_numerics(),
         resident_mb = kernels::resident_bytes().map(|b| b as f64 / 1e6),
         "loaded"
     );
