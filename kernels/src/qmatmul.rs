@@ -935,6 +935,8 @@ mod avx512 {
         orders: &[crate::qdot::KOrder],
         out: &mut [&mut [f32; ROWS]],
     ) {
+        // Q6_K's order from eight activation rows is the tiled one; the Q4_K kernel checks its own.
+        assert!(p.ty != GgmlType::Q6K || orders.iter().all(|&o| o == crate::qdot::KOrder::Chain));
         // SAFETY: the contract above, passed on.
         unsafe {
             match (p.ty, a.len()) {
