@@ -371,9 +371,10 @@ impl QuantMatrix {
         let per_task = groups.div_ceil(parts).next_multiple_of(2).max(1);
         let fast = available();
         let wide = fast && wide_available();
-        // Per activation row and block, the sums of each four values (what the offset types' bias multiplies).
+        // Per activation row and block, the sums of each four values (what the offset types' bias multiplies),
+        // for the per-row kernel; prompts (the panel kernel) take them pre-scaled below.
         let biased = self.segs.iter().any(|s| matches!(s.ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0));
-        let sums: Vec<Vec<[i32; 8]>> = if wide {
+        let sums: Vec<Vec<[i32; 8]>> = if wide && m < KPANEL_ROWS {
             crate::team::map(&a32, PARALLEL_ROWS, &|r| {
                 if biased {
                     r.iter().map(chunk_sums).collect()
@@ -393,8 +394,8 @@ impl QuantMatrix {
             offsets
                 .into_iter()
                 .map(|o| {
-                    let scaled = crate::team::map(&sums, PARALLEL_ROWS, &|r: &Vec<[i32; 8]>| {
-                        r.iter().map(|c| c.map(|x| -o * x)).collect::<Vec<[i32; 8]>>()
+                    let scaled = crate::team::map(&a32, PARALLEL_ROWS, &|r: &Vec<Q8Block>| {
+                        r.iter().map(|b| chunk_sums(b).map(|x| -o * x)).collect::<Vec<[i32; 8]>>()
                     });
                     (o, scaled)
                 })
@@ -451,7 +452,11 @@ impl QuantMatrix {
                     let span = GROUP * nb * seg.ty.block_bytes();
                     let data = &seg.data[at * span..(at + 2) * span];
                     // A prompt: the blocks unpacked once for every activation row (a panel in L1).
-                    if let Some((_, init)) = inits.iter().find(|(b, _)| *b == offset_of(seg.ty)) {
+                    if m >= KPANEL_ROWS {
+                        let (_, init) = inits
+                            .iter()
+                            .find(|(b, _)| *b == offset_of(seg.ty))
+                            .expect("start values made for every 32-value type's offset");
                         // SAFETY: AVX-512 F/BW are present (`wide`); `data` is two groups of `nb` records.
                         let panel = unsafe { avx512::Q32Panel::new(seg.ty, data, nb) };
                         for (i0, (a, s)) in (0..m).step_by(2).zip(a32.chunks(2).zip(init.chunks(2))) {
@@ -696,6 +701,41 @@ mod avx512 {
         }
     }
 
+    /// Chunks `piece` and `piece + 4` (values `4 piece..4 piece + 4` and `16 + 4 piece..`) of block records `p0`
+    /// and `p1` (two groups, the first's rows in the low lanes) as the unsigned bytes `vpdpbusd` multiplies: the
+    /// nibbles, Q5's fifth bits added, Q8_0's values offset by 128. `piece < 4`.
+    ///
+    /// # Safety
+    /// AVX-512 F and BW; `p0` and `p1` point at whole records of `ty` (a 32-value type).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn chunk_pair(ty: GgmlType, f: Fields, p0: *const u8, p1: *const u8, piece: usize) -> (__m512i, __m512i) {
+        let qs = f.rec_qs();
+        // SAFETY: the caller's records hold their quants (and fifth-bit masks) at these offsets.
+        unsafe {
+            if ty == GgmlType::Q8_0 {
+                let at = |c: usize| pair(p0.add(qs + 32 * c), p1.add(qs + 32 * c));
+                let flip = _mm512_set1_epi8(-128);
+                return (_mm512_xor_si512(at(piece), flip), _mm512_xor_si512(at(piece + 4), flip));
+            }
+            let low4 = _mm512_set1_epi8(0x0F);
+            let raw = pair(p0.add(qs + 32 * piece), p1.add(qs + 32 * piece));
+            let mut lo = _mm512_and_si512(raw, low4);
+            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low4);
+            if f.qh.is_some() {
+                // Chunk c's fifth bits: bit 4r + j of the record's mask c is value 4c + j of row r.
+                let mask = |c: usize| {
+                    let m0 = (p0.add(f.rec_qh() + 4 * c) as *const u32).read_unaligned() as u64;
+                    let m1 = (p1.add(f.rec_qh() + 4 * c) as *const u32).read_unaligned() as u64;
+                    m0 | (m1 << 32)
+                };
+                lo = _mm512_or_si512(lo, _mm512_maskz_mov_epi8(mask(piece), _mm512_set1_epi8(0x10)));
+                hi = _mm512_or_si512(hi, _mm512_maskz_mov_epi8(mask(piece + 4), _mm512_set1_epi8(0x10)));
+            }
+            (lo, hi)
+        }
+    }
+
     /// `out[i][r]` for the 16 rows of two consecutive groups (`data`: the first's `nb` records, then the
     /// second's) and one or two activation rows.
     ///
@@ -748,7 +788,6 @@ mod avx512 {
             let f = Fields::of(ty);
             let rb = GROUP * ty.block_bytes();
             assert!(data.len() >= 2 * nb * rb);
-            let low4 = _mm512_set1_epi8(0x0F);
             let mut p = Q32Panel { nb, w: Vec::with_capacity(8 * nb), d: Vec::new(), m: Vec::new() };
             for b in 0..nb {
                 // SAFETY: record b of each group lies inside `data` (asserted); every read is inside it.
@@ -758,30 +797,9 @@ mod avx512 {
                     if f.m.is_some() {
                         p.m.push(halves(p0.add(f.rec_m()), p1.add(f.rec_m())));
                     }
-                    let qs = f.rec_qs();
                     let mut w = [_mm512_setzero_si512(); 8];
-                    if ty == GgmlType::Q8_0 {
-                        for (piece, wp) in w.iter_mut().enumerate() {
-                            let raw = pair(p0.add(qs + 32 * piece), p1.add(qs + 32 * piece));
-                            *wp = _mm512_xor_si512(raw, _mm512_set1_epi8(-128));
-                        }
-                    } else {
-                        for piece in 0..4 {
-                            let raw = pair(p0.add(qs + 32 * piece), p1.add(qs + 32 * piece));
-                            let mut lo = _mm512_and_si512(raw, low4);
-                            let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low4);
-                            if f.qh.is_some() {
-                                let mask = |c: usize| {
-                                    let m0 = (p0.add(f.rec_qh() + 4 * c) as *const u32).read_unaligned() as u64;
-                                    let m1 = (p1.add(f.rec_qh() + 4 * c) as *const u32).read_unaligned() as u64;
-                                    m0 | (m1 << 32)
-                                };
-                                lo = _mm512_or_si512(lo, _mm512_maskz_mov_epi8(mask(piece), _mm512_set1_epi8(0x10)));
-                                hi =
-                                    _mm512_or_si512(hi, _mm512_maskz_mov_epi8(mask(piece + 4), _mm512_set1_epi8(0x10)));
-                            }
-                            (w[piece], w[piece + 4]) = (lo, hi);
-                        }
+                    for piece in 0..4 {
+                        (w[piece], w[piece + 4]) = chunk_pair(ty, f, p0, p1, piece);
                     }
                     p.w.extend_from_slice(&w);
                 }
@@ -1107,7 +1125,6 @@ mod avx512 {
         assert!(a.iter().all(|r| r.len() >= nb) && sums.iter().all(|r| r.len() >= nb));
         let bias = super::offset_of(ty);
         let has_min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
-        let low4 = _mm512_set1_epi8(0x0F);
         let mut acc = [[_mm512_setzero_ps(); 8]; XR];
         let mut mins = [_mm512_setzero_ps(); XR];
         for b in 0..nb {
@@ -1130,30 +1147,10 @@ mod avx512 {
                         acc[i][c] = _mm512_fmadd_ps(dd[i], _mm512_cvtepi32_ps(isum), acc[i][c]);
                     }
                 };
-                let qs = f.rec_qs();
-                if ty == GgmlType::Q8_0 {
-                    for piece in 0..8 {
-                        let w = pair(p0.add(qs + 32 * piece), p1.add(qs + 32 * piece));
-                        chunk(piece, _mm512_xor_si512(w, _mm512_set1_epi8(-128)));
-                    }
-                } else {
-                    for piece in 0..4 {
-                        let raw = pair(p0.add(qs + 32 * piece), p1.add(qs + 32 * piece));
-                        let mut lo = _mm512_and_si512(raw, low4);
-                        let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low4);
-                        if f.qh.is_some() {
-                            // Chunk c's fifth bits: bit 4r + j of the record's mask c is value 4c + j of row r.
-                            let mask = |c: usize| {
-                                let m0 = (p0.add(f.rec_qh() + 4 * c) as *const u32).read_unaligned() as u64;
-                                let m1 = (p1.add(f.rec_qh() + 4 * c) as *const u32).read_unaligned() as u64;
-                                m0 | (m1 << 32)
-                            };
-                            lo = _mm512_or_si512(lo, _mm512_maskz_mov_epi8(mask(piece), _mm512_set1_epi8(0x10)));
-                            hi = _mm512_or_si512(hi, _mm512_maskz_mov_epi8(mask(piece + 4), _mm512_set1_epi8(0x10)));
-                        }
-                        chunk(piece, lo);
-                        chunk(piece + 4, hi);
-                    }
+                for piece in 0..4 {
+                    let (lo, hi) = chunk_pair(ty, f, p0, p1, piece);
+                    chunk(piece, lo);
+                    chunk(piece + 4, hi);
                 }
                 if has_min {
                     let m16 = halves(p0.add(f.rec_m()), p1.add(f.rec_m()));
