@@ -8,6 +8,8 @@ use std::time::Instant;
 use kernels::{EmbeddingModel, LoadOptions};
 
 fn main() {
+    // The server's allocator thresholds and libtorch spin (re-executes once).
+    kernels::torch::init_process();
     // EMBED_SPEED_THREAD=1: run on a spawned thread, as the server's engine does.
     if std::env::var_os("EMBED_SPEED_THREAD").is_some() {
         std::thread::spawn(run).join().unwrap();

@@ -13,6 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::linear::Linear;
+use crate::team::SharedMut;
 use crate::weights::SafeTensorFiles;
 
 /// The fields of a BERT `config.json` the forward pass uses.
@@ -69,6 +70,9 @@ impl BertConfig {
 struct LayerNorm {
     w: Tensor,
     b: Tensor,
+    /// The same weights as plain floats, for [`rows::add_layer_norm`].
+    wv: Vec<f32>,
+    bv: Vec<f32>,
 }
 
 struct Layer {
@@ -94,6 +98,10 @@ pub struct BertModel {
     gelu_tanh: bool,
     /// libtorch threads of the thread that runs the model (0: one per core).
     threads: usize,
+    /// Every product runs on AMX tiles ([`crate::amx`]): the whole forward then runs on [`crate::team`], the
+    /// row-wise steps in [`rows`] and attention a task per sequence and head group, with libtorch at one thread
+    /// (its OpenMP team and ours would otherwise spin against each other on the same cores).
+    on_team: bool,
 }
 
 impl std::fmt::Debug for BertModel {
@@ -125,7 +133,9 @@ impl BertModel {
         };
         let h = cfg.hidden_size;
         let norm = |name: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm { w: get(&format!("{name}.weight"), &[h])?, b: get(&format!("{name}.bias"), &[h])? })
+            let (w, b) = (get(&format!("{name}.weight"), &[h])?, get(&format!("{name}.bias"), &[h])?);
+            let floats = |t: &Tensor| Vec::<f32>::try_from(t.to_kind(Kind::Float).to_device(Device::Cpu));
+            Ok(LayerNorm { wv: floats(&w)?, bv: floats(&b)?, w, b })
         };
         let word = get("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?;
         let position = get("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, h])?;
@@ -139,14 +149,14 @@ impl BertModel {
             };
             let lin = |name: &str, out: usize, inp: usize| -> Result<Linear> {
                 let (w, b) = weights(name, out, inp)?;
-                Ok(Linear::new(w, Some(b)))
+                Ok(Linear::encoder(w, Some(b)))
             };
             let (q, k, v) = (
                 weights("attention.self.query", h, h)?,
                 weights("attention.self.key", h, h)?,
                 weights("attention.self.value", h, h)?,
             );
-            let qkv = Linear::new(Tensor::cat(&[&q.0, &k.0, &v.0], 0), Some(Tensor::cat(&[&q.1, &k.1, &v.1], 0)));
+            let qkv = Linear::encoder(Tensor::cat(&[&q.0, &k.0, &v.0], 0), Some(Tensor::cat(&[&q.1, &k.1, &v.1], 0)));
             layers.push(Layer {
                 qkv,
                 attn_out: lin("attention.output.dense", h, h)?,
@@ -156,18 +166,10 @@ impl BertModel {
                 out_norm: norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
-        Ok(Self {
-            gelu_tanh: cfg.hidden_act != "gelu",
-            threads,
-            cfg,
-            device,
-            kind,
-            word,
-            position,
-            token_type,
-            emb_norm,
-            layers,
-        })
+        let gelu_tanh = cfg.hidden_act != "gelu";
+        let on_team = !gelu_tanh
+            && layers.iter().all(|l| [&l.qkv, &l.attn_out, &l.inter, &l.out].iter().all(|lin| lin.on_tiles()));
+        Ok(Self { gelu_tanh, on_team, threads, cfg, device, kind, word, position, token_type, emb_norm, layers })
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -209,7 +211,12 @@ impl BertModel {
             ids.extend(s.iter().map(|&t| t as i64));
             pos.extend(0..s.len() as i64);
         }
-        crate::torch::ensure_threads(self.threads);
+        if self.on_team {
+            crate::torch::ensure_threads(1);
+            crate::team::set_width(self.threads);
+        } else {
+            crate::torch::ensure_threads(self.threads);
+        }
         let tensor = tch::no_grad(|| self.forward_rows(&ids, &pos, &rows))?;
         Ok(Hidden { tensor, rows })
     }
@@ -227,20 +234,223 @@ impl BertModel {
         let gelu = if self.gelu_tanh { "tanh" } else { "none" };
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let mut outs = Vec::with_capacity(rows.len());
-            for r in rows {
-                let n = r.len() as i64;
-                // [n, 3H] -> three [1, heads, n, d]
-                let s = qkv.narrow(0, r.start as i64, n).view([n, 3, nh, d]).permute([1, 2, 0, 3]);
-                let (q, k, v) = (s.get(0).unsqueeze(0), s.get(1).unsqueeze(0), s.get(2).unsqueeze(0));
-                let o = Tensor::f_scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, false, None, false)?;
-                outs.push(o.squeeze_dim(0).transpose(0, 1).reshape([n, h]));
-            }
-            let attn = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::f_cat(&outs, 0)? };
-            x = ln(&(layer.attn_out.forward(&attn)? + &x), &layer.attn_norm)?;
-            let inter = layer.inter.forward(&x)?.f_gelu(gelu)?;
-            x = ln(&(layer.out.forward(&inter)? + &x), &layer.out_norm)?;
+            let attn = if self.on_team {
+                self.attention_on_team(&qkv, rows)?
+            } else {
+                let mut outs = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let n = r.len() as i64;
+                    // [n, 3H] -> three [1, heads, n, d]
+                    let s = qkv.narrow(0, r.start as i64, n).view([n, 3, nh, d]).permute([1, 2, 0, 3]);
+                    let (q, k, v) = (s.get(0).unsqueeze(0), s.get(1).unsqueeze(0), s.get(2).unsqueeze(0));
+                    let o =
+                        Tensor::f_scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, false, None, false)?;
+                    outs.push(o.squeeze_dim(0).transpose(0, 1).reshape([n, h]));
+                }
+                if outs.len() == 1 {
+                    outs.pop().expect("one")
+                } else {
+                    Tensor::f_cat(&outs, 0)?
+                }
+            };
+            let y = layer.attn_out.forward(&attn)?;
+            x = if self.on_team {
+                rows::add_layer_norm(y, &x, &layer.attn_norm, eps)?
+            } else {
+                ln(&(y + &x), &layer.attn_norm)?
+            };
+            let inter = if self.on_team {
+                layer.inter.forward_then(&x, &rows::gelu)?
+            } else {
+                layer.inter.forward(&x)?.f_gelu(gelu)?
+            };
+            let y = layer.out.forward(&inter)?;
+            x = if self.on_team {
+                rows::add_layer_norm(y, &x, &layer.out_norm, eps)?
+            } else {
+                ln(&(y + &x), &layer.out_norm)?
+            };
         }
         Ok(x)
+    }
+
+    /// Attention of every sequence on the team: a task per sequence and group of heads (two groups when there are
+    /// fewer sequences than threads), each a libtorch call at one thread writing its columns of the output.
+    fn attention_on_team(&self, qkv: &Tensor, rows: &[Range<usize>]) -> Result<Tensor> {
+        let (h, nh) = (self.cfg.hidden_size, self.cfg.num_attention_heads);
+        let d = h / nh;
+        let qkv = qkv.contiguous();
+        let t = qkv.size()[0];
+        let out = Tensor::f_empty([t, h as i64], (Kind::Float, Device::Cpu))?;
+        let groups = if rows.len() < crate::team::width() && nh % 2 == 0 { 2 } else { 1 };
+        let per = nh / groups;
+        let (src, dst) = (SharedMut::new(qkv.data_ptr() as *mut f32), SharedMut::new(out.data_ptr() as *mut f32));
+        let failed = std::sync::Mutex::new(None);
+        crate::team::run(rows.len() * groups, &|task| {
+            let (r, g) = (&rows[task / groups], task % groups);
+            let n = r.len() as i64;
+            let (h, d, per) = (h as i64, d as i64, per as i64);
+            let head0 = (g as i64 * per * d) as usize;
+            let run = || -> Result<()> {
+                crate::torch::ensure_threads(1);
+                // SAFETY: `qkv` ([t, 3h], contiguous) and `out` ([t, h], contiguous) outlive the run; this task
+                // reads rows r of qkv and writes rows r, heads g * per.. of out, which no other task writes.
+                let (s, o) = unsafe {
+                    let s = Tensor::f_from_blob(
+                        src.get().add(r.start * 3 * h as usize + head0) as *const u8,
+                        &[n, 3, per, d],
+                        &[3 * h, h, d, 1],
+                        Kind::Float,
+                        Device::Cpu,
+                    )?;
+                    let o = Tensor::f_from_blob(
+                        dst.get().add(r.start * h as usize + head0) as *const u8,
+                        &[n, per, d],
+                        &[h, d, 1],
+                        Kind::Float,
+                        Device::Cpu,
+                    )?;
+                    (s.permute([1, 2, 0, 3]), o)
+                };
+                let (q, k, v) = (s.get(0).unsqueeze(0), s.get(1).unsqueeze(0), s.get(2).unsqueeze(0));
+                let a = Tensor::f_scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, false, None, false)?;
+                let mut o = o;
+                o.f_copy_(&a.squeeze_dim(0).transpose(0, 1))?;
+                Ok(())
+            };
+            if let Err(e) = run() {
+                failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+            }
+        });
+        match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
+/// Row-wise steps of the encoder on [`crate::team`], in place on a product's fresh output.
+mod rows {
+    use tch::{Kind, Tensor};
+
+    use super::LayerNorm;
+    use crate::error::Result;
+
+    /// Rows per task: a task is at least a few microseconds of work.
+    const MIN_ROWS: usize = 16;
+
+    /// The floats of `t`, a contiguous f32 CPU tensor that nothing else refers to.
+    fn floats_mut(t: &mut Tensor) -> &mut [f32] {
+        assert!(t.kind() == Kind::Float && t.is_contiguous() && t.device() == tch::Device::Cpu);
+        // SAFETY: contiguous f32 CPU storage of numel elements, borrowed mutably with `t`.
+        unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
+    }
+
+    /// `LayerNorm(y + x)`, written over `y` (`[t, h]`).
+    pub(super) fn add_layer_norm(mut y: Tensor, x: &Tensor, n: &LayerNorm, eps: f64) -> Result<Tensor> {
+        let h = n.wv.len();
+        let x = x.contiguous();
+        assert_eq!(x.size(), y.size());
+        // SAFETY: contiguous f32 CPU tensor of the same shape, only read during this call.
+        let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, x.numel()) };
+        let (eps, wv, bv) = (eps as f32, &n.wv, &n.bv);
+        crate::team::rows_mut(floats_mut(&mut y), h, MIN_ROWS, &|first, part| {
+            let res = &xs[first * h..first * h + part.len()];
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512 F (checked).
+                return unsafe { add_norm_avx512(part, res, wv, bv, eps) };
+            }
+            add_norm(part, res, wv, bv, eps)
+        });
+        Ok(y)
+    }
+
+    /// [`add_norm`] compiled for AVX-512 (the crate's baseline is SSE2), so its loops vectorize 16 wide.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn add_norm_avx512(rows: &mut [f32], res: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        add_norm(rows, res, w, b, eps)
+    }
+
+    #[inline(always)]
+    fn add_norm(rows: &mut [f32], res: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let h = w.len();
+        for (row, res) in rows.chunks_exact_mut(h).zip(res.chunks_exact(h)) {
+            row.iter_mut().zip(res).for_each(|(v, r)| *v += r);
+            let mean = lanes_sum(row.iter().copied()) / h as f32;
+            let var = lanes_sum(row.iter().map(|v| (v - mean) * (v - mean))) / h as f32;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for ((v, w), b) in row.iter_mut().zip(w).zip(b) {
+                *v = (*v - mean) * rstd * w + b;
+            }
+        }
+    }
+
+    /// A sum in sixteen lanes (so it vectorizes), then across them.
+    #[inline(always)]
+    fn lanes_sum(v: impl Iterator<Item = f32>) -> f32 {
+        let mut acc = [0f32; 16];
+        for (i, x) in v.enumerate() {
+            acc[i % 16] += x;
+        }
+        acc.iter().sum()
+    }
+
+    /// Erf GELU, `x / 2 (1 + erf(x / sqrt 2))`, in place.
+    pub(super) fn gelu(v: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512 F (checked).
+            return unsafe { gelu_avx512(v) };
+        }
+        gelu_in_place(v)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gelu_avx512(v: &mut [f32]) {
+        gelu_in_place(v)
+    }
+
+    #[inline(always)]
+    fn gelu_in_place(v: &mut [f32]) {
+        for v in v.iter_mut() {
+            *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+
+    /// erf for f32 as a rational function of `x` clamped to [-4, 4] (beyond it erf rounds to +-1 in f32): odd
+    /// degree 13 over even degree 8, the approximation Eigen and XLA use: 9e-8 from erf in exact arithmetic, 5e-7
+    /// in f32's (tested against libtorch's erf in f64). Written out so the loop over a row vectorizes.
+    #[inline(always)]
+    pub(super) fn erf(x: f32) -> f32 {
+        let x = x.clamp(-4.0, 4.0);
+        let x2 = x * x;
+        let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+        p = p * x2 - 2.101_024e-6;
+        p = p * x2 - 5.692_506_4e-5;
+        p = p * x2 - 7.349_906_3e-4;
+        p = p * x2 - 2.954_6e-3;
+        p = p * x2 - 1.609_603_3e-2;
+        let mut q = x2 * -1.456_607_2e-5 - 2.133_740_6e-4;
+        q = q * x2 - 1.682_827e-3;
+        q = q * x2 - 7.373_329e-3;
+        q = q * x2 - 1.426_474e-2;
+        x * p / q
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use tch::{Device, Kind, Tensor};
+
+        #[test]
+        fn erf_within_5e_7() {
+            let xs: Vec<f32> = (-60_000..=60_000).map(|i| i as f32 * 1e-4).collect();
+            let want = Vec::<f64>::try_from(Tensor::from_slice(&xs).to_kind(Kind::Double).erf()).unwrap();
+            let worst = xs.iter().zip(&want).map(|(&x, &w)| (super::erf(x) as f64 - w).abs()).fold(0.0, f64::max);
+            assert!(worst < 5e-7, "worst {worst:e}");
+            let _ = Device::Cpu;
+        }
     }
 }

@@ -24,6 +24,7 @@
 //! batch as a write target at most once and never also as another sequence's context. Weights are f32 on the
 //! CPU by default (see [`LoadOptions`]); the same code runs on CUDA in bf16/f16.
 
+pub mod amx;
 pub mod bert;
 pub mod config;
 mod cpu_attention;

@@ -4,14 +4,17 @@ use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::amx::SplitWeights;
 use crate::cpu_gemm::PackedWeights;
 use crate::error::Result;
 use crate::qmatmul::QuantMatrix;
 
-/// The weights of a linear layer: a tensor (with, for f32 on CPU, a copy packed for [`crate::cpu_gemm`]), or
-/// quantized blocks ([`crate::qmatmul`], no other copy).
+/// The weights of a linear layer: a tensor (with, for f32 on CPU, a copy packed for [`crate::cpu_gemm`]), a
+/// tensor with its bf16 halves for AMX tiles ([`crate::amx`], for encoders), or quantized blocks
+/// ([`crate::qmatmul`], no other copy).
 pub(crate) enum Linear {
     Dense { w: Tensor, b: Option<Tensor>, packed: Option<PackedWeights> },
+    Split { w: Tensor, b: Option<Tensor>, split: SplitWeights },
     Quant { q: Arc<QuantMatrix>, b: Option<Tensor> },
 }
 
@@ -19,6 +22,37 @@ impl Linear {
     pub fn new(w: Tensor, b: Option<Tensor>) -> Self {
         let packed = if w.device() == Device::Cpu && w.kind() == Kind::Float { PackedWeights::pack(&w) } else { None };
         Self::Dense { w, b, packed }
+    }
+
+    /// A layer of an encoder, whose inputs are whole prompts: on AMX tiles where this CPU has them
+    /// ([`crate::amx`]), else as [`Self::new`].
+    pub fn encoder(w: Tensor, b: Option<Tensor>) -> Self {
+        match SplitWeights::pack(&w, b.as_ref()) {
+            Some(split) => Self::Split { w, b, split },
+            None => Self::new(w, b),
+        }
+    }
+
+    /// [`Self::forward`] then `then` over the output, fused into the product where it runs on AMX tiles
+    /// ([`SplitWeights::matmul_t_then`]); `then` must be element-wise.
+    pub fn forward_then(&self, x: &Tensor, then: &(dyn Fn(&mut [f32]) + Sync)) -> Result<Tensor> {
+        if let Self::Split { split, .. } = self {
+            if let Some(y) = split.matmul_t_then(x, Some(then)) {
+                return Ok(y);
+            }
+        }
+        let y = self.forward(x)?.f_contiguous()?;
+        if y.device() != Device::Cpu || y.kind() != Kind::Float {
+            return Err(crate::error::Error::invalid("an element-wise step over a product needs f32 on the CPU"));
+        }
+        // SAFETY: a fresh contiguous f32 CPU tensor, borrowed mutably here only.
+        then(unsafe { std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, y.numel()) });
+        Ok(y)
+    }
+
+    /// Whether the products run on AMX tiles.
+    pub fn on_tiles(&self) -> bool {
+        matches!(self, Self::Split { .. })
     }
 
     pub fn quantized(q: Arc<QuantMatrix>, b: Option<Tensor>) -> Self {
@@ -31,6 +65,7 @@ impl Linear {
         match self {
             Self::Quant { q, b } => q.bytes() + b.as_ref().map_or(0, t),
             Self::Dense { w, b, packed } => t(w) + b.as_ref().map_or(0, t) + packed.as_ref().map_or(0, |p| p.bytes()),
+            Self::Split { w, b, split } => t(w) + b.as_ref().map_or(0, t) + split.bytes(),
         }
     }
 
@@ -49,6 +84,10 @@ impl Linear {
         let (y, b) = match self {
             Self::Quant { q, b } if int_always => (q.matmul_t_int(x)?, b),
             Self::Quant { q, b } => (q.matmul_t(x)?, b),
+            // The bias is added by the tiles.
+            Self::Split { w, b, split } => {
+                return Ok(split.matmul_t(x).map_or_else(|| x.f_linear(w, b.as_ref()), Ok)?)
+            }
             Self::Dense { w, b, packed } => {
                 let rows = x.size().first().copied().unwrap_or(0) as usize;
                 match packed {

@@ -44,8 +44,29 @@ fn minilm_equals_sentence_transformers() {
         let alone = m.embed(&[&ours[i]]).unwrap().remove(0);
         worst = worst.max(max_diff(&together[i], &want)).max(max_diff(&alone, &want));
     }
-    eprintln!("all-MiniLM-L6-v2: worst component difference from sentence-transformers {worst:e}");
+    let tiles = kernels::amx::available();
+    eprintln!("all-MiniLM-L6-v2 (AMX tiles: {tiles}): worst component difference from sentence-transformers {worst:e}");
     assert!(worst <= 1e-5, "worst difference {worst:e}");
+}
+
+/// The same agreement on the other path: where this CPU has AMX tiles the test above ran on them, so run it again
+/// in a child process with them turned off (the switch is read once per process): libtorch's f32 products, what
+/// CPUs without AMX run.
+#[test]
+fn minilm_equals_sentence_transformers_on_the_other_path() {
+    if !kernels::amx::available() {
+        eprintln!("no AMX tiles here: the test above already ran the libtorch path");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "minilm_equals_sentence_transformers", "--nocapture"])
+        .env("RADIXSERVE_NO_AMX", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{stderr}");
+    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("AMX tiles: false"), "the child ran the tiles: {stderr}");
 }
 
 #[test]
