@@ -366,35 +366,52 @@ mod rows {
         Ok(y)
     }
 
-    /// [`add_norm`] compiled for AVX-512 (the crate's baseline is SSE2), so its loops vectorize 16 wide.
+    /// [`add_norm`] sixteen at a time (rows of a multiple of 16 values; others go to [`add_norm`]).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn add_norm_avx512(rows: &mut [f32], res: &[f32], w: &[f32], b: &[f32], eps: f32) {
-        add_norm(rows, res, w, b, eps)
+        use std::arch::x86_64::*;
+        let h = w.len();
+        if !h.is_multiple_of(16) || b.len() != h {
+            return add_norm(rows, res, w, b, eps);
+        }
+        for (row, res) in rows.chunks_exact_mut(h).zip(res.chunks_exact(h)) {
+            let (r, x) = (row.as_mut_ptr(), res.as_ptr());
+            // SAFETY: every access is at j < h inside this row, its residual row, w and b (all h long).
+            unsafe {
+                let mut sum = _mm512_setzero_ps();
+                for j in (0..h).step_by(16) {
+                    let v = _mm512_add_ps(_mm512_loadu_ps(r.add(j)), _mm512_loadu_ps(x.add(j)));
+                    _mm512_storeu_ps(r.add(j), v);
+                    sum = _mm512_add_ps(sum, v);
+                }
+                let mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / h as f32);
+                let mut sq = _mm512_setzero_ps();
+                for j in (0..h).step_by(16) {
+                    let d = _mm512_sub_ps(_mm512_loadu_ps(r.add(j)), mean);
+                    sq = _mm512_fmadd_ps(d, d, sq);
+                }
+                let rstd = _mm512_set1_ps(1.0 / (_mm512_reduce_add_ps(sq) / h as f32 + eps).sqrt());
+                for j in (0..h).step_by(16) {
+                    let d = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(r.add(j)), mean), rstd);
+                    let y = _mm512_fmadd_ps(d, _mm512_loadu_ps(w.as_ptr().add(j)), _mm512_loadu_ps(b.as_ptr().add(j)));
+                    _mm512_storeu_ps(r.add(j), y);
+                }
+            }
+        }
     }
 
-    #[inline(always)]
     fn add_norm(rows: &mut [f32], res: &[f32], w: &[f32], b: &[f32], eps: f32) {
         let h = w.len();
         for (row, res) in rows.chunks_exact_mut(h).zip(res.chunks_exact(h)) {
             row.iter_mut().zip(res).for_each(|(v, r)| *v += r);
-            let mean = lanes_sum(row.iter().copied()) / h as f32;
-            let var = lanes_sum(row.iter().map(|v| (v - mean) * (v - mean))) / h as f32;
+            let mean = row.iter().sum::<f32>() / h as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
             let rstd = 1.0 / (var + eps).sqrt();
             for ((v, w), b) in row.iter_mut().zip(w).zip(b) {
                 *v = (*v - mean) * rstd * w + b;
             }
         }
-    }
-
-    /// A sum in sixteen lanes (so it vectorizes), then across them.
-    #[inline(always)]
-    fn lanes_sum(v: impl Iterator<Item = f32>) -> f32 {
-        let mut acc = [0f32; 16];
-        for (i, x) in v.enumerate() {
-            acc[i % 16] += x;
-        }
-        acc.iter().sum()
     }
 
     /// Erf GELU, `x / 2 (1 + erf(x / sqrt 2))`, in place.
@@ -479,6 +496,34 @@ mod rows {
             let want = Vec::<f64>::try_from(Tensor::from_slice(&xs).to_kind(Kind::Double).erf()).unwrap();
             let worst = xs.iter().zip(&want).map(|(&x, &w)| (super::erf(x) as f64 - w).abs()).fold(0.0, f64::max);
             assert!(worst < 5e-7, "worst {worst:e}");
+        }
+
+        /// Both add + LayerNorm kernels against libtorch's `layer_norm(y + x)`.
+        #[test]
+        fn add_norm_equals_libtorch() {
+            let (t, h) = (37i64, 384i64);
+            let y = Tensor::randn([t, h], (Kind::Float, Device::Cpu)) * 3.0 + 1.0;
+            let x = Tensor::randn([t, h], (Kind::Float, Device::Cpu));
+            let (w, b) =
+                (Tensor::randn([h], (Kind::Float, Device::Cpu)), Tensor::randn([h], (Kind::Float, Device::Cpu)));
+            let want =
+                Vec::<f32>::try_from((&y + &x).layer_norm([h], Some(&w), Some(&b), 1e-12, false).view([-1])).unwrap();
+            let (wv, bv) = (Vec::<f32>::try_from(&w).unwrap(), Vec::<f32>::try_from(&b).unwrap());
+            let (ys, xs) = (Vec::<f32>::try_from(y.view([-1])).unwrap(), Vec::<f32>::try_from(x.view([-1])).unwrap());
+            let mut plain = ys.clone();
+            super::add_norm(&mut plain, &xs, &wv, &bv, 1e-12);
+            let mut runs = vec![plain];
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                let mut wide = ys.clone();
+                // SAFETY: the CPU has AVX-512 F (checked).
+                unsafe { super::add_norm_avx512(&mut wide, &xs, &wv, &bv, 1e-12) };
+                runs.push(wide);
+            }
+            for got in runs {
+                let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+                assert!(worst < 1e-5, "worst {worst:e}");
+            }
         }
 
         /// Both GELUs (the AVX-512 one where this CPU has it, and the portable one) against libtorch's in f64,
