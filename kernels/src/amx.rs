@@ -1,14 +1,18 @@
 //! f32 matrix products `y = x @ w.T + b` on Intel AMX tiles, accurate to about 2^-16 of each product ("bf16x3").
 //!
 //! An encoder's batch (all-MiniLM-L6-v2 over 32 passages of 128 tokens) is 4096 rows through 24 products; in f32
-//! MKL runs them at this machine's FMA limit, and so does sentence-transformers. AMX's `tdpbf16ps` multiplies 16
-//! x 32 by 32 x 16 bf16 tiles into f32 sums, 16 times the work of an AVX-512 FMA per cycle, but one bf16 product
-//! keeps 8 bits of each operand: embeddings would move about 1e-3 off sentence-transformers'. So each f32 is split
-//! into two bf16 values, `v = hi + lo` with `hi = bf16(v)` and `lo = bf16(v - hi)` (16 significant bits, error at
-//! most 2^-17 |v|), and a product is `x_hi w_hi + x_lo w_hi + x_hi w_lo`, dropping `x_lo w_lo` (under 2^-16 of
-//! `|x w|`): three tile products per f32 one, summed in f32 by the tiles, as CUTLASS's "3xTF32" does on tensor
-//! cores. Measured on all-MiniLM-L6-v2: within 1e-6 of sentence-transformers per component, where the issue asks
-//! 1e-5 (`kernels/tests/embeddings.rs`).
+//! MKL runs them near this machine's FMA limit, and so does sentence-transformers. AMX's `tdpbf16ps` multiplies 16
+//! x 32 by 32 x 16 bf16 tiles into f32 sums, 16 times the work of an AVX-512 FMA per cycle, but a bf16 operand
+//! keeps 8 significant bits (error up to 2^-9), far from f32's 24 and from the 1e-5 the issue allows. So each f32
+//! is split into two bf16 values, `v = hi + lo` with `hi = bf16(v)` and `lo = bf16(v - hi)` (16 significant bits,
+//! error at most 2^-17 |v|), and a product is `x_hi w_hi + x_lo w_hi + x_hi w_lo`, dropping `x_lo w_lo` (under
+//! 2^-16 of `|x w|`): three tile products per f32 one, summed in f32 by the tiles, as CUTLASS's "3xTF32" does on tensor
+//! cores. Measured on all-MiniLM-L6-v2: within 3e-6 of sentence-transformers per component, where the issue asks
+//! 1e-5 (`kernels/tests/embeddings.rs`; libtorch's f32 path: 3e-7).
+//!
+//! `attention` runs an encoder's attention on the same kernel: per head, keys and values packed as weights,
+//! queries and (unnormalized) probabilities split as activations, the softmax's exponentials in f32 between the
+//! two products.
 //!
 //! Layouts, all in whole 1 KiB tiles so every tile load reads one contiguous KiB: weights are split and packed
 //! once at load as `[n / 32][k / 32][hi 0-15, hi 16-31, lo 0-15, lo 16-31]`, each tile 16 rows of k pairs by 16
@@ -133,25 +137,8 @@ impl SplitWeights {
             None => vec![0.0; n],
         };
         let w = Vec::<f32>::try_from(w.contiguous().view([-1])).ok()?;
-        let kcs = k / KC;
-        let mut tiles = vec![Tile([0; 512]); n / 16 * kcs * 2];
-        for p in 0..n / NB {
-            for kc in 0..kcs {
-                let four = &mut tiles[(p * kcs + kc) * 4..][..4];
-                // Tile `half * 2 + side`, row r: k pairs (2r, 2r + 1) of this chunk for 16 outputs, [j][pair].
-                for side in 0..2 {
-                    for r in 0..16 {
-                        for j in 0..16 {
-                            for t in 0..2 {
-                                let (h, l) = split(w[(p * NB + side * 16 + j) * k + kc * KC + 2 * r + t]);
-                                four[side].0[r * 32 + j * 2 + t] = h;
-                                four[2 + side].0[r * 32 + j * 2 + t] = l;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let mut tiles = vec![Tile([0; 512]); n / 16 * (k / KC) * 2];
+        pack_tiles(&mut tiles, n, k, |o, kk| w[o * k + kk]);
         Some(Self { n, k, tiles, bias })
     }
 
@@ -273,6 +260,280 @@ impl SplitWeights {
     }
 }
 
+/// Packs `w(o, kk)` for `n` outputs by `k` (multiples of 32) as weight tiles: `[n / 32][k / 32][hi 0-15, hi
+/// 16-31, lo 0-15, lo 16-31]`, tile row r holding k pairs (2r, 2r + 1) for 16 outputs, `[j][pair]`.
+fn pack_tiles(tiles: &mut [Tile], n: usize, k: usize, w: impl Fn(usize, usize) -> f32) {
+    let kcs = k / KC;
+    assert!(n.is_multiple_of(NB) && k.is_multiple_of(KC) && tiles.len() == n / NB * kcs * 4);
+    for p in 0..n / NB {
+        for kc in 0..kcs {
+            let four = &mut tiles[(p * kcs + kc) * 4..][..4];
+            for side in 0..2 {
+                for r in 0..16 {
+                    for j in 0..16 {
+                        for t in 0..2 {
+                            let (h, l) = split(w(p * NB + side * 16 + j, kc * KC + 2 * r + t));
+                            four[side].0[r * 32 + j * 2 + t] = h;
+                            four[2 + side].0[r * 32 + j * 2 + t] = l;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bidirectional attention of one sequence on the tiles, for heads `heads`: `out[i][head] = softmax(q_i K^T /
+/// sqrt(d)) V`, reading the sequence's `n` rows of fused projections (`qkv`, row stride `3 * hidden`: queries,
+/// keys, values, each head-major) and writing its rows of `out` (stride `hidden`), only the heads' columns.
+/// Both products are the linear layers' kernel, bf16x3: keys and values packed as weights per head, queries and
+/// probabilities split as activations; the softmax in f32 between them. Head size a multiple of 32.
+///
+/// # Safety
+/// [`available`] must hold; `qkv` must be valid for reading `n` rows of `3 * hidden` floats and `out` for writing
+/// `n` rows of `hidden`, of which no other thread writes these heads' columns; `heads.end * d <= hidden`.
+pub(crate) unsafe fn attention(
+    qkv: *const f32,
+    out: *mut f32,
+    n: usize,
+    hidden: usize,
+    d: usize,
+    heads: std::ops::Range<usize>,
+) {
+    assert!(d.is_multiple_of(KC) && heads.end * d <= hidden && n > 0);
+    let np = n.next_multiple_of(NB);
+    let dcs = d / KC;
+    let scale = 1.0 / (d as f32).sqrt();
+    // SAFETY: the caller's promise for qkv's extent.
+    let src = unsafe { std::slice::from_raw_parts(qkv, n * 3 * hidden) };
+    let mut keys = vec![Tile([0; 512]); np / NB * dcs * 4];
+    let mut values = vec![Tile([0; 512]); d / NB * (np / KC) * 4];
+    let mut queries = vec![Tile([0; 512]); dcs * 2];
+    let mut probs = vec![Tile([0; 512]); np / KC * 2];
+    let mut scores = vec![0f32; 16 * np];
+    let mut rows = vec![0f32; 16 * d];
+    let zeros = [0f32; NB];
+    let as_u16 = |t: &mut [Tile]| {
+        // SAFETY: `Tile` is 512 u16 with no padding; the view borrows `t` mutably.
+        unsafe { std::slice::from_raw_parts_mut(t.as_mut_ptr() as *mut u16, t.len() * 512) }
+    };
+    // SAFETY: `available()` (the caller's promise).
+    unsafe { tiles::configure() };
+    for head in heads {
+        let (q0, k0, v0) = (head * d, hidden + head * d, 2 * hidden + head * d);
+        let row = |key: usize, col: usize| (key < n).then(|| &src[key * 3 * hidden + col..][..d]);
+        // SAFETY: `available()` confirmed AVX-512 F, BW and BF16; the buffers are sized for np keys by d.
+        unsafe {
+            pack_keys(&mut keys, np, d, |key| row(key, k0));
+            pack_values(&mut values, np, d, |key| row(key, v0));
+        }
+        for b in 0..n.div_ceil(16) {
+            let q = as_u16(&mut queries);
+            for r in 0..16 {
+                let row = b * 16 + r;
+                split_row((row < n).then(|| &src[row * 3 * hidden + q0..][..d]), q, r);
+            }
+            // SAFETY (the products): tiles configured; every tile buffer holds what `block` reads for these
+            // extents, `scores` is 16 x np and `rows` 16 x d.
+            for p in 0..np / NB {
+                unsafe {
+                    tiles::block(
+                        queries.as_ptr() as *const u16,
+                        keys.as_ptr().add(p * dcs * 4),
+                        dcs,
+                        zeros.as_ptr(),
+                        scores.as_mut_ptr().add(p * NB),
+                        np,
+                    )
+                };
+            }
+            // Unnormalized probabilities, split straight into their tiles; rows are divided by their sums below.
+            let pr = as_u16(&mut probs);
+            let mut sums = [0f32; 16];
+            for (r, row) in scores.chunks_exact(np).enumerate() {
+                sums[r] = exp_split(row, n, scale, pr, r);
+            }
+            for p in 0..d / NB {
+                unsafe {
+                    tiles::block(
+                        probs.as_ptr() as *const u16,
+                        values.as_ptr().add(p * (np / KC) * 4),
+                        np / KC,
+                        zeros.as_ptr(),
+                        rows.as_mut_ptr().add(p * NB),
+                        d,
+                    )
+                };
+            }
+            for (r, row) in rows.chunks_exact(d).enumerate().take(n - b * 16) {
+                let dst = (b * 16 + r) * hidden + q0;
+                for (i, v) in row.iter().enumerate() {
+                    // SAFETY: row b * 16 + r < n of `out`, this head's columns (the caller's promise).
+                    unsafe { *out.add(dst + i) = v / sums[r] };
+                }
+            }
+        }
+    }
+    // SAFETY: configured above.
+    unsafe { tiles::release() };
+}
+
+/// The 16 splits of `v[0..16]`, (hi, lo) as 16 bf16 each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+fn split16(v: std::arch::x86_64::__m512) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    // SAFETY: the transmutes reinterpret 256 bits as 256 bits.
+    unsafe {
+        let hi = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+        let wide = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+        (hi, std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(v, wide))))
+    }
+}
+
+/// Keys as the weights of the score product (`pack_tiles(tiles, np, d, K[key][dim])`): a key's 32 values of a
+/// chunk are 16 bf16 pairs, which go down column `key % 16` of its tile (a scatter at the tile's row stride).
+/// `key(i)` is key i's d values, `None` past the sequence (zeros).
+///
+/// # Safety
+/// AVX-512 F, BW and BF16; `tiles` holds `np / 32 * d / 32 * 4` tiles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+unsafe fn pack_keys<'a>(tiles: &mut [Tile], np: usize, d: usize, key: impl Fn(usize) -> Option<&'a [f32]>) {
+    use std::arch::x86_64::*;
+    let dcs = d / KC;
+    assert!(tiles.len() == np / NB * dcs * 4);
+    let rows = _mm512_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960);
+    for i in 0..np {
+        let (p, side, j) = (i / NB, i % NB / 16, i % 16);
+        let v = key(i);
+        for kc in 0..dcs {
+            let (hi, lo) = match v {
+                // SAFETY: 32 values of the key's d, at kc * 32.
+                Some(v) => unsafe {
+                    let (h0, l0) = split16(_mm512_loadu_ps(v.as_ptr().add(kc * KC)));
+                    let (h1, l1) = split16(_mm512_loadu_ps(v.as_ptr().add(kc * KC + 16)));
+                    (
+                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h0), h1),
+                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l0), l1),
+                    )
+                },
+                None => (_mm512_setzero_si512(), _mm512_setzero_si512()),
+            };
+            let four = &mut tiles[(p * dcs + kc) * 4..][..4];
+            // SAFETY: 16 u32 at rows 0..16, column j, of tiles `side` and `2 + side`.
+            unsafe {
+                _mm512_i32scatter_epi32::<1>(four[side].0.as_mut_ptr().add(2 * j) as *mut i32, rows, hi);
+                _mm512_i32scatter_epi32::<1>(four[2 + side].0.as_mut_ptr().add(2 * j) as *mut i32, rows, lo);
+            }
+        }
+    }
+}
+
+/// Values as the weights of the output product (`pack_tiles(tiles, d, np, V[key][dim])`): tile row r interleaves
+/// keys 2r and 2r + 1 of a 32-key chunk for 16 dimensions. `key(i)` as for [`pack_keys`].
+///
+/// # Safety
+/// AVX-512 F, BW and BF16; `tiles` holds `d / 32 * np / 32 * 4` tiles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+unsafe fn pack_values<'a>(tiles: &mut [Tile], np: usize, d: usize, key: impl Fn(usize) -> Option<&'a [f32]>) {
+    use std::arch::x86_64::*;
+    let kcs = np / KC;
+    assert!(tiles.len() == d / NB * kcs * 4);
+    let halves = |i: usize, dim: usize| match key(i) {
+        // SAFETY: 16 of the key's d values, at dim.
+        Some(v) => split16(unsafe { _mm512_loadu_ps(v.as_ptr().add(dim)) }),
+        None => (_mm256_setzero_si256(), _mm256_setzero_si256()),
+    };
+    let pair = |a: __m256i, b: __m256i| {
+        _mm512_or_si512(_mm512_cvtepu16_epi32(a), _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(b)))
+    };
+    for kc in 0..kcs {
+        for r in 0..16 {
+            let (k0, k1) = (kc * KC + 2 * r, kc * KC + 2 * r + 1);
+            for dim in (0..d).step_by(16) {
+                let ((h0, l0), (h1, l1)) = (halves(k0, dim), halves(k1, dim));
+                let (p, side) = (dim / NB, dim % NB / 16);
+                let four = &mut tiles[(p * kcs + kc) * 4..][..4];
+                // SAFETY: row r (32 u16) of tiles `side` and `2 + side`.
+                unsafe {
+                    _mm512_storeu_si512(four[side].0.as_mut_ptr().add(r * 32).cast(), pair(h0, h1));
+                    _mm512_storeu_si512(four[2 + side].0.as_mut_ptr().add(r * 32).cast(), pair(l0, l1));
+                }
+            }
+        }
+    }
+}
+
+/// `e_j = exp((row_j - max) * scale)` for the first `n` of `row` (0 past them), split into row `r` of a 16-row
+/// block of activation tiles (as [`split_row`] lays them out); returns the sum of the `e_j`.
+fn exp_split(row: &[f32], n: usize, scale: f32, block: &mut [u16], r: usize) -> f32 {
+    assert!(n <= row.len() && row.len().is_multiple_of(KC) && block.len() == row.len() * 32 && available());
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `available()` confirmed AVX-512 F, BW and BF16; lengths checked above.
+        unsafe { exp_split_avx512(row, n, scale, block, r) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the tiles are x86-64's")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+unsafe fn exp_split_avx512(row: &[f32], n: usize, scale: f32, block: &mut [u16], r: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let mask = |j: usize| -> __mmask16 {
+        if j >= n {
+            0
+        } else if n - j >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - j)) - 1
+        }
+    };
+    let p = row.as_ptr();
+    // SAFETY: masked loads read only indices below n; stores write 16 u16 inside the block's tiles.
+    unsafe {
+        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+        for j in (0..n).step_by(16) {
+            max = _mm512_mask_max_ps(max, mask(j), max, _mm512_maskz_loadu_ps(mask(j), p.add(j)));
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+        let (sc, mut sum) = (_mm512_set1_ps(scale), _mm512_setzero_ps());
+        for j in (0..row.len()).step_by(16) {
+            let x = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(j), p.add(j)), max), sc);
+            let e = _mm512_maskz_mov_ps(mask(j), exp_avx512(x));
+            sum = _mm512_add_ps(sum, e);
+            let (hi, lo) = split16(e);
+            let at = j / KC * 1024 + r * 32 + j % KC;
+            _mm256_storeu_si256(block.as_mut_ptr().add(at).cast(), hi);
+            _mm256_storeu_si256(block.as_mut_ptr().add(at + 512).cast(), lo);
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+}
+
+/// e^x for x <= 0 to about one ulp: x = k ln 2 + r with |r| <= ln 2 / 2, e^r by its Taylor series to r^7 (error
+/// under 5e-9), then scaled by 2^k.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+        x,
+        _mm512_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_145_75), x);
+    let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428_606_8e-6), r);
+    let mut e = _mm512_set1_ps(1.0 / 5040.0);
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        e = _mm512_fmadd_ps(e, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(e, k)
+}
+
 /// Splits row `r` (`None`: a padding row, zeros) of a 16-row block into its tiles, `[k / 32][hi, lo][16][32]`.
 fn split_row(src: Option<&[f32]>, block: &mut [u16], r: usize) {
     let Some(src) = src else {
@@ -306,10 +567,7 @@ unsafe fn split_row_avx512(src: &[f32], block: &mut [u16], r: usize) {
             let at = r * 32 + half * 16;
             // SAFETY: 16 f32 read inside `c`, 16 u16 written inside each tile.
             unsafe {
-                let v = _mm512_loadu_ps(c.as_ptr().add(half * 16));
-                let vh: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
-                let wide = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(vh), 16));
-                let vl: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_sub_ps(v, wide)));
+                let (vh, vl) = split16(_mm512_loadu_ps(c.as_ptr().add(half * 16)));
                 _mm256_storeu_si256(hi.as_mut_ptr().add(at).cast(), vh);
                 _mm256_storeu_si256(lo.as_mut_ptr().add(at).cast(), vl);
             }
@@ -423,6 +681,39 @@ mod tests {
         // Ties to even: 1 + 2^-8 sits halfway between 1 and 1 + 2^-7.
         assert_eq!(bf16(1.0 + 2f32.powi(-8)), 0x3f80);
         assert_eq!(bf16(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
+    }
+
+    /// Attention on the tiles against libtorch's `scaled_dot_product_attention`, for lengths around the tile
+    /// sizes, all heads and a subset (whose columns alone are written).
+    #[test]
+    fn attention_equals_libtorch() {
+        if !available() {
+            eprintln!("AMX tiles unavailable here: nothing to test");
+            return;
+        }
+        let (h, nh, d) = (384usize, 12usize, 32usize);
+        for n in [1usize, 5, 16, 33, 128, 200] {
+            let qkv = Tensor::randn([n as i64, 3 * h as i64], (Kind::Float, Device::Cpu)) * 2.0;
+            let s = qkv.view([n as i64, 3, nh as i64, d as i64]).permute([1, 2, 0, 3]);
+            let (q, k, v) = (s.get(0).unsqueeze(0), s.get(1).unsqueeze(0), s.get(2).unsqueeze(0));
+            let want = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, false, None, false);
+            let want = Vec::<f32>::try_from(want.squeeze_dim(0).transpose(0, 1).reshape([-1])).unwrap();
+            // Outputs are averages of values: within 2^-15 of the largest (bf16 products alone: 2^-9).
+            let tol = 2f32.powi(-15) * v.abs().max().double_value(&[]) as f32;
+            for heads in [0..nh, 3..7] {
+                let mut out = vec![f32::NAN; n * h];
+                // SAFETY: tiles available (checked); qkv is n x 3h contiguous, out n x h.
+                unsafe { attention(qkv.data_ptr() as *const f32, out.as_mut_ptr(), n, h, d, heads.clone()) };
+                for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                    let head = i % h / d;
+                    if heads.contains(&head) {
+                        assert!((g - w).abs() <= tol, "n {n}, element {i}: {g} against {w}");
+                    } else {
+                        assert!(g.is_nan(), "n {n}: element {i} of head {head} written");
+                    }
+                }
+            }
+        }
     }
 
     /// `(x @ w.T + b)` from the tiles against an f64 reference, for shapes that exercise partial row blocks,

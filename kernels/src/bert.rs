@@ -275,7 +275,8 @@ impl BertModel {
     }
 
     /// Attention of every sequence on the team: a task per sequence and group of heads (two groups when there are
-    /// fewer sequences than threads), each a libtorch call at one thread writing its columns of the output.
+    /// fewer sequences than threads), each on the tiles ([`crate::amx::attention`], head sizes that are multiples
+    /// of 32) or a libtorch call at one thread, writing its columns of the output.
     fn attention_on_team(&self, qkv: &Tensor, rows: &[Range<usize>]) -> Result<Tensor> {
         let (h, nh) = (self.cfg.hidden_size, self.cfg.num_attention_heads);
         let d = h / nh;
@@ -286,8 +287,25 @@ impl BertModel {
         let per = nh / groups;
         let (src, dst) = (SharedMut::new(qkv.data_ptr() as *mut f32), SharedMut::new(out.data_ptr() as *mut f32));
         let failed = std::sync::Mutex::new(None);
+        let tiles = d.is_multiple_of(32) && crate::amx::available();
         crate::team::run(rows.len() * groups, &|task| {
             let (r, g) = (&rows[task / groups], task % groups);
+            if tiles {
+                // SAFETY: tiles available (checked); `qkv` is [t, 3h] and `out` [t, h], both contiguous and alive
+                // for the run; this task reads rows r of qkv and writes rows r, heads g * per.., of out, which no
+                // other task writes.
+                unsafe {
+                    crate::amx::attention(
+                        src.get().add(r.start * 3 * h),
+                        dst.get().add(r.start * h),
+                        r.len(),
+                        h,
+                        d,
+                        g * per..(g + 1) * per,
+                    )
+                };
+                return;
+            }
             let n = r.len() as i64;
             let (h, d, per) = (h as i64, d as i64, per as i64);
             let head0 = (g as i64 * per * d) as usize;
