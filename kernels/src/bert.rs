@@ -184,6 +184,11 @@ impl BertModel {
         self.kind
     }
 
+    /// Whether the forward runs on AMX tiles ([`crate::amx`]) and the kernels' team, rather than libtorch's ops.
+    pub fn on_tiles(&self) -> bool {
+        self.on_team
+    }
+
     /// The last layer's hidden states of each sequence (token type 0 throughout, positions from 0).
     pub fn forward(&self, batch: &[&[u32]]) -> Result<Hidden> {
         if batch.is_empty() {

@@ -231,6 +231,11 @@ impl EmbeddingModel {
         }
     }
 
+    /// Whether the model's products run on AMX tiles ([`crate::amx`]; encoders on CPUs that have them).
+    pub fn on_tiles(&self) -> bool {
+        matches!(&self.net, Net::Bert(b) if b.on_tiles())
+    }
+
     /// Whether this is an encoder (BERT) rather than a pooled decoder.
     pub fn is_encoder(&self) -> bool {
         matches!(self.net, Net::Bert(_))

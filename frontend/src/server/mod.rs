@@ -460,6 +460,13 @@ fn load_embedder(args: &ServeArgs, slot: &models::ModelSlot) -> anyhow::Result<m
         .with_context(|| format!("loading the embedding model {}", slot.spec.path.display()))?;
     let tokenizer = Arc::new(model.tokenizer.clone());
     let (max_tokens, dim, pooling, normalize) = (model.max_tokens, model.dim(), model.pooling, model.normalize);
+    tracing::info!(
+        model = %slot.spec.path.display(),
+        dim,
+        pooling = pooling.as_str(),
+        amx_tiles = model.on_tiles(),
+        "loaded embedding model"
+    );
     let cfg = runtime::EmbedConfig {
         max_queued: args.max_queued_requests,
         step_tokens: args.chunked_prefill_size.max(max_tokens).max(16) * 8,
