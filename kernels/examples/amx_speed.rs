@@ -1,6 +1,7 @@
 //! Side-by-side speed of the AMX bf16x3 products ([`kernels::amx`]) and libtorch's f32 GEMM (MKL) on
-//! all-MiniLM-L6-v2's shapes, 128 and 4096 rows (batches of 1 and 32 passages of 128 tokens), and the machine's
-//! f32 FMA limit measured in the same run: `cargo run --release -p kernels --example amx_speed`.
+//! all-MiniLM-L6-v2's shapes, 128 and 4096 rows (batches of 1 and 32 passages of 128 tokens), with both rooflines
+//! measured in the same run on every core: AVX-512 FMA chains (f32) and `tdpbf16ps` chains (tiles; a bf16x3 product
+//! is three of them): `cargo run --release -p kernels --example amx_speed`.
 
 use std::time::Instant;
 
@@ -27,6 +28,19 @@ fn main() {
     }
     tch::set_num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()) as i32);
     // One encoder layer: fused QKV, attention output, FFN up, FFN down ([out, in]).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let all = |f: fn() -> f64| {
+        std::thread::scope(|s| {
+            (0..cores).map(|_| s.spawn(f)).collect::<Vec<_>>().into_iter().map(|h| h.join().unwrap()).sum::<f64>()
+        })
+    };
+    let fma = all(|| fma_flops_per_s(0.5));
+    let tiles = all(|| kernels::amx::peak_macs_per_s(0.5).unwrap_or(0.0) * 2.0 / 3.0);
+    println!(
+        "rooflines on {cores} cores: f32 FMA {:.0} GFLOP/s | tiles {:.0} GFLOP/s f32-equivalent (bf16x3)",
+        fma / 1e9,
+        tiles / 1e9
+    );
     let shapes = [(1152i64, 384i64), (384, 384), (1536, 384), (384, 1536)];
     let ws: Vec<(Tensor, Tensor)> = shapes
         .iter()
@@ -61,4 +75,36 @@ fn main() {
             torch / tiles
         );
     }
+}
+
+/// f32 FLOP per second of twelve independent AVX-512 FMA chains on the calling thread, over about `seconds`.
+fn fma_flops_per_s(seconds: f64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F (checked).
+        return unsafe { fma_avx512(seconds) };
+    }
+    let _ = seconds;
+    0.0
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_avx512(seconds: f64) -> f64 {
+    use std::arch::x86_64::*;
+    let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    let mut acc = [_mm512_set1_ps(1.0); 12];
+    let start = Instant::now();
+    let mut rounds = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        for _ in 0..10_000 {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        rounds += 10_000;
+    }
+    let sum: f32 = acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum();
+    std::hint::black_box(sum);
+    rounds as f64 * 12.0 * 16.0 * 2.0 / start.elapsed().as_secs_f64()
 }

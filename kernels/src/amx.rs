@@ -20,7 +20,8 @@
 //! each tile 16 rows by 32 k. A kernel call sums a 16 x 32 block of outputs in two accumulator tiles (started
 //! from the bias, loaded with stride 0) from six operand tiles per 32 k, each loaded once into its own register:
 //! measured faster than the usual 2 x 2 block of accumulators (8 loads per 12 products, but into 4 registers that
-//! each product phase must wait to overwrite) on data from L2, 15.7 against 17.6 TSC cycles per product.
+//! each product phase must wait to overwrite) on data from L2, 16.4 against 18.2 TSC cycles per product
+//! (`tools/amx_loop.c`; the products alone: 11.2).
 //! Tasks of up to 128 rows by a range of 32-column blocks are spread over [`crate::team`]; a task walks k in
 //! steps of 128 (the step's 16 KiB of weight tiles stay in L1 across its row blocks, the sums go through the
 //! output buffer between steps): 10% faster than whole-k passes, whose weight tiles came from L2 for every block.
@@ -272,6 +273,50 @@ impl SplitWeights {
     ) {
         unreachable!("SplitWeights are only packed where the tiles run")
     }
+}
+
+/// The tiles' arithmetic limit on the calling thread, for benchmarks: bf16 multiply-adds per second of four
+/// independent `tdpbf16ps` chains on data already in the tiles, over about `seconds`. `None` without tiles.
+pub fn peak_macs_per_s(seconds: f64) -> Option<f64> {
+    if !available() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let start = std::time::Instant::now();
+        let mut products = 0u64;
+        // SAFETY: tiles available (checked); the configured tiles are zeroed before use.
+        unsafe {
+            tiles::configure();
+            std::arch::asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tilezero tmm4",
+                "tilezero tmm5",
+                "tilezero tmm6",
+                "tilezero tmm7",
+                options(nostack, nomem)
+            );
+            while start.elapsed().as_secs_f64() < seconds {
+                for _ in 0..1000 {
+                    std::arch::asm!(
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        options(nostack, nomem)
+                    );
+                }
+                products += 4000;
+            }
+            tiles::release();
+        }
+        Some(products as f64 * 16.0 * 16.0 * 32.0 / start.elapsed().as_secs_f64())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// Packs `w(o, kk)` for `n` outputs by `k` (multiples of 32) as weight tiles: `[n / 32][k / 32][hi 0-15, hi
