@@ -122,6 +122,51 @@ thread_local! {
     /// The split activations of the last call on this thread, kept to spare an allocation per product.
     /// Whole tiles, so every tile row is one cache line.
     static SPLIT: RefCell<Vec<Tile>> = const { RefCell::new(Vec::new()) };
+    /// The middle of [`SplitWeights::matmul_t_then_into`], as the second product's input tiles.
+    static MIDDLE: RefCell<Vec<Tile>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where a product's outputs go.
+#[derive(Clone, Copy)]
+enum Dest {
+    /// f32 rows of n values (an `mp x n` buffer).
+    F32(SharedMut),
+    /// Input tiles of a product whose k is this one's n: `[mp / 16][n / 32][hi, lo]`.
+    Split(SharedMut<u16>),
+}
+
+/// Splits the rows of `x` (contiguous f32 `[m, k]`) into this thread's activation tiles (`[mp / 16][k / 32][hi,
+/// lo]`, padding rows zero) and runs `f` on them.
+fn with_split<R>(x: &Tensor, f: impl FnOnce(&[u16]) -> R) -> R {
+    let (m, k) = (x.size()[0] as usize, x.size()[1] as usize);
+    // SAFETY: contiguous f32 CPU tensor of m * k elements (checked by the callers), only read here.
+    let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, m * k) };
+    let mp = m.next_multiple_of(MB);
+    SPLIT.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        // A 16-row block is 32k values.
+        let block = 32 * k;
+        let tiles = mp / 16 * block / 512;
+        if buf.len() < tiles {
+            buf.resize(tiles, Tile([0; 512]));
+        }
+        // SAFETY: `Tile` is 512 u16 with no padding; the view borrows the buffer mutably.
+        let a = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u16, tiles * 512) };
+        crate::team::rows_mut(a, block, 4, &|first, part| {
+            for (b, dst) in part.chunks_exact_mut(block).enumerate() {
+                for r in 0..16 {
+                    let row = (first + b) * 16 + r;
+                    split_row(xs.get(row * k..(row + 1) * k), dst, r);
+                }
+            }
+        });
+        let out = f(a);
+        // Keep the buffer for the next product unless it grew past a typical batch's (32 x 128 rows by 1536).
+        if buf.capacity() * 512 > KEEP_SPLIT {
+            *buf = Vec::new();
+        }
+        out
+    })
 }
 
 impl SplitWeights {
@@ -160,74 +205,93 @@ impl SplitWeights {
     /// [`Self::matmul_t`], then `then` over each 32-value run of an output row, right after the kernel wrote it
     /// (while it is in L1): an element-wise activation at no extra pass over memory.
     pub fn matmul_t_then(&self, x: &Tensor, then: Option<Epilogue<'_>>) -> Option<Tensor> {
-        let s = x.size();
-        if s.len() != 2 || s[1] as usize != self.k || s[0] == 0 || x.device() != Device::Cpu || x.kind() != Kind::Float
-        {
+        let x = self.input(x)?;
+        let m = x.size()[0] as usize;
+        let mp = m.next_multiple_of(MB);
+        let y = Tensor::empty([mp as i64, self.n as i64], (Kind::Float, Device::Cpu));
+        let out = SharedMut::new(y.data_ptr() as *mut f32);
+        with_split(&x, |a| self.run(a, mp, Dest::F32(out), then));
+        Some(if mp == m { y } else { y.narrow(0, 0, m as i64) })
+    }
+
+    /// `next(then(x @ w.T + b))` for a product `next` whose inputs are this one's outputs (an FFN): the middle
+    /// values go from each output block, through `then`, straight into `next`'s input tiles, never through f32
+    /// rows in memory (4096 x 1536 floats written and read again per MiniLM layer, otherwise). `None` where
+    /// [`Self::matmul_t`] would be, or where `next`'s k is not this product's n.
+    pub fn matmul_t_then_into(&self, x: &Tensor, then: Epilogue<'_>, next: &SplitWeights) -> Option<Tensor> {
+        if next.k != self.n {
             return None;
         }
-        let (m, k, n) = (s[0] as usize, self.k, self.n);
-        let x = x.contiguous();
-        // SAFETY: contiguous f32 CPU tensor of m * k elements, only read during this call.
-        let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, m * k) };
+        let x = self.input(x)?;
+        let m = x.size()[0] as usize;
         let mp = m.next_multiple_of(MB);
-        let y = Tensor::empty([mp as i64, n as i64], (Kind::Float, Device::Cpu));
+        let y = Tensor::empty([mp as i64, next.n as i64], (Kind::Float, Device::Cpu));
         let out = SharedMut::new(y.data_ptr() as *mut f32);
-        SPLIT.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            // [m / 16][k / 32][hi, lo] tiles of 16 x 32: a 16-row block is 32k values.
-            let block = 32 * k;
-            let tiles = mp / 16 * block / 512;
-            if buf.len() < tiles {
-                buf.resize(tiles, Tile([0; 512]));
-            }
-            // SAFETY: `Tile` is 512 u16 with no padding; the view borrows the buffer mutably.
-            let a = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u16, tiles * 512) };
-            crate::team::rows_mut(a, block, 4, &|first, part| {
-                for (b, dst) in part.chunks_exact_mut(block).enumerate() {
-                    for r in 0..16 {
-                        let row = (first + b) * 16 + r;
-                        split_row(xs.get(row * k..(row + 1) * k), dst, r);
-                    }
+        with_split(&x, |a| {
+            MIDDLE.with(|mid| {
+                let mut mid = mid.borrow_mut();
+                let tiles = mp / 16 * (self.n / KC) * 2;
+                if mid.len() < tiles {
+                    mid.resize(tiles, Tile([0; 512]));
                 }
-            });
-            let a: &[u16] = a;
-            let supers = mp.div_ceil(MB * SUPER);
-            let pairs = n / NB;
-            // Small inputs: split the columns too, so every thread has work.
-            let chunks = (2 * crate::team::width()).div_ceil(supers).clamp(1, pairs);
-            let per_chunk = pairs.div_ceil(chunks);
-            crate::team::run(supers * chunks, &|t| {
-                let (chunk, sup) = (t / supers, t % supers);
-                let blocks = sup * SUPER..((sup + 1) * SUPER).min(mp / MB);
-                let cols = chunk * per_chunk..((chunk + 1) * per_chunk).min(pairs);
-                // SAFETY: `available()` held when these weights were packed; the blocks lie inside `a` (mp / 16 blocks
-                // of 32k) and `y` (mp x n), and each (block, pair) of `y` belongs to exactly one task.
-                unsafe { self.task(a, blocks, cols, out, then) };
-            });
-            // Keep the buffer for the next product unless it grew past a typical batch's (32 x 128 rows by 1536).
-            if buf.capacity() * 512 > KEEP_SPLIT {
-                *buf = Vec::new();
-            }
+                // SAFETY: `Tile` is 512 u16 with no padding; the view borrows the buffer mutably.
+                let b = unsafe { std::slice::from_raw_parts_mut(mid.as_mut_ptr() as *mut u16, tiles * 512) };
+                self.run(a, mp, Dest::Split(SharedMut::new(b.as_mut_ptr())), Some(then));
+                next.run(b, mp, Dest::F32(out), None);
+                if mid.capacity() * 512 > KEEP_SPLIT {
+                    *mid = Vec::new();
+                }
+            })
         });
         Some(if mp == m { y } else { y.narrow(0, 0, m as i64) })
     }
 
-    /// Output blocks `blocks` (of 32 rows) by `pairs` (of 32 columns).
+    /// `x` as a contiguous f32 CPU matrix of this product's k, or `None`.
+    fn input(&self, x: &Tensor) -> Option<Tensor> {
+        let s = x.size();
+        let fits = s.len() == 2 && s[1] as usize == self.k && s[0] > 0;
+        (fits && x.device() == Device::Cpu && x.kind() == Kind::Float).then(|| x.contiguous())
+    }
+
+    /// The product of split activations `a` (`mp` rows) into `dest`, spread over the team.
+    fn run(&self, a: &[u16], mp: usize, dest: Dest, then: Option<Epilogue<'_>>) {
+        assert!(a.len() >= mp * 2 * self.k);
+        let supers = mp.div_ceil(MB * SUPER);
+        let pairs = self.n / NB;
+        // Small inputs: split the columns too, so every thread has work.
+        let chunks = (2 * crate::team::width()).div_ceil(supers).clamp(1, pairs);
+        let per_chunk = pairs.div_ceil(chunks);
+        crate::team::run(supers * chunks, &|t| {
+            let (chunk, sup) = (t / supers, t % supers);
+            let blocks = sup * SUPER..((sup + 1) * SUPER).min(mp / MB);
+            let cols = chunk * per_chunk..((chunk + 1) * per_chunk).min(pairs);
+            // SAFETY: `available()` held when these weights were packed; the blocks lie inside `a` (mp / 16 blocks
+            // of 32k) and `dest` (covering mp rows by n), and each (block, pair) of it belongs to exactly one task.
+            unsafe { self.task(a, blocks, cols, dest, then) };
+        });
+    }
+
+    /// Output blocks `blocks` (of 16 rows) by `pairs` (of 32 columns).
     ///
     /// # Safety
-    /// The tiles must be available ([`available`]); `a` holds the split rows of every block, `out` points at an
-    /// `mp x n` f32 buffer covering them, and no other thread writes these blocks.
+    /// The tiles must be available ([`available`]); `a` holds the split rows of every block, `dest` covers them,
+    /// and no other thread writes these blocks.
     #[cfg(target_arch = "x86_64")]
     unsafe fn task(
         &self,
         a: &[u16],
         blocks: std::ops::Range<usize>,
         pairs: std::ops::Range<usize>,
-        out: SharedMut,
+        dest: Dest,
         then: Option<Epilogue<'_>>,
     ) {
         let (k, n, kcs) = (self.k, self.n, self.k / KC);
         assert!(blocks.end * MB * 2 * k <= a.len() && pairs.end * NB <= n && self.tiles.len() >= pairs.end * kcs * 4);
+        // Split destinations: a pair's sums wait here between k steps (16 rows by 32 per block).
+        let mut sums = match dest {
+            Dest::F32(_) => Vec::new(),
+            Dest::Split(_) => vec![0f32; blocks.len() * MB * NB],
+        };
         // SAFETY: the caller's promises, and the bounds just asserted.
         unsafe {
             tiles::configure();
@@ -237,10 +301,13 @@ impl SplitWeights {
                 for k0 in (0..kcs).step_by(KSTEP) {
                     let steps = KSTEP.min(kcs - k0);
                     for bl in blocks.clone() {
-                        let c = out.get().add(bl * MB * n + p * NB);
+                        let (c, row) = match dest {
+                            Dest::F32(out) => (out.get().add(bl * MB * n + p * NB), n),
+                            Dest::Split(_) => (sums.as_mut_ptr().add((bl - blocks.start) * MB * NB), NB),
+                        };
                         // The first step starts from the bias, the others from the sums stored by the last.
                         let (start, stride) =
-                            if k0 == 0 { (self.bias.as_ptr().add(p * NB), 0) } else { (c as *const f32, 4 * n) };
+                            if k0 == 0 { (self.bias.as_ptr().add(p * NB), 0) } else { (c as *const f32, 4 * row) };
                         tiles::block(
                             a.as_ptr().add(bl * MB * 2 * k + k0 * 1024),
                             w.add(k0 * 4),
@@ -248,11 +315,21 @@ impl SplitWeights {
                             start,
                             stride,
                             c,
-                            n,
+                            row,
                         );
-                        if let (Some(f), true) = (then, k0 + steps == kcs) {
-                            for r in 0..MB {
-                                f(std::slice::from_raw_parts_mut(out.get().add((bl * MB + r) * n + p * NB), NB));
+                        if k0 + steps < kcs {
+                            continue;
+                        }
+                        for r in 0..MB {
+                            let values = std::slice::from_raw_parts_mut(c.add(r * row), NB);
+                            if let Some(f) = then {
+                                f(values);
+                            }
+                            if let Dest::Split(next) = dest {
+                                // Block bl of the next product's input, its chunk p (these 32 columns).
+                                let tiles =
+                                    std::slice::from_raw_parts_mut(next.get().add((bl * (n / KC) + p) * 1024), 1024);
+                                split_row(Some(values), tiles, r);
                             }
                         }
                     }
@@ -268,7 +345,7 @@ impl SplitWeights {
         _: &[u16],
         _: std::ops::Range<usize>,
         _: std::ops::Range<usize>,
-        _: SharedMut,
+        _: Dest,
         _: Option<Epilogue<'_>>,
     ) {
         unreachable!("SplitWeights are only packed where the tiles run")
@@ -785,6 +862,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The fused FFN (`matmul_t_then_into`) equals its two products one after the other, bit for bit (the middle
+    /// values are the same floats, split the same way), on a partial row block and several tasks.
+    #[test]
+    fn fused_products_equal_two_products() {
+        if !available() {
+            eprintln!("AMX tiles unavailable here: nothing to test");
+            return;
+        }
+        let relu: Epilogue<'_> = &|v: &mut [f32]| v.iter_mut().for_each(|x| *x = x.max(0.0));
+        for m in [1i64, 37, 300] {
+            let up = Tensor::randn([192, 64], (Kind::Float, Device::Cpu)) * 0.1;
+            let down = Tensor::randn([96, 192], (Kind::Float, Device::Cpu)) * 0.1;
+            let (bu, bd) =
+                (Tensor::randn([192], (Kind::Float, Device::Cpu)), Tensor::randn([96], (Kind::Float, Device::Cpu)));
+            let (up, down) =
+                (SplitWeights::pack(&up, Some(&bu)).unwrap(), SplitWeights::pack(&down, Some(&bd)).unwrap());
+            let x = Tensor::randn([m, 64], (Kind::Float, Device::Cpu));
+            let two = down.matmul_t(&up.matmul_t_then(&x, Some(relu)).unwrap()).unwrap();
+            let fused = up.matmul_t_then_into(&x, relu, &down).unwrap();
+            assert_eq!(fused.size(), [m, 96]);
+            assert!(fused.equal(&two), "m {m}");
+        }
+        assert!(SplitWeights::pack(&Tensor::zeros([32, 32], (Kind::Float, Device::Cpu)), None)
+            .unwrap()
+            .matmul_t_then_into(
+                &Tensor::zeros([4, 32], (Kind::Float, Device::Cpu)),
+                relu,
+                &SplitWeights::pack(&Tensor::zeros([32, 64], (Kind::Float, Device::Cpu)), None).unwrap()
+            )
+            .is_none());
     }
 
     /// `(x @ w.T + b)` from the tiles against an f64 reference, for shapes that exercise partial row blocks,

@@ -264,12 +264,11 @@ impl BertModel {
             } else {
                 ln(&(y + &x), &layer.attn_norm)?
             };
-            let inter = if self.on_team {
-                layer.inter.forward_then(&x, &rows::gelu)?
+            let y = if self.on_team {
+                layer.inter.forward_then_into(&x, &rows::gelu, &layer.out)?
             } else {
-                layer.inter.forward(&x)?.f_gelu(gelu)?
+                layer.out.forward(&layer.inter.forward(&x)?.f_gelu(gelu)?)?
             };
-            let y = layer.out.forward(&inter)?;
             x = if self.on_team {
                 rows::add_layer_norm(y, &x, &layer.out_norm, eps)?
             } else {

@@ -50,6 +50,17 @@ impl Linear {
         Ok(y)
     }
 
+    /// `next(then(self(x)))`, the middle values kept as `next`'s input tiles where both run on AMX tiles
+    /// ([`SplitWeights::matmul_t_then_into`]); `then` must be element-wise.
+    pub fn forward_then_into(&self, x: &Tensor, then: &(dyn Fn(&mut [f32]) + Sync), next: &Linear) -> Result<Tensor> {
+        if let (Self::Split { split, .. }, Self::Split { split: after, .. }) = (self, next) {
+            if let Some(y) = split.matmul_t_then_into(x, then, after) {
+                return Ok(y);
+            }
+        }
+        next.forward(&self.forward_then(x, then)?)
+    }
+
     /// Whether the products run on AMX tiles.
     pub fn on_tiles(&self) -> bool {
         matches!(self, Self::Split { .. })

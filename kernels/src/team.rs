@@ -131,22 +131,28 @@ fn worker(s: &'static Shared) {
 
 /// A pointer to a buffer whose disjoint parts the tasks of one [`run`] write: each task forms its own slice from
 /// it. Whoever builds one promises that no two tasks write the same element and that the buffer outlives the run.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedMut(*mut f32);
+pub(crate) struct SharedMut<T = f32>(*mut T);
 
-impl SharedMut {
-    pub(crate) fn new(p: *mut f32) -> Self {
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    pub(crate) fn new(p: *mut T) -> Self {
         Self(p)
     }
     /// The pointer (a method, so closures capture the whole `SharedMut` rather than its `!Sync` field).
-    pub(crate) fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
 // SAFETY: only used to write disjoint regions of one buffer that outlives the tasks (the constructor's promise).
-unsafe impl Send for SharedMut {}
+unsafe impl<T> Send for SharedMut<T> {}
 // SAFETY: as above; shared references only copy the pointer value.
-unsafe impl Sync for SharedMut {}
+unsafe impl<T> Sync for SharedMut<T> {}
 
 thread_local! {
     static WIDTH: Cell<usize> = const { Cell::new(0) };
