@@ -10,6 +10,8 @@
 //! cores. Measured on all-MiniLM-L6-v2: within 3e-6 of sentence-transformers per component, where the issue asks
 //! 1e-5 (`kernels/tests/embeddings.rs`; libtorch's f32 path: 3e-7).
 //!
+//! [`SplitWeights::matmul_t_then_into`] fuses two products (an FFN): each output block of the first goes through
+//! the activation and is split straight into the second's input tiles, so the middle never goes to memory as f32.
 //! `attention` runs an encoder's attention on the same kernel: per head, keys and values packed as weights,
 //! queries and (unnormalized) probabilities split as activations, the softmax's exponentials in f32 between the
 //! two products.
