@@ -98,9 +98,10 @@ pub struct BertModel {
     gelu_tanh: bool,
     /// libtorch threads of the thread that runs the model (0: one per core).
     threads: usize,
-    /// Every product runs on AMX tiles ([`crate::amx`]): the whole forward then runs on [`crate::team`], the
-    /// row-wise steps in [`rows`] and attention a task per sequence and head group, with libtorch at one thread
-    /// (its OpenMP team and ours would otherwise spin against each other on the same cores).
+    /// Every product and attention run on AMX tiles ([`crate::amx`]; erf GELU, head sizes that are multiples of
+    /// 32): the whole forward then runs on [`crate::team`], the row-wise steps in [`rows`] and attention a task
+    /// per sequence and head group, with libtorch at one thread (its OpenMP team and ours would otherwise spin
+    /// against each other on the same cores).
     on_team: bool,
 }
 
@@ -168,6 +169,7 @@ impl BertModel {
         }
         let gelu_tanh = cfg.hidden_act != "gelu";
         let on_team = !gelu_tanh
+            && (h / cfg.num_attention_heads).is_multiple_of(32)
             && layers.iter().all(|l| [&l.qkv, &l.attn_out, &l.inter, &l.out].iter().all(|lin| lin.on_tiles()));
         Ok(Self { gelu_tanh, on_team, threads, cfg, device, kind, word, position, token_type, emb_norm, layers })
     }
@@ -278,76 +280,34 @@ impl BertModel {
         Ok(x)
     }
 
-    /// Attention of every sequence on the team: a task per sequence and group of heads (two groups when there are
-    /// fewer sequences than threads), each on the tiles ([`crate::amx::attention`], head sizes that are multiples
-    /// of 32) or a libtorch call at one thread, writing its columns of the output.
+    /// Attention of every sequence on the tiles ([`crate::amx::attention`]), spread over the team: a task per
+    /// sequence and group of heads (two groups when there are fewer sequences than threads), each writing its
+    /// columns of the output.
     fn attention_on_team(&self, qkv: &Tensor, rows: &[Range<usize>]) -> Result<Tensor> {
         let (h, nh) = (self.cfg.hidden_size, self.cfg.num_attention_heads);
         let d = h / nh;
         let qkv = qkv.contiguous();
-        let t = qkv.size()[0];
-        let out = Tensor::f_empty([t, h as i64], (Kind::Float, Device::Cpu))?;
+        let out = Tensor::f_empty([qkv.size()[0], h as i64], (Kind::Float, Device::Cpu))?;
         let groups = if rows.len() < crate::team::width() && nh % 2 == 0 { 2 } else { 1 };
         let per = nh / groups;
         let (src, dst) = (SharedMut::new(qkv.data_ptr() as *mut f32), SharedMut::new(out.data_ptr() as *mut f32));
-        let failed = std::sync::Mutex::new(None);
-        let tiles = d.is_multiple_of(32) && crate::amx::available();
         crate::team::run(rows.len() * groups, &|task| {
             let (r, g) = (&rows[task / groups], task % groups);
-            if tiles {
-                // SAFETY: tiles available (checked); `qkv` is [t, 3h] and `out` [t, h], both contiguous and alive
-                // for the run; this task reads rows r of qkv and writes rows r, heads g * per.., of out, which no
-                // other task writes.
-                unsafe {
-                    crate::amx::attention(
-                        src.get().add(r.start * 3 * h),
-                        dst.get().add(r.start * h),
-                        r.len(),
-                        h,
-                        d,
-                        g * per..(g + 1) * per,
-                    )
-                };
-                return;
-            }
-            let n = r.len() as i64;
-            let (h, d, per) = (h as i64, d as i64, per as i64);
-            let head0 = (g as i64 * per * d) as usize;
-            let run = || -> Result<()> {
-                crate::torch::ensure_threads(1);
-                // SAFETY: `qkv` ([t, 3h], contiguous) and `out` ([t, h], contiguous) outlive the run; this task
-                // reads rows r of qkv and writes rows r, heads g * per.. of out, which no other task writes.
-                let (s, o) = unsafe {
-                    let s = Tensor::f_from_blob(
-                        src.get().add(r.start * 3 * h as usize + head0) as *const u8,
-                        &[n, 3, per, d],
-                        &[3 * h, h, d, 1],
-                        Kind::Float,
-                        Device::Cpu,
-                    )?;
-                    let o = Tensor::f_from_blob(
-                        dst.get().add(r.start * h as usize + head0) as *const u8,
-                        &[n, per, d],
-                        &[h, d, 1],
-                        Kind::Float,
-                        Device::Cpu,
-                    )?;
-                    (s.permute([1, 2, 0, 3]), o)
-                };
-                let (q, k, v) = (s.get(0).unsqueeze(0), s.get(1).unsqueeze(0), s.get(2).unsqueeze(0));
-                let a = Tensor::f_scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, false, None, false)?;
-                let mut o = o;
-                o.f_copy_(&a.squeeze_dim(0).transpose(0, 1))?;
-                Ok(())
+            // SAFETY: `on_team` holds only where the tiles run and d is a multiple of 32; `qkv` is [t, 3h] and
+            // `out` [t, h], both contiguous and alive for the run; this task reads rows r of qkv and writes rows r,
+            // heads g * per.., of out, which no other task writes.
+            unsafe {
+                crate::amx::attention(
+                    src.get().add(r.start * 3 * h),
+                    dst.get().add(r.start * h),
+                    r.len(),
+                    h,
+                    d,
+                    g * per..(g + 1) * per,
+                )
             };
-            if let Err(e) = run() {
-                failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
-            }
         });
-        match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        Ok(out)
     }
 }
 
