@@ -27,7 +27,6 @@ fn main() {
         return;
     }
     tch::set_num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()) as i32);
-    // One encoder layer: fused QKV, attention output, FFN up, FFN down ([out, in]).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let all = |f: fn() -> f64| {
         std::thread::scope(|s| {
@@ -41,6 +40,7 @@ fn main() {
         fma / 1e9,
         tiles / 1e9
     );
+    // One encoder layer: fused QKV, attention output, FFN up, FFN down ([out, in]).
     let shapes = [(1152i64, 384i64), (384, 384), (1536, 384), (384, 1536)];
     let ws: Vec<(Tensor, Tensor)> = shapes
         .iter()
@@ -66,8 +66,8 @@ fn main() {
             })
             .fold(0.0, f64::max);
         println!(
-            "{m:>4} rows, one layer: tiles {:.2} ms ({:.0} GFLOP/s f32-equivalent) | torch f32 {:.2} ms ({:.0} GFLOP/s) | \
-             {:.2}x | worst difference {worst:.1e} of the largest output",
+            "{m:>4} rows, one layer: tiles {:.2} ms ({:.0} GFLOP/s f32-equivalent) | \
+             torch f32 {:.2} ms ({:.0} GFLOP/s) | {:.2}x | worst difference {worst:.1e} of the largest output",
             tiles * 1e3,
             flops / tiles / 1e9,
             torch * 1e3,

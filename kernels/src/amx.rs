@@ -6,8 +6,8 @@
 //! keeps 8 significant bits (error up to 2^-9), far from f32's 24 and from the 1e-5 the issue allows. So each f32
 //! is split into two bf16 values, `v = hi + lo` with `hi = bf16(v)` and `lo = bf16(v - hi)` (16 significant bits,
 //! error at most 2^-17 |v|), and a product is `x_hi w_hi + x_lo w_hi + x_hi w_lo`, dropping `x_lo w_lo` (under
-//! 2^-16 of `|x w|`): three tile products per f32 one, summed in f32 by the tiles, as CUTLASS's "3xTF32" does on tensor
-//! cores. Measured on all-MiniLM-L6-v2: within 3e-6 of sentence-transformers per component, where the issue asks
+//! 2^-16 of `|x w|`): three tile products per f32 one, summed in f32 by the tiles, as CUTLASS's "3xTF32" does on
+//! tensor cores. Measured on all-MiniLM-L6-v2: within 3e-6 of sentence-transformers per component, where the issue asks
 //! 1e-5 (`kernels/tests/embeddings.rs`; libtorch's f32 path: 3e-7).
 //!
 //! [`SplitWeights::matmul_t_then_into`] fuses two products (an FFN): each output block of the first goes through
@@ -51,7 +51,7 @@ const KSTEP: usize = 4;
 /// Values of split activations kept between products on a thread (64 MiB).
 const KEEP_SPLIT: usize = 32 << 20;
 
-/// Whether this process runs the tiles: the CPU has AMX-BF16 (and AVX-512 BF16 for the split), Linux granted the
+/// Whether this process runs the tiles: the CPU has AMX-BF16 (and AVX-512 F/BW/BF16 for the split), Linux granted the
 /// tile state, and neither `RADIXSERVE_NO_AMX` nor `RADIXSERVE_NO_AVX512` is set.
 pub fn available() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -65,8 +65,10 @@ pub fn available() -> bool {
 fn hardware() -> bool {
     use std::arch::x86_64::__cpuid_count;
     // CPUID.(EAX=7, ECX=0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
-    let tiles =
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16") && {
+    let tiles = std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+        && {
             let edx = __cpuid_count(7, 0).edx;
             edx & (1 << 22) != 0 && edx & (1 << 24) != 0
         };
