@@ -25,7 +25,9 @@ build: setup
 	@mkdir -p bin && ln -sfn $(TARGET)/radixserve $(BIN)
 
 # SmolLM2's model card samples at temperature 0.2, top_p 0.9; its GGUF does not carry them (other models: their own).
-SAMPLING_DEFAULTS ?= $(if $(filter models/SmolLM2-135M-Instruct.Q4_1.gguf,$(MODEL)),{"temperature": 0.2, "top_p": 0.9},model)
+# (In a variable: a comma written inside $(if ...) would split its arguments.)
+SMOLLM2_SAMPLING := {"temperature": 0.2, "top_p": 0.9}
+SAMPLING_DEFAULTS ?= $(if $(filter models/SmolLM2-135M-Instruct.Q4_1.gguf,$(MODEL)),$(SMOLLM2_SAMPLING),model)
 
 serve: build
 	$(BIN) serve --model $(MODEL) $(if $(EMBED_MODEL),--model $(EMBED_MODEL)) --host $(HOST) --port $(PORT) --sampling-defaults '$(SAMPLING_DEFAULTS)'

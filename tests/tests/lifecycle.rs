@@ -91,6 +91,47 @@ fn the_radixserve_binary_serves() {
     child.wait().unwrap();
 }
 
+/// `make serve`'s own command line (`make -n serve`), run as make would run it: the server comes up with both
+/// models and the chat model carries SmolLM2's sampling defaults. (A comma inside make's `$(if ...)` once cut the
+/// defaults' JSON short, and the binary refused to start.)
+#[test]
+fn make_serve_starts_both_models() {
+    let root = radixserve_tests::repo_root();
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("radixserve");
+    let out = Command::new("make")
+        .current_dir(&root)
+        .args(["-n", "-s", "serve", "PORT=0"])
+        .arg(format!("BIN={}", bin.display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains(" serve --model")).unwrap_or_else(|| panic!("no serve line: {text}"));
+    let state = common::state_dir();
+    let mut child = Command::new("sh")
+        .current_dir(&root)
+        .arg("-c")
+        .arg(format!("exec {line} --kv-cache-mb 256 --state-dir '{}'", state.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().map(|l| l.unwrap()).unwrap_or_else(|| panic!("`{line}` printed nothing"));
+    let base = first.strip_prefix("radixserve listening on ").unwrap_or_else(|| panic!("{first}")).to_string();
+    let ready = lines.next().unwrap().unwrap();
+    assert!(ready.contains("ready"), "{ready}");
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let body = agent.get(format!("{base}/v1/models")).call().unwrap().body_mut().read_to_string().unwrap();
+    let models: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let data = models["data"].as_array().unwrap();
+    let chat = data.iter().find(|m| m["kind"] == "chat").unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(chat["sampling_defaults"], json!({"temperature": 0.2, "top_p": 0.9}), "{body}");
+    assert!(data.iter().any(|m| m["kind"] == "embedding"), "{body}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Sends `head` (request line and headers, without the blank line) and `body` over a new connection; returns the
 /// status, the headers (lower case) and the body.
 fn raw(base: &str, head: &str, body: &str) -> (u16, String, String) {
