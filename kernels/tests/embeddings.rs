@@ -44,7 +44,9 @@ fn minilm_equals_sentence_transformers() {
         let alone = m.embed(&[&ours[i]]).unwrap().remove(0);
         worst = worst.max(max_diff(&together[i], &want)).max(max_diff(&alone, &want));
     }
+    // Where the CPU has the tiles, the encoder takes them (no silent fall back to libtorch).
     let tiles = kernels::amx::available();
+    assert_eq!(m.on_tiles(), tiles);
     eprintln!("all-MiniLM-L6-v2 (AMX tiles: {tiles}): worst component difference from sentence-transformers {worst:e}");
     assert!(worst <= 1e-5, "worst difference {worst:e}");
 }
