@@ -33,6 +33,7 @@
 //! `RADIXSERVE_NO_AMX=1` (or `RADIXSERVE_NO_AVX512=1`) turns it off, to compare with the f32 path.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use tch::{Device, Kind, Tensor};
 
@@ -139,23 +140,37 @@ enum Dest {
     Split(SharedMut<u16>),
 }
 
+/// The u16 values of whole tiles.
+fn tile_values(t: &mut [Tile]) -> &mut [u16] {
+    // SAFETY: `Tile` is 512 u16 with no padding; the view borrows `t` mutably.
+    unsafe { std::slice::from_raw_parts_mut(t.as_mut_ptr() as *mut u16, t.len() * 512) }
+}
+
+/// Runs `f` on the first `tiles` tiles of this thread's buffer `key` (grown as needed), then drops the buffer if
+/// it grew past a typical batch's (32 x 128 rows by 1536, [`KEEP_SPLIT`]); else it is kept for the next product.
+fn with_kept<R>(key: &'static LocalKey<RefCell<Vec<Tile>>>, tiles: usize, f: impl FnOnce(&mut [u16]) -> R) -> R {
+    key.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.len() < tiles {
+            buf.resize(tiles, Tile([0; 512]));
+        }
+        let out = f(tile_values(&mut buf[..tiles]));
+        if buf.capacity() * 512 > KEEP_SPLIT {
+            *buf = Vec::new();
+        }
+        out
+    })
+}
+
 /// Splits the rows of `x` (contiguous f32 `[m, k]`) into this thread's activation tiles (`[mp / 16][k / 32][hi,
 /// lo]`, padding rows zero) and runs `f` on them.
 fn with_split<R>(x: &Tensor, f: impl FnOnce(&[u16]) -> R) -> R {
     let (m, k) = (x.size()[0] as usize, x.size()[1] as usize);
     // SAFETY: contiguous f32 CPU tensor of m * k elements (checked by the callers), only read here.
     let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, m * k) };
-    let mp = m.next_multiple_of(MB);
-    SPLIT.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        // A 16-row block is 32k values.
-        let block = 32 * k;
-        let tiles = mp / 16 * block / 512;
-        if buf.len() < tiles {
-            buf.resize(tiles, Tile([0; 512]));
-        }
-        // SAFETY: `Tile` is 512 u16 with no padding; the view borrows the buffer mutably.
-        let a = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u16, tiles * 512) };
+    // A 16-row block is 32k values.
+    let block = 32 * k;
+    with_kept(&SPLIT, m.next_multiple_of(MB) / 16 * block / 512, |a| {
         crate::team::rows_mut(a, block, 4, &|first, part| {
             for (b, dst) in part.chunks_exact_mut(block).enumerate() {
                 for r in 0..16 {
@@ -164,12 +179,7 @@ fn with_split<R>(x: &Tensor, f: impl FnOnce(&[u16]) -> R) -> R {
                 }
             }
         });
-        let out = f(a);
-        // Keep the buffer for the next product unless it grew past a typical batch's (32 x 128 rows by 1536).
-        if buf.capacity() * 512 > KEEP_SPLIT {
-            *buf = Vec::new();
-        }
-        out
+        f(a)
     })
 }
 
@@ -203,18 +213,12 @@ impl SplitWeights {
 
     /// `x @ w.T + b` for `x: [m, k]` f32 on the CPU; `None` for other inputs.
     pub fn matmul_t(&self, x: &Tensor) -> Option<Tensor> {
-        self.matmul_t_then(x, None)
-    }
-
-    /// [`Self::matmul_t`], then `then` over each 32-value run of an output row, right after the kernel wrote it
-    /// (while it is in L1): an element-wise activation at no extra pass over memory.
-    pub fn matmul_t_then(&self, x: &Tensor, then: Option<Epilogue<'_>>) -> Option<Tensor> {
         let x = self.input(x)?;
         let m = x.size()[0] as usize;
         let mp = m.next_multiple_of(MB);
         let y = Tensor::empty([mp as i64, self.n as i64], (Kind::Float, Device::Cpu));
         let out = SharedMut::new(y.data_ptr() as *mut f32);
-        with_split(&x, |a| self.run(a, mp, Dest::F32(out), then));
+        with_split(&x, |a| self.run(a, mp, Dest::F32(out), None));
         Some(if mp == m { y } else { y.narrow(0, 0, m as i64) })
     }
 
@@ -232,19 +236,9 @@ impl SplitWeights {
         let y = Tensor::empty([mp as i64, next.n as i64], (Kind::Float, Device::Cpu));
         let out = SharedMut::new(y.data_ptr() as *mut f32);
         with_split(&x, |a| {
-            MIDDLE.with(|mid| {
-                let mut mid = mid.borrow_mut();
-                let tiles = mp / 16 * (self.n / KC) * 2;
-                if mid.len() < tiles {
-                    mid.resize(tiles, Tile([0; 512]));
-                }
-                // SAFETY: `Tile` is 512 u16 with no padding; the view borrows the buffer mutably.
-                let b = unsafe { std::slice::from_raw_parts_mut(mid.as_mut_ptr() as *mut u16, tiles * 512) };
+            with_kept(&MIDDLE, mp / 16 * (self.n / KC) * 2, |b| {
                 self.run(a, mp, Dest::Split(SharedMut::new(b.as_mut_ptr())), Some(then));
                 next.run(b, mp, Dest::F32(out), None);
-                if mid.capacity() * 512 > KEEP_SPLIT {
-                    *mid = Vec::new();
-                }
             })
         });
         Some(if mp == m { y } else { y.narrow(0, 0, m as i64) })
@@ -271,7 +265,15 @@ impl SplitWeights {
             let cols = chunk * per_chunk..((chunk + 1) * per_chunk).min(pairs);
             // SAFETY: `available()` held when these weights were packed; the blocks lie inside `a` (mp / 16 blocks
             // of 32k) and `dest` (covering mp rows by n), and each (block, pair) of it belongs to exactly one task.
-            unsafe { self.task(a, blocks, cols, dest, then) };
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                self.task(a, blocks, cols, dest, then)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = (blocks, cols, dest, then);
+                unreachable!("SplitWeights are only packed where the tiles run")
+            }
         });
     }
 
@@ -341,18 +343,6 @@ impl SplitWeights {
             }
             tiles::release();
         }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn task(
-        &self,
-        _: &[u16],
-        _: std::ops::Range<usize>,
-        _: std::ops::Range<usize>,
-        _: Dest,
-        _: Option<Epilogue<'_>>,
-    ) {
-        unreachable!("SplitWeights are only packed where the tiles run")
     }
 }
 
@@ -455,10 +445,6 @@ pub(crate) unsafe fn attention(
     let mut scores = vec![0f32; 16 * np];
     let mut rows = vec![0f32; 16 * d];
     let zeros = [0f32; NB];
-    let as_u16 = |t: &mut [Tile]| {
-        // SAFETY: `Tile` is 512 u16 with no padding; the view borrows `t` mutably.
-        unsafe { std::slice::from_raw_parts_mut(t.as_mut_ptr() as *mut u16, t.len() * 512) }
-    };
     // SAFETY: `available()` (the caller's promise).
     unsafe { tiles::configure() };
     for head in heads {
@@ -470,7 +456,7 @@ pub(crate) unsafe fn attention(
             pack_values(&mut values, np, d, |key| row(key, v0));
         }
         for b in 0..n.div_ceil(16) {
-            let q = as_u16(&mut queries);
+            let q = tile_values(&mut queries);
             for r in 0..16 {
                 let row = b * 16 + r;
                 split_row((row < n).then(|| &src[row * 3 * hidden + q0..][..d]), q, r);
@@ -491,7 +477,7 @@ pub(crate) unsafe fn attention(
                 };
             }
             // Unnormalized probabilities, split straight into their tiles; rows are divided by their sums below.
-            let pr = as_u16(&mut probs);
+            let pr = tile_values(&mut probs);
             let mut sums = [0f32; 16];
             for (r, row) in scores.chunks_exact(np).enumerate() {
                 sums[r] = exp_split(row, n, scale, pr, r);
@@ -910,7 +896,7 @@ mod tests {
             let (up, down) =
                 (SplitWeights::pack(&up, Some(&bu)).unwrap(), SplitWeights::pack(&down, Some(&bd)).unwrap());
             let x = Tensor::randn([m, 64], (Kind::Float, Device::Cpu));
-            let two = down.matmul_t(&up.matmul_t_then(&x, Some(relu)).unwrap()).unwrap();
+            let two = down.matmul_t(&up.matmul_t(&x).unwrap().relu()).unwrap();
             let fused = up.matmul_t_then_into(&x, relu, &down).unwrap();
             assert_eq!(fused.size(), [m, 96]);
             assert!(fused.equal(&two), "m {m}");

@@ -33,32 +33,21 @@ impl Linear {
         }
     }
 
-    /// [`Self::forward`] then `then` over the output, fused into the product where it runs on AMX tiles
-    /// ([`SplitWeights::matmul_t_then`]); `then` must be element-wise.
-    pub fn forward_then(&self, x: &Tensor, then: &(dyn Fn(&mut [f32]) + Sync)) -> Result<Tensor> {
-        if let Self::Split { split, .. } = self {
-            if let Some(y) = split.matmul_t_then(x, Some(then)) {
-                return Ok(y);
-            }
-        }
-        let y = self.forward(x)?.f_contiguous()?;
-        if y.device() != Device::Cpu || y.kind() != Kind::Float {
-            return Err(crate::error::Error::invalid("an element-wise step over a product needs f32 on the CPU"));
-        }
-        // SAFETY: a fresh contiguous f32 CPU tensor, borrowed mutably here only.
-        then(unsafe { std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, y.numel()) });
-        Ok(y)
-    }
-
     /// `next(then(self(x)))`, the middle values kept as `next`'s input tiles where both run on AMX tiles
-    /// ([`SplitWeights::matmul_t_then_into`]); `then` must be element-wise.
+    /// ([`SplitWeights::matmul_t_then_into`]), else through an f32 tensor; `then` must be element-wise.
     pub fn forward_then_into(&self, x: &Tensor, then: &(dyn Fn(&mut [f32]) + Sync), next: &Linear) -> Result<Tensor> {
         if let (Self::Split { split, .. }, Self::Split { split: after, .. }) = (self, next) {
             if let Some(y) = split.matmul_t_then_into(x, then, after) {
                 return Ok(y);
             }
         }
-        next.forward(&self.forward_then(x, then)?)
+        let middle = self.forward(x)?.f_contiguous()?;
+        if middle.device() != Device::Cpu || middle.kind() != Kind::Float {
+            return Err(crate::error::Error::invalid("an element-wise step over a product needs f32 on the CPU"));
+        }
+        // SAFETY: a fresh contiguous f32 CPU tensor, borrowed mutably here only.
+        then(unsafe { std::slice::from_raw_parts_mut(middle.data_ptr() as *mut f32, middle.numel()) });
+        next.forward(&middle)
     }
 
     /// Whether the products run on AMX tiles.
